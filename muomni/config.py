@@ -1,0 +1,344 @@
+"""Typed, validated configuration: JSON file or preset -> :class:`Config` -> ``key=value`` overrides.
+
+The keys are μOmni's own flat keys (so a μOmni ``thinker_tiny.json`` loads unchanged) plus muomni's.
+Every value is checked when the config is built, before any data or model work, and a bad one raises
+:class:`~muomni.errors.ConfigError` with one line that names the key and the value.
+
+This module does not import torch: the command line validates a config in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+import warnings
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from muomni.errors import ConfigError
+
+PRESETS = ("debug", "default", "tiny", "small")
+
+# Keys that μOmni configs carry and muomni accepts but does not use (a warning says so, once per key).
+IGNORED_KEYS = {
+    "num_workers": "tokens are read from a memory-mapped file in the training process",
+    "shuffle_buffer_size": "windows are shuffled by a full per-epoch permutation",
+    "drop_last": "windows are packed full and batches run on across epochs, so there is no partial batch",
+}
+
+
+@dataclass
+class Config:
+    """Every setting of a muomni run. The defaults are the built-in default job (`muomni train`)."""
+
+    # --- model (μOmni keys) ---
+    vocab_size: int = 4096
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 4
+    use_gqa: bool = True
+    kv_groups: int = 2
+    d_ff: int = 768
+    ctx_len: int = 256
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    use_swiglu: bool = True
+    use_moe: bool = False
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    tie_embeddings: bool = False
+
+    # --- training (μOmni keys) ---
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int | None = 300
+    max_epochs: int | None = None
+    lr: float = 2e-3
+    wd: float = 0.1
+    warmup_steps: int = 30
+    max_grad_norm: float | None = 1.0
+    use_amp: bool = True
+    use_flash: bool = True
+    use_compile: bool = False
+    use_gradient_checkpointing: bool = False
+    seed: int = 1337
+    val_split: float = 0.02
+    val_freq: int = 100
+    checkpoint_freq: int = 100
+    print_freq: int = 10
+    save_dir: str = "runs/default"
+    train_text: str = "builtin:stdlib"
+    num_workers: int = 0
+    drop_last: bool = True
+    shuffle_buffer_size: int = 0
+
+    # --- muomni's own ---
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr: float | None = None
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    cpu_offload: Literal["none", "activations", "optimizer"] = "none"
+    auto_fit: bool | None = None
+    empty_cache_steps: int = 0
+    keep_checkpoints: int = 3
+    resume: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_nonfinite_steps: int = 20
+    distributed: Literal["none", "ddp", "fsdp"] = "none"
+    init_from: str | None = None
+    val_batches: int = 8
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _field_types()[f.name]))
+        _validate(self)
+
+    # --- derived values ---
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads: ``kv_groups`` with GQA, else one per query head."""
+        return self.kv_groups if self.use_gqa else self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the schedule decays to (``min_lr``, or a tenth of ``lr`` when unset)."""
+        return self.lr * 0.1 if self.min_lr is None else self.min_lr
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with some keys changed."""
+        return load_config(self.to_dict(), overrides=changes, warn_ignored=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+KEYS = tuple(f.name for f in fields(Config))
+
+
+def _field_types() -> dict[str, Any]:
+    global _TYPES
+    if _TYPES is None:
+        _TYPES = typing.get_type_hints(Config)
+    return _TYPES
+
+
+_TYPES: dict[str, Any] | None = None
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key '{key}': {json.dumps(value, default=str)} is not {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"config key '{key}': {json.dumps(value, default=str)} is not one of {_type_name(tp)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {json.dumps(value, default=str)} is invalid: {why}")
+
+
+def _validate(c: Config) -> None:
+    """Ranges and relations between keys. Each failure names the key and its value."""
+    for key in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "ctx_len", "batch_size"):
+        _check(getattr(c, key) >= 1, key, getattr(c, key), "must be at least 1")
+    _check(c.vocab_size >= 259, "vocab_size", c.vocab_size, "a byte-level tokenizer needs at least 259 tokens")
+    _check(c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", c.gradient_accumulation_steps,
+           "must be at least 1")
+    _check(c.d_model % c.n_heads == 0, "n_heads", c.n_heads, f"must divide d_model ({c.d_model})")
+    _check(c.head_dim % 2 == 0, "n_heads", c.n_heads, f"d_model / n_heads = {c.head_dim} must be even for RoPE")
+    _check(c.kv_groups >= 1, "kv_groups", c.kv_groups, "must be at least 1")
+    if c.use_gqa:
+        _check(c.n_heads % c.kv_groups == 0, "kv_groups", c.kv_groups, f"must divide n_heads ({c.n_heads})")
+    _check(0.0 <= c.dropout < 1.0, "dropout", c.dropout, "must be in [0, 1)")
+    _check(c.rope_theta > 0, "rope_theta", c.rope_theta, "must be positive")
+    if c.use_moe:
+        _check(c.num_experts >= 2, "num_experts", c.num_experts, "a mixture of experts needs at least 2")
+        _check(1 <= c.num_experts_per_tok <= c.num_experts, "num_experts_per_tok", c.num_experts_per_tok,
+               f"must be between 1 and num_experts ({c.num_experts})")
+    for key in ("max_steps", "max_epochs"):
+        value = getattr(c, key)
+        _check(value is None or value >= 1, key, value, "must be at least 1, or null for no limit")
+    _check(c.max_steps is not None or c.max_epochs is not None, "max_steps", c.max_steps,
+           "max_steps and max_epochs cannot both be null: the run would never end")
+    _check(c.lr > 0, "lr", c.lr, "must be positive")
+    _check(c.min_lr is None or 0 <= c.min_lr <= c.lr, "min_lr", c.min_lr, f"must be between 0 and lr ({c.lr})")
+    _check(c.wd >= 0, "wd", c.wd, "must be zero or positive")
+    _check(c.warmup_steps >= 0, "warmup_steps", c.warmup_steps, "must be zero or positive")
+    _check(c.max_grad_norm is None or c.max_grad_norm >= 0, "max_grad_norm", c.max_grad_norm,
+           "must be zero or positive (0 or null disables clipping)")
+    _check(0.0 <= c.momentum < 1.0, "momentum", c.momentum, "must be in [0, 1)")
+    _check(all(0.0 <= b < 1.0 for b in c.betas), "betas", list(c.betas), "each must be in [0, 1)")
+    _check(c.eps > 0, "eps", c.eps, "must be positive")
+    _check(0.0 <= c.val_split < 1.0, "val_split", c.val_split, "must be in [0, 1)")
+    for key in ("val_freq", "checkpoint_freq", "print_freq", "keep_checkpoints", "max_nonfinite_steps",
+                "val_batches"):
+        _check(getattr(c, key) >= 1, key, getattr(c, key), "must be at least 1")
+    for key in ("num_workers", "shuffle_buffer_size", "empty_cache_steps", "seed"):
+        _check(getattr(c, key) >= 0, key, getattr(c, key), "must be zero or positive")
+    _check(bool(c.save_dir.strip()), "save_dir", c.save_dir, "must name a folder")
+    _check(bool(c.train_text.strip()), "train_text", c.train_text, "must name a file, folder or builtin:stdlib")
+    _check(c.resume in ("auto", "never") or bool(c.resume.strip()), "resume", c.resume,
+           "must be auto, never or a checkpoint path")
+    _check(c.init_from is None or bool(c.init_from.strip()), "init_from", c.init_from, "must be a path or null")
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; give a JSON file or one of {', '.join(PRESETS)}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of keys, not {type(data).__name__}")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    """The JSON file of a built-in preset."""
+    return Path(str(resources.files("muomni") / "configs" / f"{name}.json"))
+
+
+def _source_dict(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    if isinstance(source, dict):
+        return dict(source)
+    text = str(source)
+    if text in PRESETS and not Path(text).exists():
+        return _read_json(preset_path(text))
+    return _read_json(Path(text))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as JSON when it parses, else as a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, str) and value.lower() in ("true", "false", "null", "none"):
+        value = {"true": True, "false": False}.get(value.lower())
+    return key, value
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    warn_ignored: bool = True,
+) -> Config:
+    """Build a validated :class:`Config`.
+
+    Args:
+        source: a JSON file, a preset name (``debug``, ``default``, ``tiny``, ``small``), a dict, or None
+            for the built-in default job.
+        overrides: ``{"key": value}`` or ``["key=value", ...]`` applied on top of ``source``.
+        warn_ignored: warn once for each key that muomni accepts but does not use.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type, an out-of-range value, a missing or non-JSON file.
+    """
+    data = _source_dict(source)
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(item) for item in overrides)
+    data.update(overrides or {})
+    for key in data:
+        if key not in KEYS:
+            raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+    if warn_ignored:
+        for key in sorted(set(data) & set(IGNORED_KEYS)):
+            if data[key] != getattr(Config, key):
+                warnings.warn(f"config key '{key}' is accepted but not used: {IGNORED_KEYS[key]}", stacklevel=2)
+    return Config(**data)
+
+
+__all__ = ["Config", "KEYS", "PRESETS", "load_config", "parse_override", "preset_path"]
