@@ -219,8 +219,12 @@ def _validate(c: Config) -> None:
     for key in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "ctx_len", "batch_size"):
         _check(getattr(c, key) >= 1, key, getattr(c, key), "must be at least 1")
     _check(c.vocab_size >= 259, "vocab_size", c.vocab_size, "a byte-level tokenizer needs at least 259 tokens")
-    _check(c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", c.gradient_accumulation_steps,
-           "must be at least 1")
+    _check(
+        c.gradient_accumulation_steps >= 1,
+        "gradient_accumulation_steps",
+        c.gradient_accumulation_steps,
+        "must be at least 1",
+    )
     _check(c.d_model % c.n_heads == 0, "n_heads", c.n_heads, f"must divide d_model ({c.d_model})")
     _check(c.head_dim % 2 == 0, "n_heads", c.n_heads, f"d_model / n_heads = {c.head_dim} must be even for RoPE")
     _check(c.kv_groups >= 1, "kv_groups", c.kv_groups, "must be at least 1")
@@ -230,32 +234,47 @@ def _validate(c: Config) -> None:
     _check(c.rope_theta > 0, "rope_theta", c.rope_theta, "must be positive")
     if c.use_moe:
         _check(c.num_experts >= 2, "num_experts", c.num_experts, "a mixture of experts needs at least 2")
-        _check(1 <= c.num_experts_per_tok <= c.num_experts, "num_experts_per_tok", c.num_experts_per_tok,
-               f"must be between 1 and num_experts ({c.num_experts})")
+        _check(
+            1 <= c.num_experts_per_tok <= c.num_experts,
+            "num_experts_per_tok",
+            c.num_experts_per_tok,
+            f"must be between 1 and num_experts ({c.num_experts})",
+        )
     for key in ("max_steps", "max_epochs"):
         value = getattr(c, key)
         _check(value is None or value >= 1, key, value, "must be at least 1, or null for no limit")
-    _check(c.max_steps is not None or c.max_epochs is not None, "max_steps", c.max_steps,
-           "max_steps and max_epochs cannot both be null: the run would never end")
+    _check(
+        c.max_steps is not None or c.max_epochs is not None,
+        "max_steps",
+        c.max_steps,
+        "max_steps and max_epochs cannot both be null: the run would never end",
+    )
     _check(c.lr > 0, "lr", c.lr, "must be positive")
     _check(c.min_lr is None or 0 <= c.min_lr <= c.lr, "min_lr", c.min_lr, f"must be between 0 and lr ({c.lr})")
     _check(c.wd >= 0, "wd", c.wd, "must be zero or positive")
     _check(c.warmup_steps >= 0, "warmup_steps", c.warmup_steps, "must be zero or positive")
-    _check(c.max_grad_norm is None or c.max_grad_norm >= 0, "max_grad_norm", c.max_grad_norm,
-           "must be zero or positive (0 or null disables clipping)")
+    _check(
+        c.max_grad_norm is None or c.max_grad_norm >= 0,
+        "max_grad_norm",
+        c.max_grad_norm,
+        "must be zero or positive (0 or null disables clipping)",
+    )
     _check(0.0 <= c.momentum < 1.0, "momentum", c.momentum, "must be in [0, 1)")
     _check(all(0.0 <= b < 1.0 for b in c.betas), "betas", list(c.betas), "each must be in [0, 1)")
     _check(c.eps > 0, "eps", c.eps, "must be positive")
     _check(0.0 <= c.val_split < 1.0, "val_split", c.val_split, "must be in [0, 1)")
-    for key in ("val_freq", "checkpoint_freq", "print_freq", "keep_checkpoints", "max_nonfinite_steps",
-                "val_batches"):
+    for key in ("val_freq", "checkpoint_freq", "print_freq", "keep_checkpoints", "max_nonfinite_steps", "val_batches"):
         _check(getattr(c, key) >= 1, key, getattr(c, key), "must be at least 1")
     for key in ("num_workers", "shuffle_buffer_size", "empty_cache_steps", "seed"):
         _check(getattr(c, key) >= 0, key, getattr(c, key), "must be zero or positive")
     _check(bool(c.save_dir.strip()), "save_dir", c.save_dir, "must name a folder")
     _check(bool(c.train_text.strip()), "train_text", c.train_text, "must name a file, folder or builtin:stdlib")
-    _check(c.resume in ("auto", "never") or bool(c.resume.strip()), "resume", c.resume,
-           "must be auto, never or a checkpoint path")
+    _check(
+        c.resume in ("auto", "never") or bool(c.resume.strip()),
+        "resume",
+        c.resume,
+        "must be auto, never or a checkpoint path",
+    )
     _check(c.init_from is None or bool(c.init_from.strip()), "init_from", c.init_from, "must be a path or null")
 
 

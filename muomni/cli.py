@@ -1,0 +1,122 @@
+"""The ``muomni`` command: one subcommand per job.
+
+Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted by Ctrl-C.
+Each subcommand's work lives in its own package; this module only parses arguments and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from collections.abc import Callable
+
+from muomni.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="a JSON file or a preset: debug, default, tiny, small")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config keys to change, e.g. batch_size=8")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint) or a checkpoint folder")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute every past token at each step")
+    p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
+    p.add_argument("--stats", action="store_true", help="print token counts, time to first token, tokens/s")
+    p.add_argument("--truncate", action="store_true", help="keep the end of a prompt longer than the context")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="muomni", description="Train and run the μOmni Thinker.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (no arguments: the built-in default job)")
+    _config_args(p)
+
+    p = sub.add_parser("generate", help="complete one or more prompts (several --prompt = one batch)")
+    _sampling_args(p)
+    p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+
+    p = sub.add_parser("chat", help="interactive, streaming chat; 'exit' or Ctrl-D quits, /reset clears")
+    _sampling_args(p)
+
+    p = sub.add_parser("bench", help="measure what each optimization buys, on this machine")
+    p.add_argument("what", choices=["train", "infer"])
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--ckpt", default=None, help="bench infer: use these weights instead of random ones")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for results.json, results.md and the charts")
+    p.add_argument("--vs-hf", action="store_true", help="run the equivalent Hugging Face rows in the same run")
+    p.add_argument("--rows", default=None, help="comma-separated row names (default: all that apply)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = sub.add_parser("profile", help="run a few steps under torch.profiler and print where the time goes")
+    _config_args(p)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--out", default="profile")
+    p.add_argument("--infer", action="store_true", help="also profile decoding steps")
+
+    p = sub.add_parser("plan", help="find the fastest settings that fit a memory budget")
+    _config_args(p)
+    p.add_argument("--memory", type=float, required=True, help="budget in GiB")
+    p.add_argument("--out", default="planned.json")
+
+    p = sub.add_parser("export", help="write a Hugging Face LlamaForCausalLM folder")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+# subcommand -> (module, function taking the parsed args and returning an exit code)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("muomni.training.trainer", "run_train"),
+    "generate": ("muomni.inference.commands", "run_generate"),
+    "chat": ("muomni.inference.commands", "run_chat"),
+    "bench": ("muomni.bench.commands", "run_bench"),
+    "profile": ("muomni.bench.profile", "run_profile"),
+    "plan": ("muomni.training.plan", "run_plan"),
+    "export": ("muomni.hf", "run_export"),
+}
+
+
+def _resolve(command: str) -> Callable[[argparse.Namespace], int] | None:
+    """The function that runs ``command``, or None when this version does not have it yet."""
+    module, func = COMMANDS[command]
+    try:
+        return getattr(importlib.import_module(module), func, None)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"muomni: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    run = _resolve(args.command)
+    if run is None:
+        print(f"muomni: error: '{args.command}' is not yet available in this version", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return int(run(args) or 0)
+    except UserError as e:
+        print(f"muomni: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("muomni: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,163 @@
+"""The Thinker's building blocks: RMSNorm, rotary embeddings, attention, SwiGLU/GELU MLP, mixture of experts.
+
+Names follow Hugging Face Llama (``q_proj`` ... ``o_proj``, ``gate_proj``/``up_proj``/``down_proj``) so that
+export to ``LlamaForCausalLM`` is a key map. Shapes: B batch, T new tokens, S cache slots, D model width,
+H query heads, H_kv key/value heads, Dh head width, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muomni.models.kv_cache import KVCache
+
+RMS_NORM_EPS = 1e-5
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 whatever the input dtype."""
+
+    def __init__(self, dim: int, eps: float = RMS_NORM_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [max_len, Dh] in fp32, in the half-split layout Hugging Face Llama uses."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))  # [Dh/2]
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # [max_len, Dh/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [max_len, Dh]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, H, T, Dh] by the angles of its positions (``cos``, ``sin`` [T, Dh])."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # rotate_half
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """PyTorch's fused attention (flash / memory-efficient / cuDNN kernels). q [B,H,T,Dh], k/v [B,H_kv,S,Dh].
+
+    Without a mask this is causal over T == S and no mask is materialized, so the flash kernel can run.
+    With a mask [B, 1, T, S] (cached decoding) the query heads of each group are folded into the query
+    length instead of copying the cache ``H / H_kv`` times.
+    """
+    b, h, t, dh = q.shape
+    groups = h // k.shape[1]
+    if mask is None:
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)  # [B, H, S, Dh]
+            v = v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    q = q.reshape(b, k.shape[1], groups * t, dh)  # [B, H_kv, g*T, Dh]: head i uses kv head i // g
+    mask = mask.repeat(1, 1, groups, 1)  # [B, 1, g*T, S]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # [B, H_kv, g*T, Dh]
+    return y.view(b, h, t, dh)
+
+
+def math_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """Attention written out: softmax(q k^T / sqrt(Dh) + mask) v, softmax in fp32. Same shapes as SDPA."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # [B, H, S, Dh]
+    v = v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # [B, H, T, S]
+    if mask is None:
+        t, s = scores.shape[-2:]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p).to(q.dtype)
+    return probs @ v  # [B, H, T, Dh]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads, RoPE, and an optional static KV cache."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, dropout: float, use_flash: bool) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.attend: AttentionFn = sdpa_attention if use_flash else math_attention
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]. With ``input_pos`` [T] the keys/values go to the cache at those slots."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None and self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]
+        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # [B, H, T, Dh]
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)); or, with ``swiglu=False``, down(gelu(up(x)))."""
+
+    def __init__(self, d_model: int, d_ff: int, swiglu: bool = True) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=False) if swiglu else None
+        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is None:
+            return self.down_proj(F.gelu(self.up_proj(x)))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """Top-k routed mixture of SwiGLU experts (Mixtral/Qwen-MoE style: softmax, top-k, renormalize).
+
+    Tokens are gathered per expert, so each expert runs one dense matmul over just its tokens.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int, swiglu: bool = True) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(d_model, d_ff, swiglu) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, D]
+        probs = self.gate(x).float().softmax(dim=-1)  # [N, E]
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # [N, k]
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)  # tokens routed to expert e
+            out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+        return out.view(shape)

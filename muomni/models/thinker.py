@@ -1,0 +1,190 @@
+"""The μOmni Thinker: a decoder-only language model (RMSNorm, RoPE, grouped-query attention, SwiGLU, MoE).
+
+One ``forward(tokens, input_pos=None)`` serves training and cached decoding: without ``input_pos`` the
+whole sequence is processed causally; with it, the tokens sit at cache slots ``input_pos`` and attend to
+every earlier slot that holds a real (not padding) token. Checkpointing, compilation and precision are
+applied from outside (:func:`checkpoint_blocks`, ``torch.compile``, autocast); ``forward`` has no modes.
+
+Module names follow Hugging Face ``LlamaForCausalLM`` (``model.embed_tokens``, ``model.layers.N.self_attn
+.q_proj``, ``model.norm``, ``lm_head``), so the state dict is the Llama state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from muomni.config import Config
+from muomni.models.kv_cache import KVCache
+from muomni.models.layers import MLP, Attention, MoE, RMSNorm, rope_tables
+
+INIT_STD = 0.02
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model)
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.dropout, cfg.use_flash)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model)
+        if cfg.use_moe:
+            self.mlp: nn.Module = MoE(cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.num_experts_per_tok, cfg.use_swiglu)
+        else:
+            self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.use_swiglu)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos))
+        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class ThinkerModel(nn.Module):
+    """Embedding, blocks and final norm: tokens [B, T] -> hidden states [B, T, D]."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        cos, sin = rope_tables(cfg.head_dim, cfg.ctx_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [ctx_len, Dh]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # Which key slots hold real tokens, per row [B, S]; left padding of batched prompts is False.
+        self.register_buffer("key_valid", torch.ones(1, cfg.ctx_len, dtype=torch.bool), persistent=False)
+        self.cached = False
+        self.cache_len = 0  # slots of the static KV cache, when one is set up
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = tokens.shape
+        if input_pos is None:
+            cos, sin, mask = self.rope_cos[:t], self.rope_sin[:t], None
+        else:
+            cos, sin, mask = self.rope_cos[input_pos], self.rope_sin[input_pos], self.attention_mask(input_pos, b)
+        x = self.embed_dropout(self.embed_tokens(tokens))  # [B, T, D]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos)
+        return self.norm(x)
+
+    def attention_mask(self, input_pos: torch.Tensor, batch: int) -> torch.Tensor:
+        """[B, 1, T, S]: query at slot p sees key slots <= p that hold real tokens, and always itself.
+
+        Keys are the whole cache when it is on (S = cache length), else the tokens of this call (S = T).
+        Letting a padding query see itself keeps its softmax finite; its output is never used.
+        """
+        key_valid = self.key_valid[:batch] if self.key_valid.shape[0] > 1 else self.key_valid
+        if self.cached:
+            key_pos = torch.arange(self.cache_len, device=input_pos.device)  # [S]
+            key_valid = key_valid[:, : self.cache_len]
+        else:
+            key_pos, key_valid = input_pos, key_valid[:, input_pos]
+        causal = key_pos[None, :] <= input_pos[:, None]  # [T, S]
+        itself = key_pos[None, :] == input_pos[:, None]
+        return ((causal[None] & key_valid[:, None, :]) | itself[None])[:, None]  # [B, 1, T, S]
+
+
+class Thinker(nn.Module):
+    """The language model: :class:`ThinkerModel` plus the ``lm_head`` (optionally tied to the embedding)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = ThinkerModel(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # Residual projections start smaller so the residual stream's variance does not grow with depth
+        # (GPT-2, Radford et al. 2019).
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layers))
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, V]; ``input_pos`` [T] gives the cache slots of cached decoding."""
+        return self.lm_head(self.model(tokens, input_pos))
+
+    # --- KV cache (the founding document's API) ---
+    @property
+    def attentions(self) -> list[Attention]:
+        return [layer.self_attn for layer in self.model.layers]
+
+    def setup_caches(self, max_batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:
+        """Preallocate the key-padding table and, when the KV cache is on, one static cache per layer.
+
+        Reuses what is there when it is large enough, so repeated generation allocates nothing.
+        """
+        if max_len > self.config.ctx_len:
+            raise ValueError(f"max_len {max_len} exceeds ctx_len {self.config.ctx_len}")
+        device = self.lm_head.weight.device
+        dtype = dtype or self.lm_head.weight.dtype
+        valid = self.model.key_valid
+        if valid.shape[0] < max_batch or valid.device != device:
+            self.model.key_valid = torch.ones(max_batch, self.config.ctx_len, dtype=torch.bool, device=device)
+        if not self.model.cached:
+            return
+        cache = self.attentions[0].kv_cache
+        if cache is not None and cache.k.shape[0] >= max_batch and cache.k.shape[2] >= max_len:
+            if cache.k.dtype == dtype and cache.k.device == device:
+                return
+        for attn in self.attentions:
+            attn.kv_cache = KVCache(max_batch, attn.n_kv_heads, max_len, attn.head_dim, dtype, device)
+        self.model.cache_len = max_len
+
+    def enable_kv_cache(self, enabled: bool = True) -> None:
+        """Turn the KV cache on (decoding reuses past keys/values) or off (each step recomputes them)."""
+        self.model.cached = enabled
+        if not enabled:
+            for attn in self.attentions:
+                attn.kv_cache = None
+
+    @property
+    def kv_cache_enabled(self) -> bool:
+        return self.model.cached
+
+    def reset_kv_cache(self) -> None:
+        """Forget every cached key/value and padding mark, so the next prompt starts clean."""
+        self.model.key_valid.fill_(True)
+        for attn in self.attentions:
+            if attn.kv_cache is not None:
+                attn.kv_cache.reset()
+
+    def set_key_padding(self, valid: torch.Tensor) -> None:
+        """Mark the slots [B, T] of a left-padded prompt batch: True for real tokens, False for padding."""
+        b, t = valid.shape
+        self.model.key_valid[:b, :t].copy_(valid)
+        self.model.key_valid[:b, t:].fill_(True)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); ``non_embedding`` leaves out the token embedding."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.model.embed_tokens.weight.numel() if non_embedding else n
+
+
+def checkpoint_blocks(model: Thinker) -> Thinker:
+    """Recompute each block's activations in the backward pass instead of storing them.
+
+    Non-reentrant checkpointing (the variant PyTorch recommends) gives the same gradients as without it.
+    The block's ``forward`` is replaced on the instance, so parameter names and the state dict are unchanged.
+    """
+    for block in model.model.layers:
+        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
+    return model

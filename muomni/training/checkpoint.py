@@ -1,0 +1,177 @@
+"""Checkpoints on disk: atomic, checksummed, and free of pickle.
+
+A checkpoint is a folder ``<save_dir>/checkpoints/step_NNNNNNNN/`` holding ``model.safetensors``,
+``optimizer.safetensors``, ``trainer_state.json``, ``config.json``, ``tokenizer.json`` and, written last,
+``manifest.json`` with the size and sha256 of every other file. It is written into a temporary folder,
+each file fsynced, then renamed into place: a crash leaves either the whole checkpoint or none, and a
+folder whose manifest is missing or disagrees with its files is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from muomni.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoints_dir(save_dir: str | Path) -> Path:
+    return Path(save_dir) / "checkpoints"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def write_checkpoint(save_dir: str | Path, step: int, writers: dict[str, Callable[[Path], None]]) -> Path:
+    """Write one checkpoint atomically.
+
+    Args:
+        save_dir: the run folder.
+        step: the optimizer step the checkpoint holds; it names the folder.
+        writers: file name -> function that writes that file at the path it is given.
+
+    Returns:
+        The final checkpoint folder.
+    """
+    root = checkpoints_dir(save_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    entries = {}
+    for name, write in writers.items():
+        path = tmp / name
+        write(path)
+        _fsync(path)
+        entries[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest = tmp / MANIFEST
+    manifest.write_text(json.dumps({"step": step, "files": entries}, indent=2) + "\n", encoding="utf-8")
+    _fsync(manifest)
+    if final.exists():  # a checkpoint of the same step (a resumed run's end) is replaced whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    return final
+
+
+def verify(ckpt: Path) -> dict[str, Any]:
+    """Return the manifest of a complete checkpoint, or raise CheckpointError saying what is wrong."""
+    manifest_path = ckpt / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete (no {MANIFEST}); it was not finished writing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {ckpt} has a corrupt {MANIFEST}")
+    for name, entry in files.items():
+        path = ckpt / name
+        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {ckpt}: {name} is missing or does not match its checksum")
+    return manifest
+
+
+def list_checkpoints(save_dir: str | Path) -> list[Path]:
+    """Checkpoint folders of a run, oldest first (complete or not)."""
+    root = checkpoints_dir(save_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(save_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run; broken newer ones are skipped with a warning naming them."""
+    for ckpt in reversed(list_checkpoints(save_dir)):
+        try:
+            verify(ckpt)
+            return ckpt
+        except CheckpointError as e:
+            warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
+    return None
+
+
+def prune_checkpoints(save_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints, and temporary folders left by a crash."""
+    for ckpt in list_checkpoints(save_dir)[:-keep]:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    for tmp in checkpoints_dir(save_dir).glob(".tmp-*"):
+        if not tmp.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from ``--ckpt``: a run's save_dir (its newest complete checkpoint) or one folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist; give a run folder or a checkpoint folder")
+    if (path / MANIFEST).exists() or (path / MODEL_FILE).exists():
+        verify(path)
+        return path
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"{path} holds no complete checkpoint; train first (muomni train save_dir={path})")
+    return ckpt
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors needs contiguous, unshared tensors: copy views and tied weights once."""
+    seen: dict[int, str] = {}
+    clean = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        clean[name] = t.clone().contiguous() if key in seen or not t.is_contiguous() else t
+        seen.setdefault(key, name)
+    save_file({k: v.cpu() for k, v in clean.items()}, str(path), metadata=metadata)
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises several types for a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}); it may be corrupt")
+
+
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict without the tied ``lm_head.weight`` (it is the embedding)."""
+    state = model.state_dict()
+    if getattr(getattr(model, "config", None), "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
