@@ -142,9 +142,9 @@ class Thinker(nn.Module):
         if not self.model.cached:
             return
         cache = self.attentions[0].kv_cache
-        if cache is not None and cache.k.shape[0] >= max_batch and cache.k.shape[2] >= max_len:
-            if cache.k.dtype == dtype and cache.k.device == device:
-                return
+        fits = cache is not None and cache.k.shape[0] >= max_batch and cache.k.shape[2] >= max_len
+        if fits and cache.k.dtype == dtype and cache.k.device == device:
+            return
         for attn in self.attentions:
             attn.kv_cache = KVCache(max_batch, attn.n_kv_heads, max_len, attn.head_dim, dtype, device)
         self.model.cache_len = max_len
