@@ -1,0 +1,192 @@
+"""The Thinker against independent references: math attention, plain gradients, the uncached forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from muomni.config import load_config
+from muomni.models import Thinker, checkpoint_blocks
+from muomni.models.layers import MoE, RMSNorm, apply_rope, math_attention, rope_tables, sdpa_attention
+
+
+def tiny(**overrides) -> Thinker:
+    base = {"vocab_size": 300, "n_layers": 2, "d_model": 64, "n_heads": 4, "kv_groups": 2, "d_ff": 96, "ctx_len": 48}
+    base.update(overrides)
+    torch.manual_seed(0)
+    return Thinker(load_config(None, base))
+
+
+def tokens(batch: int = 2, length: int = 24, vocab: int = 300) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def test_output_shape_and_dtype() -> None:
+    model = tiny()
+    logits = model(tokens(3, 17))
+    assert logits.shape == (3, 17, 300) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("kv_groups", [1, 2, 4])
+def test_sdpa_matches_math_attention(kv_groups: int) -> None:
+    flash = tiny(kv_groups=kv_groups, use_flash=True)
+    plain = tiny(kv_groups=kv_groups, use_flash=False)
+    plain.load_state_dict(flash.state_dict())
+    x = tokens()
+    assert torch.allclose(flash(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_gqa_stores_fewer_kv_heads() -> None:
+    for groups, expected in [(1, 16), (2, 32), (4, 64)]:
+        model = tiny(kv_groups=groups)
+        assert model.model.layers[0].self_attn.k_proj.weight.shape == (expected, 64)
+    mha = tiny(use_gqa=False, kv_groups=1)
+    assert mha.model.layers[0].self_attn.k_proj.weight.shape == (64, 64)
+
+
+def test_masked_sdpa_folds_groups_like_math() -> None:
+    torch.manual_seed(3)
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    mask = torch.rand(2, 1, 5, 9) > 0.3
+    mask[..., 0] = True  # keep every row's softmax finite
+    assert torch.allclose(sdpa_attention(q, k, v, mask, 0.0), math_attention(q, k, v, mask, 0.0), atol=1e-6)
+
+
+def test_math_attention_is_causal() -> None:
+    torch.manual_seed(4)
+    q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    out = math_attention(q, k, v, None, 0.0)
+    v2 = v.clone()
+    v2[:, :, -1] += 100.0  # the last value may only change the last query's output
+    out2 = math_attention(q, k, v2, None, 0.0)
+    assert torch.equal(out[:, :, :-1], out2[:, :, :-1]) and not torch.equal(out[:, :, -1], out2[:, :, -1])
+
+
+def test_checkpointed_gradients_equal_plain() -> None:
+    plain, ckpt = tiny(), checkpoint_blocks(tiny())
+    x = tokens()
+    for model in (plain, ckpt):
+        F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    assert list(dict(ckpt.named_parameters())) == list(dict(plain.named_parameters()))
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=0), name
+
+
+def test_cached_decoding_matches_full_forward() -> None:
+    model = tiny().eval()
+    x = tokens(2, 20)
+    model.enable_kv_cache(True)
+    model.setup_caches(2, 32)
+    with torch.inference_mode():
+        full = model(x)
+        steps = [model(x[:, :11], torch.arange(11))]
+        steps += [model(x[:, i : i + 1], torch.tensor([i])) for i in range(11, 20)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_left_padding_is_invisible() -> None:
+    """A left-padded row gives the logits of the same prompt alone (RoPE is relative, pads are masked)."""
+    model = tiny().eval()
+    prompt = tokens(1, 9)
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), prompt], dim=1)  # [1, 13]
+    valid = torch.tensor([[False] * 4 + [True] * 9])
+    for cached in (True, False):
+        model.enable_kv_cache(cached)
+        model.setup_caches(1, 16)
+        model.reset_kv_cache()
+        model.set_key_padding(valid)
+        with torch.inference_mode():
+            out = model(padded, torch.arange(13))[:, 4:]
+            model.reset_kv_cache()
+            alone = model(prompt)
+        assert torch.allclose(out, alone, atol=1e-5), cached
+
+
+def test_reset_kv_cache_clears_padding_and_values() -> None:
+    model = tiny().eval()
+    model.enable_kv_cache(True)
+    model.setup_caches(1, 16)
+    model.set_key_padding(torch.tensor([[False, True]]))
+    with torch.inference_mode():
+        model(tokens(1, 2), torch.arange(2))
+    model.reset_kv_cache()
+    assert model.model.key_valid.all()
+    assert all(a.kv_cache.k.abs().sum() == 0 for a in model.attentions)
+
+
+def test_tied_embeddings_share_one_tensor() -> None:
+    model = tiny(tie_embeddings=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.num_params() == tiny(tie_embeddings=False).num_params() - 300 * 64
+
+
+def test_residual_projections_start_smaller() -> None:
+    model = tiny(n_layers=8)
+    std = model.model.layers[0].self_attn.o_proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(16), rel=0.15)
+    assert model.model.layers[0].self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.15)
+
+
+def test_rmsnorm_matches_formula() -> None:
+    norm = RMSNorm(8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(8.0))
+    x = torch.randn(3, 8)
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * torch.arange(8.0)
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+
+
+def test_rope_depends_only_on_relative_position() -> None:
+    cos, sin = rope_tables(8, 64, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i: int, j: int) -> float:
+        return (apply_rope(q, cos[i], sin[i]) * apply_rope(k, cos[j], sin[j])).sum().item()
+
+    assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
+
+
+def test_moe_equals_weighted_expert_sum() -> None:
+    torch.manual_seed(5)
+    moe = MoE(16, 24, num_experts=4, top_k=2)
+    x = torch.randn(7, 16)
+    probs = moe.gate(x).softmax(-1)
+    top, idx = probs.topk(2, dim=-1)
+    top = top / top.sum(-1, keepdim=True)
+    expected = torch.stack([sum(top[n, s] * moe.experts[int(idx[n, s])](x[n]) for s in range(2)) for n in range(7)])
+    assert torch.allclose(moe(x), expected, atol=1e-6)
+
+
+def test_moe_model_trains() -> None:
+    model = tiny(use_moe=True, num_experts=4, num_experts_per_tok=2)
+    x = tokens()
+    F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "gate." in n)
+
+
+def test_gelu_mlp_has_no_gate() -> None:
+    model = tiny(use_swiglu=False)
+    assert model.model.layers[0].mlp.gate_proj is None
+    assert model(tokens()).shape == (2, 24, 300)
+
+
+def test_state_dict_uses_llama_names() -> None:
+    names = set(tiny().state_dict())
+    for expected in (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ):
+        assert expected in names
+    assert not any("rope" in n or "key_valid" in n for n in names)

@@ -1,0 +1,149 @@
+"""Config loading and validation: every bad value fails at load with one line naming the key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from muomni.config import KEYS, PRESETS, Config, load_config, parse_override
+from muomni.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# (overrides, the key the message must name)
+BAD_CONFIGS = [
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": -4}, "batch_size"),
+    ({"batch_size": 2.5}, "batch_size"),
+    ({"batch_size": "eight"}, "batch_size"),
+    ({"lr": -1e-3}, "lr"),
+    ({"lr": 0}, "lr"),
+    ({"lr": "fast"}, "lr"),
+    ({"n_heads": 3}, "n_heads"),
+    ({"d_model": 96, "n_heads": 32}, "n_heads"),  # head_dim 3: RoPE needs it even
+    ({"kv_groups": 3}, "kv_groups"),
+    ({"kv_groups": 0}, "kv_groups"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"dropout": -0.1}, "dropout"),
+    ({"use_amp": "yes"}, "use_amp"),
+    ({"use_flash": 1}, "use_flash"),
+    ({"vocab_size": 100}, "vocab_size"),
+    ({"n_layers": 0}, "n_layers"),
+    ({"ctx_len": 0}, "ctx_len"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+    ({"max_steps": 0}, "max_steps"),
+    ({"max_steps": None, "max_epochs": None}, "max_steps"),
+    ({"wd": -0.1}, "wd"),
+    ({"max_grad_norm": -1}, "max_grad_norm"),
+    ({"val_split": 1.0}, "val_split"),
+    ({"optimizer": "adam"}, "optimizer"),
+    ({"scheduler": "step"}, "scheduler"),
+    ({"amp_dtype": "fp8"}, "amp_dtype"),
+    ({"cpu_offload": "gpu"}, "cpu_offload"),
+    ({"device": "tpu"}, "device"),
+    ({"distributed": "horovod"}, "distributed"),
+    ({"betas": [0.9]}, "betas"),
+    ({"betas": [0.9, 1.5]}, "betas"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"use_moe": True, "num_experts": 1}, "num_experts"),
+    ({"use_moe": True, "num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok"),
+    ({"min_lr": 1.0, "lr": 1e-3}, "min_lr"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints"),
+    ({"rope_theta": 0}, "rope_theta"),
+    ({"save_dir": ""}, "save_dir"),
+    ({"eps": 0}, "eps"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD_CONFIGS)
+def test_bad_value_names_the_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert f"'{key}'" in message
+    assert "\n" not in message
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rat'.*did you mean 'lr'|'learning_rat'"):
+        load_config(None, {"learning_rat": 1e-3})
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        load_config(None, {"batch_sise": 8})
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(broken)
+    listy = tmp_path / "list.json"
+    listy.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_config(listy)
+
+
+def test_muomni_thinker_tiny_loads_unchanged() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(FIXTURES / "thinker_tiny.json")
+    assert (cfg.vocab_size, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_groups) == (32000, 4, 256, 4, 2)
+    assert cfg.effective_batch_size == 32
+    ignored = sorted(str(w.message).split("'")[1] for w in caught)
+    assert ignored == ["num_workers", "shuffle_buffer_size"]  # drop_last true is the behaviour anyway
+    assert all("not used" in str(w.message) for w in caught)
+
+
+def test_presets_load_and_shapes() -> None:
+    for name in PRESETS:
+        load_config(name)
+    tiny = load_config("tiny")
+    assert (tiny.vocab_size, tiny.d_ff, tiny.ctx_len, tiny.batch_size, tiny.lr) == (32000, 1024, 512, 32, 3e-4)
+    small = load_config("small")
+    assert (small.d_model, small.n_layers, small.n_heads, small.kv_groups, small.d_ff) == (768, 12, 12, 4, 2048)
+
+
+def test_overrides_parse_json_values() -> None:
+    assert parse_override("lr=1e-3") == ("lr", 1e-3)
+    assert parse_override("use_amp=false") == ("use_amp", False)
+    assert parse_override("min_lr=null") == ("min_lr", None)
+    assert parse_override("save_dir=runs/x") == ("save_dir", "runs/x")
+    assert parse_override("betas=[0.9,0.99]") == ("betas", [0.9, 0.99])
+    cfg = load_config("debug", ["batch_size=4", "use_flash=false"])
+    assert cfg.batch_size == 4 and cfg.use_flash is False
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("batch_size")
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    cfg = load_config("tiny", {"betas": [0.8, 0.9]})
+    cfg.save(tmp_path / "c.json")
+    again = load_config(tmp_path / "c.json")
+    assert again == cfg
+    assert set(json.loads((tmp_path / "c.json").read_text())) == set(KEYS)
+
+
+def test_derived_values() -> None:
+    cfg = Config(use_gqa=False, kv_groups=2)
+    assert cfg.n_kv_heads == cfg.n_heads
+    assert Config(lr=1e-3).final_lr == pytest.approx(1e-4)
+    assert Config(lr=1e-3, min_lr=0.0).final_lr == 0.0
+
+
+def test_cli_reports_config_error_with_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "muomni", "train", "batch_size=0", f"save_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "batch_size" in lines[0]
+    assert not (tmp_path / "checkpoints").exists()
