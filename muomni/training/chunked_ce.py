@@ -62,9 +62,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]  # noqa: ANN001, ANN205
         grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output.float()
         return (
-            grad_hidden * grad_output.to(grad_hidden.dtype),
-            grad_weight * grad_output.to(grad_weight.dtype),
+            (grad_hidden * scale).to(grad_hidden.dtype),
+            (grad_weight * scale).to(grad_weight.dtype),
             None,
             None,
             None,
