@@ -1,0 +1,96 @@
+"""What the machine is, what it can do at best, and how much memory a row used.
+
+Peak rates are the vendors' dense (no sparsity) datasheet figures: leads, not measurements. MFU is reported
+only for devices in this table and "n/a" elsewhere, never guessed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DevicePeak:
+    """Dense peak throughput (TFLOP/s) and memory bandwidth (GB/s) of one GPU model."""
+
+    bf16_tflops: float
+    fp32_tflops: float
+    bandwidth_gbs: float
+
+
+# Matched against torch.cuda.get_device_name() by substring, most specific first.
+GPU_PEAKS: list[tuple[str, DevicePeak]] = [
+    ("H200", DevicePeak(989.0, 67.0, 4800.0)),
+    ("H100 PCIe", DevicePeak(756.0, 51.0, 2000.0)),
+    ("H100", DevicePeak(989.0, 67.0, 3350.0)),
+    ("GH200", DevicePeak(989.0, 67.0, 4000.0)),
+    ("A100-SXM4-80GB", DevicePeak(312.0, 19.5, 2039.0)),
+    ("A100", DevicePeak(312.0, 19.5, 1555.0)),
+    ("L40S", DevicePeak(362.0, 91.6, 864.0)),
+    ("L4", DevicePeak(121.0, 30.3, 300.0)),
+    ("A10G", DevicePeak(70.0, 31.2, 600.0)),
+    ("RTX 4090", DevicePeak(165.0, 82.6, 1008.0)),
+    ("RTX 3090", DevicePeak(71.0, 35.6, 936.0)),
+    ("T4", DevicePeak(65.0, 8.1, 320.0)),
+    ("V100", DevicePeak(125.0, 15.7, 900.0)),
+]
+
+
+def device_peak(device: torch.device) -> DevicePeak | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in GPU_PEAKS if key in name), None)
+
+
+def describe(device: torch.device) -> dict[str, object]:
+    """Hardware and software versions to print and save with every number."""
+    info: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "command": " ".join(["muomni", *sys.argv[1:]]) if sys.argv else "",
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        peak = device_peak(device)
+        info["gpu_peak"] = asdict(peak) if peak else None
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the allocator's peak since the last reset. CPU: the peak resident memory of this process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,102 @@
+"""Benchmark output: the table in the founding document's format, results.json, results.md and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+GIB = 2**30
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
+
+
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:{spec}}{suffix}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def train_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of training rows: speed, memory, MFU and quality relative to the baseline row."""
+    ok = [r for r in rows if not r.get("error")]
+    base = next((r for r in ok if r["name"] == "baseline" and r["framework"] == "muomni"), None)
+    hf = {r["name"]: r for r in rows if r["framework"] == "hf" and not r.get("error")}
+    head = "| row | tokens/s | speed | peak memory | memory | MFU | val loss | quality | HF tokens/s | muomni/HF |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        if r["framework"] != "muomni":
+            continue
+        if r.get("error"):
+            lines.append(f"| {r['name']} | failed: {r['error']} |||||||||")
+            continue
+        speed = _ratio(r["tokens_per_s"], base and base["tokens_per_s"])
+        mem = _ratio(r["peak_memory_bytes"], base and base["peak_memory_bytes"])
+        quality = None
+        if base and r.get("val_loss") is not None and base.get("val_loss"):
+            quality = 100.0 * (r["val_loss"] - base["val_loss"]) / base["val_loss"]
+        peer = hf.get(r.get("hf_row", ""))
+        lines.append(
+            f"| {r['name']} | {_fmt_rate(r['tokens_per_s'])} | {_fmt(speed, '.2f', 'x')} "
+            f"| {r['peak_memory_bytes'] / GIB:.2f} GiB | {_fmt(mem, '.2f', 'x')} "
+            f"| {_fmt(r.get('mfu') and 100 * r['mfu'], '.1f', '%')} | {_fmt(r.get('val_loss'), '.4f')} "
+            f"| {_fmt(quality, '+.2f', '%')} | {_fmt_rate(peer and peer['tokens_per_s'])} "
+            f"| {_fmt(_ratio(r['tokens_per_s'], peer and peer['tokens_per_s']), '.2f', 'x')} |"
+        )
+    if hf:
+        lines += ["", "| Hugging Face row | tokens/s | peak memory | MFU | val loss |", "|---|---|---|---|---|"]
+        for r in hf.values():
+            lines.append(
+                f"| {r['name']} | {_fmt_rate(r['tokens_per_s'])} | {r['peak_memory_bytes'] / GIB:.2f} GiB "
+                f"| {_fmt(r.get('mfu') and 100 * r['mfu'], '.1f', '%')} | {_fmt(r.get('val_loss'), '.4f')} |"
+            )
+    return "\n".join(lines)
+
+
+def write_results(out: Path, kind: str, info: dict[str, Any], rows: list[dict[str, Any]], table: str) -> None:
+    """results.json (every raw number), results.md (the table with its command and versions), chart.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"kind": kind, "info": info, "rows": rows}, indent=2) + "\n")
+    header = [f"# muomni bench {kind}", ""]
+    header += [f"- {key}: {value}" for key, value in info.items() if not isinstance(value, dict)]
+    (out / "results.md").write_text("\n".join([*header, "", table, ""]), encoding="utf-8")
+    chart(out / "chart.png", kind, rows)
+
+
+def chart(path: Path, kind: str, rows: list[dict[str, Any]]) -> bool:
+    """Two bar charts: throughput and peak memory per row. Skipped (False) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in rows if not r.get("error") and r.get("tokens_per_s")]
+    if not ok:
+        return False
+    labels = [r["name"] if r["framework"] == "muomni" else f"HF {r['name']}" for r in ok]
+    colors = ["tab:blue" if r["framework"] == "muomni" else "tab:orange" for r in ok]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(ok) + 4), 4.5))
+    axes[0].bar(labels, [r["tokens_per_s"] for r in ok], color=colors)
+    axes[0].set_title("tokens/s (higher is better)")
+    axes[1].bar(labels, [r["peak_memory_bytes"] / GIB for r in ok], color=colors)
+    axes[1].set_title("peak memory, GiB (lower is better)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=60)
+    fig.suptitle(f"muomni bench {kind}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
