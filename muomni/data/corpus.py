@@ -1,0 +1,209 @@
+"""Read a training corpus as a list of documents.
+
+A *document* is the unit of the train/validation split: a whole document goes to one side, so the
+validation loss is measured on text the model never trained on. Sources:
+
+- ``builtin:stdlib``: every ``.py`` file of this Python's standard library (tests, IDLE, tkinter and
+  other demos/vendored parts skipped) plus each ``pydoc`` help topic. Needs no download.
+- a folder: every regular file under it (recursively, sorted by path, hidden names skipped), one
+  document per file.
+- a ``.jsonl`` file: one JSON object per non-empty line, its string field ``text`` is a document.
+- any other file (``.txt``...): documents are its blank-line-separated blocks.
+
+Documents that hold only whitespace are dropped everywhere: they carry nothing to learn.
+
+Encoding: input must be UTF-8. A file with a few bad bytes (a stray Latin-1 character, a truncated
+write) is still usable, so bad bytes are replaced with U+FFFD and one warning per file says how many.
+A file where more than 1% of the bytes are not UTF-8 is almost surely binary or in another encoding;
+training on it would teach noise, so it is refused with a :class:`~muomni.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
+from muomni.errors import DataError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTINS = ("stdlib",)
+
+# Parts of the standard library that are tests, demos, GUI code or vendored wheels: not the "library".
+_STDLIB_SKIP = frozenset(
+    {
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idlelib",
+        "__pycache__",
+        "lib2to3",
+        "turtledemo",
+        "ensurepip",
+        "tkinter",
+    }
+)
+
+# Above this share of invalid bytes a file is refused rather than repaired.
+MAX_INVALID_FRACTION = 0.01
+
+# Bump when the way documents are cut changes, so caches keyed on the fingerprint are rebuilt.
+_FORMAT_VERSION = 1
+
+_BLANK_LINE = re.compile(r"\n\s*\n")
+# surrogateescape maps each undecodable byte to one lone surrogate in this range, and a strict
+# UTF-8 decode never yields one otherwise, so counting them counts the invalid bytes.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def load_documents(source: str) -> list[str]:
+    """Read a corpus as a list of documents.
+
+    Args:
+        source: ``builtin:stdlib``, a folder, a ``.jsonl`` file, or any other text file.
+
+    Returns:
+        The documents, in a stable order; none of them is empty or whitespace-only.
+
+    Raises:
+        DataError: the path does not exist, an unknown builtin name, an empty folder, a bad JSONL
+            line, a file that is not UTF-8 text, or a corpus with no text at all.
+    """
+    if source.startswith(BUILTIN_PREFIX):
+        _check_builtin(source)
+        docs = [_read_text(p) for p in _stdlib_files()] + _pydoc_topics()
+    else:
+        path = _existing_path(source)
+        if path.is_dir():
+            docs = [_read_text(p) for p in _folder_files(path)]
+        elif path.suffix.lower() == ".jsonl":
+            docs = _jsonl_documents(path)
+        else:
+            docs = _BLANK_LINE.split(_read_text(path))
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise DataError(f"corpus {source} holds no text (empty or only whitespace); give a file or folder with text")
+    return docs
+
+
+def corpus_fingerprint(source: str) -> str:
+    """A cheap identity of a corpus, to key caches: it changes when a file is edited, added or removed.
+
+    Files are not read: the fingerprint hashes each file's path, size and modification time (for
+    ``builtin:stdlib``, the Python version, the stdlib path and each file's path and size).
+
+    Args:
+        source: as for :func:`load_documents`.
+
+    Returns:
+        The first 16 hex digits of a sha256.
+
+    Raises:
+        DataError: the path does not exist, an unknown builtin name, or an empty folder.
+    """
+    parts: list[str] = [f"muomni-corpus-v{_FORMAT_VERSION}"]
+    if source.startswith(BUILTIN_PREFIX):
+        _check_builtin(source)
+        root = Path(sysconfig.get_paths()["stdlib"])
+        parts += [source, sys.version, str(root)]
+        parts += [f"{p.relative_to(root).as_posix()}\t{p.stat().st_size}" for p in _stdlib_files()]
+    else:
+        path = _existing_path(source).resolve()
+        files = _folder_files(path) if path.is_dir() else [path]
+        parts.append("folder" if path.is_dir() else "file")
+        for p in files:
+            st = p.stat()
+            parts.append(f"{p}\t{st.st_size}\t{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _check_builtin(source: str) -> None:
+    name = source[len(BUILTIN_PREFIX) :]
+    if name not in BUILTINS:
+        known = ", ".join(BUILTIN_PREFIX + b for b in BUILTINS)
+        raise DataError(f"unknown built-in corpus '{source}'; the built-in corpora are: {known}")
+
+
+def _existing_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"train_text {source} does not exist; give a .txt/.jsonl file, a folder, or {BUILTIN_PREFIX}stdlib"
+        )
+    return path
+
+
+def _stdlib_files() -> list[Path]:
+    """The standard library's ``.py`` files, sorted, without tests, demos and vendored code."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP]
+        found += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+def _pydoc_topics() -> list[str]:
+    """The help topics of ``pydoc`` (language reference excerpts), one document each."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip pydoc_data; the .py files are still plenty
+        return []
+    return [topics[key] for key in sorted(topics)]
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Every regular file under ``root``, sorted by path, skipping hidden files and folders."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f) for f in filenames if not f.startswith(".")]
+    files = sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).parts)
+    if not files:
+        raise DataError(f"folder {root} holds no files (hidden files are skipped); put text files in it")
+    return files
+
+
+def _read_text(path: Path) -> str:
+    """A file's text as UTF-8, repairing a few bad bytes (with a warning) and refusing binary files."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    n_bad = len(_ESCAPED_BYTE.findall(data.decode("utf-8", "surrogateescape")))
+    if n_bad > MAX_INVALID_FRACTION * len(data):
+        raise DataError(
+            f"{path} does not look like UTF-8 text ({n_bad} of {len(data)} bytes invalid); convert it to UTF-8"
+        )
+    warnings.warn(f"{path}: {n_bad} bytes were not UTF-8 and were replaced with U+FFFD", stacklevel=2)
+    return data.decode("utf-8", "replace")
+
+
+def _jsonl_documents(path: Path) -> list[str]:
+    """The ``text`` field of each non-empty line of a JSON Lines file."""
+    docs = []
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f'{path} line {lineno} is not valid JSON ({e.msg}); each line must be an object like {{"text": "..."}}'
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(
+                f'{path} line {lineno} has no string field "text"; each line must be an object like {{"text": "..."}}'
+            )
+        docs.append(record["text"])
+    return docs
+
+
+__all__ = ["load_documents", "corpus_fingerprint"]
