@@ -1,0 +1,39 @@
+"""The language-modelling loss, in its own module so a chunked cross-entropy can replace it.
+
+The trainer only calls ``loss_fn(model, tokens) -> (sum_loss, n_tokens)``: the *sum* of the per-token
+losses, not the mean, so gradient accumulation can divide by the target tokens of the whole accumulation
+window and a batch of 8 x 1 gives the same update as 2 x 4. A chunked version (computing the head and
+the cross-entropy a slice of rows at a time, so the ``[B, T, V]`` logits are never all alive) must keep
+this signature; it would take ``model.model`` (hidden states) and ``model.lm_head`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def lm_loss(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy of windows ``tokens`` [B, T+1].
+
+    Args:
+        model: maps tokens [B, T] to logits [B, T, V].
+        tokens: packed windows; ``tokens[:, :-1]`` is the input and ``tokens[:, 1:]`` the target.
+
+    Returns:
+        ``(sum_loss, n_tokens)``: the summed loss in fp32 (a 0-d tensor) and the number of targets
+        (``B * T``; windows are packed full, so no target is ignored).
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits = model(inputs)  # [B, T, V]
+    # fp32 log-softmax: in bf16/fp16 the sum over a large vocabulary loses the small probabilities.
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")  # [B*T, V] -> ()
+    return loss, targets.numel()
+
+
+__all__ = ["LossFn", "lm_loss"]

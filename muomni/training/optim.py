@@ -1,0 +1,127 @@
+"""Optimizer and learning-rate schedule.
+
+Weight decay applies to matrices only: the >= 2-D weights of linear layers. Norm gains, biases and the
+token embedding (and so a tied ``lm_head``) are not decayed, as in GPT-2/nanoGPT and most Llama recipes:
+shrinking a norm gain or an embedding row towards zero only fights the model.
+
+The schedule is a pure function of the number of optimizer steps actually *applied*
+(:func:`lr_at`), so a step skipped for an fp16 overflow or a non-finite loss does not advance it, and
+resuming needs no scheduler object: the applied-step count in the checkpoint is the scheduler's state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from muomni.config import Config
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split the trainable parameters into a decayed group (matrices) and a non-decayed one.
+
+    Args:
+        model: the model; tied parameters appear once (under their first name).
+        weight_decay: the decay of the first group.
+
+    Returns:
+        ``[{"params": matrices, "weight_decay": weight_decay, "names": ...}, {"params": rest,
+        "weight_decay": 0.0, "names": ...}]``, in ``named_parameters`` order. ``names`` is kept out of
+        the optimizer by :func:`build_optimizer`; it is there for tests and logs.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
+    for name, p in model.named_parameters():  # named_parameters yields a tied weight once
+        if not p.requires_grad:
+            continue
+        is_matrix = p.dim() >= 2 and id(p) not in embeddings
+        (decay if is_matrix else no_decay).append((name, p))
+    return [
+        {"params": [p for _, p in decay], "weight_decay": weight_decay, "names": [n for n, _ in decay]},
+        {"params": [p for _, p in no_decay], "weight_decay": 0.0, "names": [n for n, _ in no_decay]},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused kernel on CUDA) or SGD with Nesterov momentum, with :func:`param_groups`.
+
+    SGD's ``weight_decay`` is the classic L2 term added to the gradient; AdamW's is decoupled.
+    The learning rate is set before every step by the trainer from :func:`lr_at`.
+    """
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.wd)]
+    if cfg.optimizer == "adamw":
+        # The fused kernel updates every parameter in one launch; on CPU the foreach path is the default.
+        fused = True if device.type == "cuda" else None
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup, then cosine / linear decay to ``min_lr`` at ``total_steps`` (or constant).
+
+    Attributes:
+        kind: ``cosine``, ``linear`` or ``constant``.
+        lr: the peak learning rate.
+        min_lr: the rate reached at ``total_steps`` (ignored by ``constant``).
+        warmup_steps: steps of linear warmup from ``lr / warmup_steps`` to ``lr``.
+        total_steps: the step at which the decay ends.
+    """
+
+    kind: str
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        return lr_at(step, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lr_at(step: int, s: Schedule) -> float:
+    """The learning rate of the optimizer step that follows ``step`` applied steps.
+
+    Warmup: step 0 uses ``lr / warmup_steps`` and step ``warmup_steps - 1`` the full ``lr``. The decay
+    then runs from ``lr`` at ``warmup_steps`` to ``min_lr`` at ``total_steps`` and stays there.
+    """
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    if s.kind == "constant":
+        return s.lr
+    span = max(1, s.total_steps - s.warmup_steps)
+    progress = min(1.0, (step - s.warmup_steps) / span)
+    if s.kind == "linear":
+        return s.lr - progress * (s.lr - s.min_lr)
+    return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - s.min_lr)
+
+
+def planned_steps(cfg: Config, n_train_windows: int) -> int:
+    """The optimizer steps the run will take: ``max_steps`` or ``max_epochs`` of data, whichever is fewer."""
+    limits = []
+    if cfg.max_steps is not None:
+        limits.append(cfg.max_steps)
+    if cfg.max_epochs is not None:
+        windows_per_step = cfg.batch_size * cfg.gradient_accumulation_steps
+        limits.append(math.ceil(cfg.max_epochs * n_train_windows / windows_per_step))
+    return min(limits)
+
+
+def make_schedule(cfg: Config, total_steps: int) -> Schedule:
+    """The schedule of a config, decaying over ``total_steps`` (see :func:`planned_steps`)."""
+    return Schedule(cfg.scheduler, cfg.lr, cfg.final_lr, cfg.warmup_steps, total_steps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+__all__ = ["Schedule", "build_optimizer", "lr_at", "make_schedule", "param_groups", "planned_steps", "set_lr"]

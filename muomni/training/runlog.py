@@ -1,0 +1,110 @@
+"""What a run tells its user: startup lines, a progress bar, and ``metrics.jsonl``.
+
+``metrics.jsonl`` gets one JSON object per optimizer step (``step``, ``loss``, ``lr``, ``grad_norm`` before
+clipping, ``tokens_per_s``, ``effective_batch``, ...) and one per evaluation (``step``, ``val_loss``,
+``val_ppl``). Non-finite numbers are written as ``null`` so the file stays strict JSON. On a terminal the
+tqdm bar shows the latest step; elsewhere (a log file, CI) a plain line is printed every ``print_freq``
+steps instead, so logs are not flooded with carriage returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop the records after ``last_step`` (and any torn last line): a resumed run rewrites them."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """The run's console output and metrics file.
+
+    Args:
+        save_dir: the run folder (``metrics.jsonl`` is appended to there).
+        start_step: the step the run starts from (0, or a resumed checkpoint's).
+        total_steps: the step the run ends at, for the bar.
+        print_freq: steps between plain progress lines when the bar is off.
+        enabled: False on every process but the main one.
+    """
+
+    def __init__(self, save_dir: Path, start_step: int, total_steps: int, print_freq: int, enabled: bool = True):
+        self.enabled = enabled
+        self.print_freq = print_freq
+        self.path = save_dir / METRICS_FILE
+        self._file = open(self.path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115 (closed in close)
+        show_bar = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_bar, unit="step", dynamic_ncols=True)
+
+    def info(self, message: str) -> None:
+        """One line on stdout (above the bar)."""
+        if self.enabled:
+            tqdm.write(f"muomni: {message}", file=sys.stdout)
+            sys.stdout.flush()
+
+    def record(self, values: dict[str, Any]) -> None:
+        """Append one JSON object to ``metrics.jsonl``."""
+        if self._file is not None:
+            self._file.write(json.dumps({k: _clean(v) for k, v in values.items()}) + "\n")
+            self._file.flush()
+
+    def step(self, values: dict[str, Any]) -> None:
+        """Record an optimizer step and show it on the bar (or as a line every ``print_freq`` steps)."""
+        self.record(values)
+        if not self.enabled:
+            return
+        shown = {
+            "loss": _fmt(values.get("loss"), ".4f"),
+            "lr": _fmt(values.get("lr"), ".2e"),
+            "tok/s": _fmt(values.get("tokens_per_s"), ",.0f"),
+            "gnorm": _fmt(values.get("grad_norm"), ".3f"),
+        }
+        if "peak_mem_gib" in values:
+            shown["mem"] = _fmt(values["peak_mem_gib"], ".2f") + "GiB"
+        if not self.bar.disable:
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(values["step"] - self.bar.n)
+        elif values["step"] % self.print_freq == 0:
+            self.info(f"step {values['step']}: " + " ".join(f"{k} {v}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        self.bar.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return str(value)
+    return format(value, spec)
+
+
+__all__ = ["METRICS_FILE", "RunLog", "truncate_metrics"]

@@ -1,0 +1,244 @@
+"""The full training state in a checkpoint, and the rules for resuming from one.
+
+A training checkpoint holds ``model.safetensors``, ``optimizer.safetensors``, ``rng.safetensors``,
+``trainer_state.json`` (counters, sampler position, schedule, loss scaler, RNG states that are not
+tensors), ``config.json`` and ``tokenizer.json``, written atomically by
+:func:`~muomni.training.checkpoint.write_checkpoint`. Restoring all of it makes a resumed run on the CPU
+bitwise identical to one that was never interrupted.
+
+Resume policy (``resume``): ``auto`` continues from the run folder's newest complete checkpoint (broken
+ones are skipped with a warning) or starts fresh when there is none; ``never`` starts fresh; a path
+resumes from that checkpoint (or run folder). A checkpoint whose config differs in a key that fixes the
+model's shape or the data order is refused. Checkpoints in ``save_dir`` newer than the starting point
+belong to an abandoned run: they are deleted when this run writes its first checkpoint (not before, so a
+run that dies at once loses nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muomni.config import Config, load_config
+from muomni.data import Tokenizer, WindowStream
+from muomni.errors import CheckpointError
+from muomni.training.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    TOKENIZER_FILE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_tensors,
+    model_state_for_saving,
+    resolve_checkpoint,
+    save_tensors,
+    write_checkpoint,
+)
+from muomni.training.faults import fault_point
+from muomni.training.optim import Schedule
+from muomni.training.state import RNG_FILE, optimizer_from_files, optimizer_to_files, rng_state, set_rng_state
+
+MODEL_KEYS = [
+    "vocab_size",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "use_gqa",
+    "kv_groups",
+    "d_ff",
+    "ctx_len",
+    "rope_theta",
+    "use_swiglu",
+    "use_moe",
+    "num_experts",
+    "num_experts_per_tok",
+    "tie_embeddings",
+]
+# Keys that fix the data a step sees or the optimizer state's layout: changing them breaks a resume.
+ORDER_KEYS = ("batch_size", "gradient_accumulation_steps", "train_text", "seed", "val_split", "optimizer")
+STATE_FORMAT = 1
+
+
+@dataclass
+class Progress:
+    """The trainer's counters, saved in ``trainer_state.json``.
+
+    Attributes:
+        step: optimizer steps taken (applied or skipped); names checkpoints and bounds ``max_steps``.
+        applied_steps: steps that updated the weights; the schedule's position.
+        nonfinite_in_row: consecutive skipped steps (overflow or non-finite), reset by an applied step.
+        nonfinite_skips: steps skipped for a non-finite loss or gradient norm, in total.
+        overflow_skips: fp16 steps skipped because the scaled gradients overflowed, in total.
+        tokens: training tokens consumed.
+        val_loss: the latest validation loss, if any.
+    """
+
+    step: int = 0
+    applied_steps: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_skips: int = 0
+    overflow_skips: int = 0
+    tokens: int = 0
+    val_loss: float | None = None
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint saves and restores, by reference."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    stream: WindowStream
+    schedule: Schedule
+    progress: Progress
+
+
+def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: TrainingState) -> Path:
+    """Write a checkpoint of ``ts`` at its step and return its folder (pruning is the caller's)."""
+    step = ts.progress.step
+    opt_tensors, opt_meta = optimizer_to_files(ts.optimizer)
+    rng_meta, rng_tensors = rng_state()
+    state = {
+        "format": STATE_FORMAT,
+        "progress": asdict(ts.progress),
+        "sampler": ts.stream.state_dict(),
+        "schedule": ts.schedule.state_dict(),
+        "scaler": ts.scaler.state_dict(),
+        "optimizer": opt_meta,
+        "rng": rng_meta,
+    }
+
+    def write_model(path: Path) -> None:
+        save_tensors(model_state_for_saving(ts.model), path)
+        fault_point("ckpt_write", step)
+
+    writers = {
+        MODEL_FILE: write_model,
+        OPTIMIZER_FILE: lambda p: save_tensors(opt_tensors, p),
+        RNG_FILE: lambda p: save_tensors(rng_tensors, p),
+        STATE_FILE: lambda p: p.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8"),
+        CONFIG_FILE: cfg.save,
+        TOKENIZER_FILE: tokenizer.save,
+    }
+    return write_checkpoint(save_dir, step, writers)
+
+
+def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
+    """Restore a checkpoint written by :func:`save_snapshot` into ``ts`` (in place).
+
+    Raises:
+        CheckpointError: unreadable files, or state for another model or optimizer.
+    """
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        progress = Progress(**state["progress"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
+    device = next(ts.model.parameters()).device
+    load_model_state(ts.model, load_tensors(ckpt / MODEL_FILE, device), ckpt)
+    optimizer_from_files(ts.optimizer, load_tensors(ckpt / OPTIMIZER_FILE), state["optimizer"])
+    if state["scaler"] and ts.scaler.is_enabled():
+        ts.scaler.load_state_dict(state["scaler"])
+    ts.stream.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"], load_tensors(ckpt / RNG_FILE))
+    ts.progress.__dict__.update(asdict(progress))
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Load weights saved by :func:`model_state_for_saving` (a tied ``lm_head`` may be absent).
+
+    Raises:
+        CheckpointError: a missing, unexpected or differently shaped tensor, named.
+    """
+    own = model.state_dict()
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    missing = [k for k in own if k not in state and not (tied and k == "lm_head.weight")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(items[:3])}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if items
+        )
+        raise CheckpointError(f"weights in {where} do not fit this model ({detail}); check the model keys")
+    model.load_state_dict(state, strict=False)
+
+
+def read_config(ckpt: Path) -> Config:
+    """The resolved config saved in a checkpoint."""
+    try:
+        data = json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
+        return load_config(data, warn_ignored=False)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {CONFIG_FILE} is unreadable ({e})")
+
+
+def find_resume(cfg: Config) -> Path | None:
+    """The checkpoint to resume from under ``cfg.resume``, or None to start fresh."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(cfg.save_dir)
+    return resolve_checkpoint(cfg.resume)
+
+
+def check_compatible(old: Config, new: Config, ckpt: Path, keys: list[str]) -> None:
+    """Refuse to resume when a key that fixes the model or the data order changed.
+
+    Raises:
+        CheckpointError: naming the key, both values, and the way out.
+    """
+    for key in keys:
+        was, now = getattr(old, key), getattr(new, key)
+        if was != now:
+            raise CheckpointError(
+                f"cannot resume from {ckpt}: config key '{key}' was {json.dumps(was)} there and is "
+                f"{json.dumps(now)} now; use a new save_dir, or resume=never to start over"
+            )
+
+
+def stale_checkpoints(save_dir: str | Path, start_step: int) -> list[Path]:
+    """Checkpoints of ``save_dir`` newer than the step this run starts from (an abandoned run's)."""
+    return [p for p in list_checkpoints(save_dir) if int(p.name.split("_")[1]) > start_step]
+
+
+def remove_stale(stale: list[Path], keep: Path) -> None:
+    """Delete the abandoned checkpoints, except ``keep`` (just written over one of them)."""
+    for path in stale:
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+    stale.clear()
+
+
+def model_keys(cfg: Config) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in MODEL_KEYS}
+
+
+__all__ = [
+    "MODEL_KEYS",
+    "ORDER_KEYS",
+    "Progress",
+    "TrainingState",
+    "check_compatible",
+    "find_resume",
+    "load_model_state",
+    "load_snapshot",
+    "model_keys",
+    "read_config",
+    "remove_stale",
+    "save_snapshot",
+    "stale_checkpoints",
+]

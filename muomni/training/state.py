@@ -1,0 +1,94 @@
+"""Training state as safetensors + JSON, never pickle: optimizer state and random-number generators.
+
+Optimizer: ``optimizer.state_dict()["state"]`` maps a parameter index to named values. Tensors go to
+``optimizer.safetensors`` as ``state.<index>.<name>``; everything else (a ``None`` momentum buffer, a
+float) goes to JSON. The hyperparameters (``param_groups``) are saved for reference but on restore the
+current optimizer's groups are kept: they come from the config, which may change on resume (``lr``), and
+from the device (``fused``). Restoring reproduces every state tensor bit for bit.
+
+RNG: Python's ``random`` and NumPy's legacy global state are JSON lists; torch's CPU and CUDA generator
+states are uint8 tensors in ``rng.safetensors``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from muomni.errors import CheckpointError
+
+RNG_FILE = "rng.safetensors"
+
+
+def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state into tensors (for safetensors) and a JSON-able rest.
+
+    Returns:
+        ``(tensors, meta)``; ``meta`` holds ``scalars`` (index -> name -> value) and ``param_groups``.
+    """
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in sd["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore what :func:`optimizer_to_files` wrote into ``optimizer`` (built for the same model).
+
+    Raises:
+        CheckpointError: the saved state is for a different set of parameters.
+    """
+    current = optimizer.state_dict()
+    saved_sizes = [len(g["params"]) for g in meta["param_groups"]]
+    sizes = [len(g["params"]) for g in current["param_groups"]]
+    if saved_sizes != sizes:
+        raise CheckpointError(
+            f"the checkpoint's optimizer has parameter groups of sizes {saved_sizes} but this model's are "
+            f"{sizes}; the model or optimizer changed; use a new save_dir, or resume=never to start over"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    # load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved).
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Every global RNG state: ``(json_part, tensors)``."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    py = {"version": version, "state": list(internal), "gauss_next": gauss}
+    npy = {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": cached}
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return {"python": py, "numpy": npy}, tensors
+
+
+def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what :func:`rng_state` returned. CUDA states are restored when the device count matches."""
+    py = meta["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    npy = meta["numpy"]
+    keys = np.asarray(npy["keys"], dtype=np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+
+
+__all__ = ["RNG_FILE", "optimizer_from_files", "optimizer_to_files", "rng_state", "set_rng_state"]

@@ -1,0 +1,67 @@
+"""Learning-rate schedules at known steps, and which parameters get weight decay."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from muomni.config import load_config
+from muomni.models.thinker import Thinker
+from muomni.training.optim import Schedule, build_optimizer, lr_at, param_groups, planned_steps
+
+TINY = {"vocab_size": 300, "n_layers": 2, "d_model": 32, "n_heads": 2, "kv_groups": 1, "d_ff": 64, "ctx_len": 16}
+
+
+def test_warmup_is_linear_and_reaches_peak() -> None:
+    s = Schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)
+    assert lr_at(0, s) == pytest.approx(0.1)
+    assert lr_at(4, s) == pytest.approx(0.5)
+    assert lr_at(9, s) == pytest.approx(1.0)
+
+
+def test_cosine_values() -> None:
+    s = Schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)
+    assert lr_at(10, s) == pytest.approx(1.0)
+    assert lr_at(60, s) == pytest.approx(0.55)  # half way: (1 + cos(pi/2)) / 2 = 0.5 of the range
+    assert lr_at(35, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(110, s) == pytest.approx(0.1)
+    assert lr_at(500, s) == pytest.approx(0.1)
+
+
+def test_linear_and_constant_values() -> None:
+    lin = Schedule("linear", lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=100)
+    assert [lr_at(k, lin) for k in (0, 25, 50, 100, 200)] == pytest.approx([1.0, 0.75, 0.5, 0.0, 0.0])
+    const = Schedule("constant", lr=0.5, min_lr=0.0, warmup_steps=4, total_steps=100)
+    assert [lr_at(k, const) for k in (0, 3, 4, 99, 1000)] == pytest.approx([0.125, 0.5, 0.5, 0.5, 0.5])
+
+
+def test_planned_steps_takes_the_smaller_limit() -> None:
+    cfg = load_config({"max_steps": 1000, "max_epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2})
+    assert planned_steps(cfg, n_train_windows=100) == 25  # 2 epochs x 100 windows / 8 windows per step
+    assert planned_steps(cfg.replace(max_epochs=None), n_train_windows=100) == 1000
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_decay_only_on_matrices(tie: bool) -> None:
+    model = Thinker(load_config({**TINY, "tie_embeddings": tie}))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "model.embed_tokens.weight" in no_decay["names"]
+    assert all("layernorm" in n or n in ("model.norm.weight", "model.embed_tokens.weight") for n in no_decay["names"])
+    assert "model.layers.0.self_attn.q_proj.weight" in decay["names"]
+    assert "model.layers.1.mlp.down_proj.weight" in decay["names"]
+    # A tied lm_head is the embedding: it appears once, undecayed; an untied one is an ordinary matrix.
+    assert ("lm_head.weight" in decay["names"]) is (not tie)
+    n_params = len(list(model.parameters()))
+    assert len(decay["params"]) + len(no_decay["params"]) == n_params
+
+
+def test_optimizers() -> None:
+    model = Thinker(load_config(TINY))
+    adamw = build_optimizer(model, load_config(TINY), torch.device("cpu"))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.95)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
+    sgd = build_optimizer(model, load_config({**TINY, "optimizer": "sgd", "momentum": 0.8}), torch.device("cpu"))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8

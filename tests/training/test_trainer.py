@@ -1,0 +1,146 @@
+"""The training step and loop, in process: accumulation, clipping, fp16 overflow, non-finite stop, determinism."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from muomni.cli import main
+from muomni.training import trainer as trainer_module
+from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, load_tensors
+from muomni.training.loss import lm_loss
+from muomni.training.precision import Precision
+from muomni.training.trainer import Trainer, total_grad_norm
+
+from .conftest import final_weights, overrides, read_metrics, step_losses, tiny_config, tiny_settings
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_accumulation_matches_one_big_batch(corpus: Path, tmp_path: Path, optimizer: str) -> None:
+    # SGD without clipping is linear in the gradient, so a wrong loss normalisation cannot hide.
+    clip = 0.0 if optimizer == "sgd" else 1.0
+    common = {"dropout": 0.0, "optimizer": optimizer, "max_grad_norm": clip, "lr": 0.05 if optimizer == "sgd" else 3e-3}
+    runs = []
+    for batch, accum in ((8, 1), (2, 4)):
+        cfg = tiny_config(corpus, tmp_path / "run", batch_size=batch, gradient_accumulation_steps=accum, **common)
+        t = Trainer(cfg)
+        losses = [t.train_step(t.next_batches())[0] for _ in range(3)]
+        runs.append((losses, {k: v.detach().clone() for k, v in t.model.state_dict().items()}))
+    (losses_a, weights_a), (losses_b, weights_b) = runs
+    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+    for name, a in weights_a.items():
+        # Relative error of each tensor as a whole: summation order differs, and Adam divides by sqrt(v),
+        # so an element whose gradient is ~0 can differ by more than 1e-5 of itself.
+        rel = ((weights_b[name] - a).norm() / a.norm()).item()
+        assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
+    start = Trainer(tiny_config(corpus, tmp_path / "run", **common)).model.state_dict()
+    assert any(not torch.equal(start[k], weights_a[k]) for k in start)  # the steps did change the weights
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 0.0])
+def test_clipping_bounds_the_norm_and_logs_the_pre_clip_norm(corpus: Path, tmp_path: Path, max_norm: float) -> None:
+    t = Trainer(tiny_config(corpus, tmp_path / "run", dropout=0.0, max_grad_norm=max_norm))
+    batches = t.next_batches()
+    reference = copy.deepcopy(t.model)
+    loss, n = lm_loss(reference, batches[0])
+    (loss / n).backward()
+    expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), float("inf")).item()
+    seen = []
+    original_step = t.optimizer.step
+    t.optimizer.step = lambda *a, **k: (seen.append(total_grad_norm(t.params).item()), original_step(*a, **k))[1]
+    _, logged, _, applied = t.train_step(batches)
+    assert applied and len(seen) == 1
+    assert logged == pytest.approx(expected, rel=1e-5)
+    if max_norm:
+        assert expected > max_norm and seen[0] <= max_norm + 1e-6
+    else:
+        assert seen[0] == pytest.approx(expected, rel=1e-5)  # 0 disables clipping
+
+
+def test_fp16_overflow_skips_the_step_and_keeps_the_lr(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fp16 autocast is CUDA-only; on the CPU the GradScaler itself works, so drive its skip path here.
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda cfg, dev: Precision.create(None, "cpu", True))
+    cfg = tiny_config(corpus, tmp_path / "run", max_steps=4, checkpoint_freq=100, val_freq=100, dropout=0.0)
+    t = Trainer(cfg)
+    scale0 = t.precision.scaler.get_scale()
+    poison = t.model.lm_head.weight.register_hook(lambda g: g * math.inf if t.progress.step == 1 else g)
+    before_skip: dict[str, torch.Tensor] = {}
+    t.optimizer.step = _recording_step(t, before_skip)
+    ckpt = t.fit()
+    poison.remove()
+    m = read_metrics(t.save_dir)
+    steps = [r for r in m if "loss" in r]
+    assert [r.get("skipped") for r in steps] == [None, "overflow", None, None]
+    assert steps[2]["lr"] == steps[1]["lr"] != steps[0]["lr"]  # the skipped step did not advance the schedule
+    assert t.progress.applied_steps == 3 and t.progress.overflow_skips == 1 and t.progress.nonfinite_skips == 0
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    assert state["scaler"]["scale"] == scale0 / 2  # backed off once, saved with the checkpoint
+    resumed = Trainer(cfg.replace(max_steps=5))
+    assert resumed.precision.scaler.get_scale() == scale0 / 2
+    assert resumed.progress.overflow_skips == 1 and resumed.progress.applied_steps == 3
+
+
+def _recording_step(t: Trainer, store: dict) -> object:
+    original = t.optimizer.step
+
+    def step(*args: object, **kwargs: object) -> object:
+        store[t.progress.step] = True
+        return original(*args, **kwargs)
+
+    return step
+
+
+def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    calls = {"train": 0}
+
+    def poisoned(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+        loss, n = lm_loss(model, tokens)
+        if torch.is_grad_enabled():  # training, not validation
+            calls["train"] += 1
+            if calls["train"] > 4:
+                loss = loss * math.nan
+        return loss, n
+
+    monkeypatch.setattr(trainer_module, "lm_loss", poisoned)
+    save_dir = tmp_path / "run"
+    rc = main(["train", *overrides(tiny_settings(Path(str(tmp_path / "corpus.txt")), save_dir, max_nonfinite_steps=3))])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "training stopped at step 7: 3 steps in a row had a non-finite loss" in err
+    assert [r.get("skipped") for r in read_metrics(save_dir) if "loss" in r] == [None] * 4 + ["nonfinite"] * 3
+    last_good = load_tensors(checkpoints_dir(save_dir) / "step_00000004" / MODEL_FILE)
+    stopped = load_tensors(checkpoints_dir(save_dir) / "step_00000007" / MODEL_FILE)
+    assert all(torch.equal(last_good[k], stopped[k]) for k in last_good)
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_and_exits_130(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MUOMNI_TEST_KILL_AT", "mid_step:3:SIGINT")
+    save_dir = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["train", *overrides(tiny_settings(corpus, save_dir, checkpoint_freq=100))]) == 130
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+    assert [p.name for p in checkpoints_dir(save_dir).iterdir()] == ["step_00000003"]
+    assert step_losses(save_dir)[-1][0] == 3
+
+
+def test_same_config_gives_the_same_loss_curve(corpus: Path, tmp_path: Path) -> None:
+    curves, weights = [], []
+    for name in ("a", "b"):
+        Trainer(tiny_config(corpus, tmp_path / name)).fit()
+        curves.append(step_losses(tmp_path / name))
+        weights.append(final_weights(tmp_path / name))
+    assert len(curves[0]) == 12 and curves[0] == curves[1]
+    assert curves[0][-1][1] < curves[0][0][1]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
