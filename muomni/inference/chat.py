@@ -1,0 +1,162 @@
+"""``muomni chat``: an interactive, streaming conversation with a plain language model.
+
+The Thinker is a plain LM, not an instruction-tuned one, so the conversation is plain text that the model
+continues::
+
+    User: <message>
+    Assistant: <reply>
+    User: <message>
+    Assistant:
+
+A reply ends at ``<eos>``, at ``max_new_tokens`` (at most half the context), or when the model starts the
+next ``User:`` line itself. The whole conversation is run again at each turn (one prefill), and when it no
+longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying so.
+
+Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from muomni.data import Tokenizer
+from muomni.inference.generate import generate_tokens
+from muomni.inference.stats import GenerationStats
+from muomni.inference.streaming import TextStream
+from muomni.models.thinker import Thinker
+
+USER, ASSISTANT = "User:", "Assistant:"
+STOP = ("\n" + USER,)
+PROMPT_MARKER = "> "
+QUIT = ("exit", "quit")
+RESET = "/reset"
+
+
+@dataclass
+class Conversation:
+    """The turns so far, as text and as token ids, kept within ``ctx_len - reply_tokens``."""
+
+    tokenizer: Tokenizer
+    ctx_len: int
+    reply_tokens: int
+    turns: list[list[int]] = field(default_factory=list)  # ids of "User: ...\nAssistant: ...\n" per turn
+
+    def prompt_ids(self, message: str) -> tuple[list[int], int, bool]:
+        """Ids of the history plus ``message``; also how many old turns were dropped, and whether the
+        message itself had to be cut (its end is kept) to leave room for the reply."""
+        limit = self.ctx_len - self.reply_tokens
+        new = self.tokenizer.encode(f"{USER} {message}\n{ASSISTANT}")
+        dropped = 0
+        while self.turns and sum(len(t) for t in self.turns) + len(new) > limit:
+            self.turns.pop(0)
+            dropped += 1
+        history = [i for turn in self.turns for i in turn]
+        return history + new[-limit:], dropped, len(new) > limit
+
+    def add(self, message: str, reply: str) -> None:
+        self.turns.append(self.tokenizer.encode(f"{USER} {message}\n{ASSISTANT} {reply}\n"))
+
+    def reset(self) -> None:
+        self.turns.clear()
+
+
+def chat(
+    model: Thinker,
+    tokenizer: Tokenizer,
+    max_new_tokens: int = 128,
+    *,
+    show_stats: bool = False,
+    seed: int | None = None,
+    read: Callable[[str], str] = input,
+    out: TextIO | None = None,
+    **sampling: object,
+) -> int:
+    """Run the chat loop until ``exit``, ``quit`` or end of input; return the exit code (0).
+
+    Args:
+        model, tokenizer: from :func:`muomni.load`.
+        max_new_tokens: the longest reply (at most half of ``ctx_len``).
+        show_stats: print token counts and speeds after each reply.
+        seed: seeds each reply (turn ``i`` uses ``seed + i``), so a session can be replayed.
+        read: reads one line after printing its prompt; raises EOFError at the end of input.
+        out: where replies go (standard output by default).
+        sampling: ``temperature``, ``top_k``, ``top_p``, ``compile``, ``decode_chunk`` for generation.
+    """
+    out = out or sys.stdout
+    ctx_len = model.config.ctx_len
+    reply_tokens = max(min(max_new_tokens, ctx_len // 2), 1)
+    if reply_tokens < max_new_tokens:
+        print(f"replies are limited to {reply_tokens} tokens, half of ctx_len {ctx_len}", file=out)
+    conversation = Conversation(tokenizer, ctx_len, reply_tokens)
+    print(f"muomni chat: type a message; '{RESET}' clears the history, 'exit' or Ctrl-D quits", file=out)
+    turn = 0
+    while True:
+        try:
+            message = read(PROMPT_MARKER).strip()
+        except EOFError:
+            print(file=out)
+            return 0
+        if message.lower() in QUIT:
+            return 0
+        if message == RESET:
+            conversation.reset()
+            print("(history cleared)", file=out)
+            continue
+        if message:
+            turn_seed = None if seed is None else seed + turn
+            _answer(model, conversation, message, turn_seed, show_stats, out, sampling)
+            turn += 1
+
+
+def _answer(
+    model: Thinker,
+    conversation: Conversation,
+    message: str,
+    seed: int | None,
+    show_stats: bool,
+    out: TextIO,
+    sampling: dict[str, object],
+) -> None:
+    """Stream one reply to ``out`` and add the turn to the conversation."""
+    ids, dropped, cut = conversation.prompt_ids(message)
+    if dropped:
+        print(f"(dropped the {dropped} oldest turn(s) to fit the {conversation.ctx_len}-token context)", file=out)
+    if cut:
+        print("(your message is longer than the context allows; only its end is used)", file=out)
+    tokenizer = conversation.tokenizer
+    printer = _ReplyPrinter(out)
+    stream = TextStream(tokenizer, 1, printer, stop=STOP)
+    stats = GenerationStats() if show_stats else None
+    generate_tokens(
+        model,
+        [ids],
+        conversation.reply_tokens,
+        seed=seed,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        stats=stats,
+        observer=stream,
+        **sampling,  # type: ignore[arg-type]
+    )
+    reply = stream.close()[0].strip()
+    print(file=out, flush=True)
+    conversation.add(message, reply)
+    if stats is not None:
+        print(stats.format(), file=out, flush=True)
+
+
+class _ReplyPrinter:
+    """Writes streamed pieces as they come, without the reply's leading whitespace."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.started = out, False
+
+    def __call__(self, row: int, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        self.out.write(piece)
+        self.out.flush()

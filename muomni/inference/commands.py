@@ -1,0 +1,61 @@
+"""``muomni generate`` and ``muomni chat``: argument handling around :mod:`muomni.inference`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from muomni.data import Tokenizer
+from muomni.inference.generate import generate
+from muomni.inference.loading import load
+from muomni.inference.stats import GenerationStats
+from muomni.models.thinker import Thinker
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[Thinker, Tokenizer]:
+    """The model and tokenizer of ``--ckpt`` on ``--device`` in ``--dtype``, cache per ``--no-kv-cache``."""
+    model, tokenizer = load(args.ckpt, device=args.device, dtype=getattr(args, "dtype", None))
+    model.enable_kv_cache(not args.no_kv_cache)
+    return model, tokenizer
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options shared by ``generate`` and ``chat``, as keyword arguments of :func:`generate`."""
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "compile": args.compile,
+        "decode_chunk": getattr(args, "decode_chunk", None),
+    }
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Complete every ``--prompt`` in one batch and print each prompt followed by its completion."""
+    model, tokenizer = load_from_args(args)
+    stats = GenerationStats() if args.stats else None
+    completions = generate(
+        model,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        truncate=args.truncate,
+        stats=stats,
+        **sampling_kwargs(args),
+    )
+    for i, (prompt, completion) in enumerate(zip(args.prompt, completions)):
+        if len(args.prompt) > 1:
+            print(f"{'-' * 20} [{i + 1}/{len(args.prompt)}] {'-' * 20}")
+        print(prompt + completion, flush=True)
+    if stats is not None:
+        print(stats.format())
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """The interactive chat (see :mod:`muomni.inference.chat`)."""
+    from muomni.inference.chat import chat
+
+    model, tokenizer = load_from_args(args)
+    return chat(model, tokenizer, args.max_new_tokens, show_stats=args.stats, **sampling_kwargs(args))

@@ -1,0 +1,249 @@
+"""The decode loop's building blocks: prefill, the (optionally compiled) decode step, and the two decoders.
+
+A decoder turns the last token into the next ``n`` tokens of every row. :class:`CachedDecoder` feeds one
+token per step through the static KV cache; :class:`UncachedDecoder` reruns the whole sequence so far
+(the honest cost of decoding without a cache). Which one runs, compiled or not, is decided once at setup,
+so the loop in :mod:`muomni.inference.generate` reads the same whatever is switched on.
+
+Compiled decoding follows gpt-fast: only the decode step is compiled, with static shapes (the cache is
+allocated at ``ctx_len`` slots, the position is a one-element tensor), so it compiles once per batch
+size and sampling setting, never per token or prompt length. On CUDA, ``mode="reduce-overhead"`` captures
+it as a CUDA graph; ``decode_chunk > 1`` unrolls several steps into one graph, so the host launches one
+graph per ``decode_chunk`` tokens and checks for end of sequence only between graphs.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from muomni.inference.sampling import SamplingParams, draw_noise, sample
+from muomni.inference.stats import synced_time
+from muomni.models.thinker import Thinker
+
+# (token [B, 1], input_pos [1], done [B], noise [n, B, V] or None) -> (tokens [B, n], done [B])
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class DecodeSetup:
+    """What every step needs and never changes during one generation."""
+
+    model: Thinker
+    params: SamplingParams
+    pad_id: int
+    eos_id: int  # -1: no end-of-sequence token, rows run to max_new_tokens
+    generator: torch.Generator | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    def noise(self, steps: int, batch: int) -> torch.Tensor | None:
+        """Sampling noise for ``steps`` decode steps [steps, B, V]; None when greedy."""
+        if self.params.greedy:
+            return None
+        return draw_noise((steps, batch, self.model.config.vocab_size), self.device, self.generator)
+
+
+def last_logits(model: Thinker, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """Logits [B, V] of the last position of ``tokens`` [B, T]; the head runs on that position alone."""
+    hidden = model.model(tokens, input_pos)  # [B, T, D]
+    return model.lm_head(hidden[:, -1])
+
+
+def prefill(setup: DecodeSetup, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Run the left-padded prompts ``tokens`` [B, T] in one forward and sample each row's first token [B].
+
+    ``valid`` [B, T] marks real tokens; with the cache on, their keys/values fill slots 0..T-1.
+    """
+    batch, length = tokens.shape
+    setup.model.set_key_padding(valid)
+    logits = last_logits(setup.model, tokens, torch.arange(length, device=tokens.device))
+    noise = setup.noise(1, batch)
+    return sample(logits, setup.params, None if noise is None else noise[0])
+
+
+def _finish(
+    params: SamplingParams,
+    pad_id: int,
+    eos_id: int,
+    logits: torch.Tensor,
+    done: torch.Tensor,
+    noise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample [B] from ``logits`` [B, V]; finished rows get padding; a row that samples <eos> is done."""
+    token = torch.where(done, pad_id, sample(logits, params, noise))
+    return token, done | (token == eos_id)
+
+
+def make_decode_steps(setup: DecodeSetup, steps: int) -> StepFn:
+    """A function that decodes ``steps`` tokens through the KV cache, unrolled (one graph when compiled)."""
+    # Plain values in the closure: the compiled graph guards on them, not on the setup object.
+    model, params, pad_id, eos_id = setup.model, setup.params, setup.pad_id, setup.eos_id
+
+    def decode_steps(
+        token: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = []
+        for i in range(steps):
+            logits = model(token, input_pos + i)[:, -1]  # [B, V]
+            next_token, done = _finish(params, pad_id, eos_id, logits, done, None if noise is None else noise[i])
+            out.append(next_token)
+            token = next_token[:, None]  # [B, 1]
+        return torch.stack(out, dim=1), done  # [B, steps]
+
+    return decode_steps
+
+
+class CompiledSteps:
+    """One compiled decode function and the (batch, cache slots) it has been warmed up for."""
+
+    def __init__(self, fn: StepFn, steps: int) -> None:
+        self.fn, self.steps = fn, steps
+        self.warm: set[tuple] = set()
+
+
+# The torch.compile backend; None is TorchInductor. Tests put a backend here that counts compilations.
+COMPILE_BACKEND: str | Callable | None = None
+
+
+def compile_options(model: Thinker) -> dict:
+    """CUDA graphs on GPU (they remove the per-kernel launch cost that dominates small-batch decoding)."""
+    options = {
+        # Routing tokens to experts has data-dependent shapes, so a mixture of experts cannot be one graph.
+        "fullgraph": not model.config.use_moe,
+        "dynamic": False,  # static shapes: a new batch size compiles anew rather than into a slower dynamic graph
+    }
+    if COMPILE_BACKEND is not None:
+        return {**options, "backend": COMPILE_BACKEND}
+    return {**options, "mode": "reduce-overhead" if model.lm_head.weight.device.type == "cuda" else "default"}
+
+
+def compiled_decode_steps(setup: DecodeSetup, steps: int) -> CompiledSteps:
+    """The compiled decode function for this model and setting, made once and kept on the model."""
+    cache: dict[tuple, CompiledSteps] = setup.model.__dict__.setdefault("_muomni_compiled_decode", {})
+    key = (setup.params, steps, setup.pad_id, setup.eos_id)
+    if key not in cache:
+        fn = _own_code(make_decode_steps(setup, steps))
+        cache[key] = CompiledSteps(torch.compile(fn, **compile_options(setup.model)), steps)
+    return cache[key]
+
+
+def _own_code(fn: StepFn) -> StepFn:
+    """``fn`` with a code object of its own.
+
+    Dynamo keeps compiled graphs per code object, and every closure made by :func:`make_decode_steps`
+    shares one: settings and models would pile up in one cache and, past ``recompile_limit`` (8), fall
+    back to eager without a word. A copy of the code object gives each compiled function its own cache.
+    """
+    code = fn.__code__.replace()
+    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _cache_signature(model: Thinker, batch: int) -> tuple:
+    """What a compiled step's shapes depend on: the batch and the sizes of the buffers it reads."""
+    cache = model.attentions[0].kv_cache
+    return batch, tuple(model.model.key_valid.shape), None if cache is None else tuple(cache.k.shape)
+
+
+def _mark_step(device: torch.device) -> None:
+    """Tell CUDA graph trees that the outputs of the previous replay are no longer read (they were copied)."""
+    if device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+class CachedDecoder:
+    """Decode through the static KV cache, ``chunk`` tokens per call (plus single steps for the tail).
+
+    Args:
+        setup: the model and sampling setting.
+        chunk: tokens per call of the decode function; more means fewer launches and EOS checks.
+        compile: compile the decode function (and warm it up before the prompts run).
+    """
+
+    def __init__(self, setup: DecodeSetup, chunk: int = 1, compile: bool = False) -> None:
+        self.setup, self.chunk, self.compiled = setup, chunk, compile
+        sizes = {chunk, 1}
+        if compile:
+            self.fns = {n: compiled_decode_steps(setup, n) for n in sizes}
+        else:
+            self.fns = {n: CompiledSteps(make_decode_steps(setup, n), n) for n in sizes}
+        self.token = self.pos = torch.empty(0)
+
+    def warm_up(self, batch: int) -> float | None:
+        """Compile (and capture) for this batch size; return the seconds it took, None if nothing was new.
+
+        Call before :func:`prefill`: the warm-up writes junk to the first cache slots, which the prompt
+        then overwrites. Its noise is constant, so the user's generator is not advanced.
+        """
+        if not self.compiled:
+            return None
+        device = self.setup.device
+        key = _cache_signature(self.setup.model, batch)
+        todo = [c for c in self.fns.values() if key not in c.warm]
+        if not todo:
+            return None
+        start = synced_time(device)
+        for c in todo:
+            token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            done = torch.zeros(batch, dtype=torch.bool, device=device)
+            noise = None if self.setup.params.greedy else torch.ones(c.steps, batch, self.vocab, device=device)
+            for _ in range(3):  # CUDA graph trees record on the second call and replay from the third
+                _mark_step(device)
+                c.fn(token, torch.zeros(1, dtype=torch.long, device=device), done, noise)
+            c.warm.add(key)
+        return synced_time(device) - start
+
+    @property
+    def vocab(self) -> int:
+        return self.setup.model.config.vocab_size
+
+    def start(self, prompt: torch.Tensor, first: torch.Tensor, max_new_tokens: int) -> None:
+        """Begin after the prefill of ``prompt`` [B, T], whose sampled tokens are ``first`` [B]."""
+        # Inputs live in buffers of fixed layout, refilled in place: a compiled graph guards on strides.
+        self.token = first[:, None].contiguous()  # [B, 1]
+        self.pos = torch.tensor([prompt.shape[1]], dtype=torch.long, device=prompt.device)  # [1]: its slot
+
+    def step(self, n: int, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` tokens [B, n] (``n`` is ``chunk`` or 1) and the updated ``done`` [B]."""
+        _mark_step(self.setup.device)
+        tokens, done = self.fns[n].fn(self.token, self.pos, done, self.setup.noise(n, done.shape[0]))
+        # A CUDA graph's outputs live in its memory pool and are overwritten by the next replay: copy them.
+        tokens, done = tokens.clone(), done.clone()
+        self.token.copy_(tokens[:, -1:])
+        self.pos += n
+        return tokens, done
+
+
+class UncachedDecoder:
+    """Decode without a KV cache: each step runs the whole sequence so far (``input_pos = arange(L)``)."""
+
+    chunk = 1
+
+    def __init__(self, setup: DecodeSetup) -> None:
+        self.setup = setup
+        self.seq = torch.empty(0)
+        self.length = 0
+
+    def warm_up(self, batch: int) -> float | None:
+        return None
+
+    def start(self, prompt: torch.Tensor, first: torch.Tensor, max_new_tokens: int) -> None:
+        batch, length = prompt.shape
+        self.seq = prompt.new_full((batch, length + max_new_tokens), self.setup.pad_id)  # [B, T + N]
+        self.seq[:, :length] = prompt
+        self.seq[:, length] = first
+        self.length = length + 1
+
+    def step(self, n: int, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, length = self.setup, self.length
+        logits = last_logits(s.model, self.seq[:, :length], torch.arange(length, device=self.seq.device))
+        noise = s.noise(1, done.shape[0])
+        token, done = _finish(s.params, s.pad_id, s.eos_id, logits, done, None if noise is None else noise[0])
+        self.seq[:, length] = token
+        self.length += 1
+        return token[:, None], done

@@ -1,0 +1,275 @@
+"""``muomni.generate``: batched, cached, optionally compiled text generation.
+
+One generation: the prompts are left-padded into one batch [B, T] and run in ONE forward (the prefill),
+which fills the KV cache slots 0..T-1 and samples each row's first token; then each decode step feeds the
+last token at slot ``T + i``. RoPE is relative, so a left-padded row computes what it would alone (the
+padding slots are masked out of attention). Generated tokens stay on the device in a preallocated buffer;
+the host looks at them only to check whether every row has reached ``<eos>`` (every few tokens on a GPU)
+and, when streaming or watching for stop strings, after every decode call.
+
+Context: a prompt and its completion must fit in ``ctx_len`` tokens. A prompt of ``ctx_len`` tokens or more
+is an error unless ``truncate=True``, which keeps its end (leaving room for ``max_new_tokens``, up to half
+the context). When the longest prompt leaves fewer than ``max_new_tokens`` slots, ``max_new_tokens`` is
+lowered to what fits, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from muomni.data import Tokenizer
+from muomni.errors import InputError
+from muomni.inference.decode import CachedDecoder, DecodeSetup, UncachedDecoder, prefill
+from muomni.inference.sampling import SamplingParams
+from muomni.inference.stats import GenerationStats, synced_time
+from muomni.inference.streaming import StreamCallback, TextStream
+from muomni.models.thinker import Thinker
+
+# Host syncs to look for <eos> cost a round trip on a GPU, so the loop looks every this many tokens.
+EOS_CHECK_EVERY = 16
+# Decode steps per compiled call on CUDA when decode_chunk is not given (one CUDA graph per chunk).
+CUDA_DECODE_CHUNK = 8
+
+# new tokens of each row [B][n] -> {row: tokens to keep} for rows that must end now (stop strings)
+Observer = Callable[[list[list[int]]], dict[int, int]]
+
+
+def generate(
+    model: Thinker,
+    tokenizer: Tokenizer,
+    prompts: list[str] | str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stream: StreamCallback | None = None,
+    compile: bool = False,
+    truncate: bool = False,
+    stats: GenerationStats | None = None,
+    *,
+    decode_chunk: int | None = None,
+    stop: Sequence[str] = (),
+) -> list[str]:
+    """Complete each prompt; all prompts run as one batch.
+
+    Args:
+        model: a Thinker (from :func:`muomni.load`); its KV cache setting decides cached decoding.
+        tokenizer: the model's tokenizer.
+        prompts: one prompt or a list; an empty prompt is an error.
+        max_new_tokens: the most tokens to add to each prompt (lowered, with a warning, to fit ``ctx_len``).
+        temperature: 0 for greedy decoding, else the softmax temperature.
+        top_k: sample among the ``top_k`` most likely tokens (0: all).
+        top_p: sample among the most likely tokens that hold ``top_p`` of the probability (1: all).
+        seed: seeds a generator on the model's device, so the same seed gives the same sample.
+        stream: ``stream(row, text_piece)`` is called as text arrives (this syncs after each decode call).
+        compile: compile the decode step (CUDA graphs on GPU); see :class:`GenerationStats` ``compile_s``.
+        truncate: keep the end of a prompt that does not fit in the context instead of failing.
+        stats: a :class:`GenerationStats` to fill in with token counts and timings.
+        decode_chunk: decode steps per call of the decode function; None: 8 when compiled on CUDA, else 1.
+        stop: strings that end a completion (not included in it), e.g. ``["\\nUser:"]``.
+
+    Returns:
+        The completions, without their prompts, in the order of ``prompts``.
+
+    Raises:
+        InputError: an empty or too long prompt, or a sampling option out of range.
+    """
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if any(not text for text in texts):
+        raise InputError("empty prompt: give at least one character of text to complete")
+    text_stream = TextStream(tokenizer, len(texts), stream, stop) if stream is not None or stop else None
+    tokens = generate_tokens(
+        model,
+        [tokenizer.encode(text) for text in texts],
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        compile=compile,
+        truncate=truncate,
+        stats=stats,
+        decode_chunk=decode_chunk,
+        observer=text_stream,
+    )
+    if text_stream is not None:
+        return text_stream.close()
+    return [tokenizer.decode(ids) for ids in tokens]
+
+
+def generate_tokens(
+    model: Thinker,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    *,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    compile: bool = False,
+    truncate: bool = False,
+    stats: GenerationStats | None = None,
+    decode_chunk: int | None = None,
+    observer: Observer | None = None,
+) -> list[list[int]]:
+    """Token-level :func:`generate`: complete each list of ids; all rows run as one batch.
+
+    Args:
+        eos_id: the token that ends a row (it is included in the row's output); None: rows never end early.
+        pad_id: the token used for left padding and for the steps after a row has ended.
+        observer: called with each row's new tokens after every decode call; returns ``{row: tokens to
+            keep}`` for rows that must end (how :func:`generate` implements stop strings and streaming).
+        The other arguments are those of :func:`generate`.
+
+    Returns:
+        The generated ids of each row, up to and including its ``eos_id``.
+    """
+    params = SamplingParams(temperature, top_k, top_p)
+    prompts, max_new = fit_to_context(prompt_ids, model.config.ctx_len, max_new_tokens, truncate)
+    device = model.lm_head.weight.device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    setup = DecodeSetup(model, params, pad_id, -1 if eos_id is None else eos_id, generator)
+    with torch.inference_mode():
+        return _run(setup, prompts, max_new, compile, _chunk(decode_chunk, compile, device), stats, observer)
+
+
+def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
+    if decode_chunk is None:
+        return CUDA_DECODE_CHUNK if compile and device.type == "cuda" else 1
+    if decode_chunk < 1:
+        raise InputError(f"decode_chunk must be at least 1, not {decode_chunk}")
+    return decode_chunk
+
+
+def fit_to_context(
+    prompts: list[list[int]], ctx_len: int, max_new_tokens: int, truncate: bool
+) -> tuple[list[list[int]], int]:
+    """Check the prompts against the context (see the module docstring); return them and ``max_new_tokens``."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    if not prompts:
+        raise InputError("no prompts given")
+    fitted = []
+    for ids in prompts:
+        if not ids:
+            raise InputError("empty prompt: it encodes to no tokens")
+        if len(ids) > ctx_len - 1:
+            if not truncate:
+                raise InputError(f"prompt is {len(ids)} tokens but ctx_len is {ctx_len}; shorten it or pass --truncate")
+            ids = ids[-max(ctx_len - min(max_new_tokens, ctx_len // 2), 1) :]
+        fitted.append(list(ids))
+    longest = max(len(ids) for ids in fitted)
+    if longest + max_new_tokens > ctx_len:
+        room = ctx_len - longest
+        if room < 1:
+            raise InputError(f"ctx_len {ctx_len} leaves no room to generate after a prompt of {longest} tokens")
+        warnings.warn(
+            f"a {longest}-token prompt leaves room for {room} new tokens in ctx_len {ctx_len}; "
+            f"generating at most {room} instead of {max_new_tokens}",
+            stacklevel=3,
+        )
+        max_new_tokens = room
+    return fitted, max_new_tokens
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as one batch: ``tokens`` [B, T] padded on the left with ``pad_id``, ``valid`` [B, T] real tokens."""
+    length = max(len(ids) for ids in prompts)
+    tokens = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(prompts), length, dtype=torch.bool)
+    for row, ids in enumerate(prompts):
+        tokens[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        valid[row, length - len(ids) :] = True
+    return tokens.to(device), valid.to(device)
+
+
+def _run(
+    setup: DecodeSetup,
+    prompts: list[list[int]],
+    max_new: int,
+    compile: bool,
+    chunk: int,
+    stats: GenerationStats | None,
+    observer: Observer | None,
+) -> list[list[int]]:
+    model, device = setup.model, setup.device
+    if compile and not model.kv_cache_enabled:
+        warnings.warn("compile applies to cached decoding; without the KV cache decoding runs eagerly", stacklevel=4)
+        compile = False
+    tokens, valid = left_pad(prompts, setup.pad_id, device)
+    batch, length = tokens.shape
+    # Normal tensors, not inference tensors: the user may reset the cache outside inference mode, and the
+    # compiled step's guards expect the same kind of tensor every time.
+    with torch.inference_mode(False):
+        # Compiled: always the whole context, so the cache (and graph) has one shape for every prompt length.
+        model.setup_caches(batch, model.config.ctx_len if compile else length + max_new)
+    decoder = CachedDecoder(setup, chunk, compile) if model.kv_cache_enabled else UncachedDecoder(setup)
+    compile_s = decoder.warm_up(batch)
+    clock = (lambda: synced_time(device)) if stats is not None else (lambda: 0.0)
+    start = clock()
+    first = prefill(setup, tokens, valid)
+    first_at = clock()
+    decoder.start(tokens, first, max_new)
+    out, limits = _decode_loop(decoder, setup, first, max_new, observer)
+    rows = _trim(out.tolist(), setup.eos_id, limits)
+    if stats is not None:
+        stats.rows, stats.prompt_tokens = batch, sum(len(ids) for ids in prompts)
+        stats.generated_tokens = sum(len(ids) for ids in rows)
+        stats.time_to_first_token_s, stats.total_s = first_at - start, clock() - start
+        stats.compile_s = compile_s
+    return rows
+
+
+def _decode_loop(
+    decoder: CachedDecoder | UncachedDecoder,
+    setup: DecodeSetup,
+    first: torch.Tensor,
+    max_new: int,
+    observer: Observer | None,
+) -> tuple[torch.Tensor, dict[int, int]]:
+    """Decode until every row is done or ``max_new`` tokens; return them [B, N] and the rows stop strings cut."""
+    out = torch.full((first.shape[0], max_new), setup.pad_id, dtype=torch.long, device=first.device)  # [B, N]
+    out[:, 0] = first
+    done = first == setup.eos_id  # [B]
+    limits: dict[int, int] = {}
+    # On the CPU a look at `done` costs nothing; streaming syncs anyway.
+    check_every = 1 if observer is not None or first.device.type == "cpu" else EOS_CHECK_EVERY
+    produced = checked = 1
+    if observer is not None:
+        done = _observe(observer, out[:, :1], done, limits)
+    while produced < max_new and not (checked == produced and bool(done.all())):
+        n = decoder.chunk if max_new - produced >= decoder.chunk else 1
+        new, done = decoder.step(n, done)
+        out[:, produced : produced + n] = new
+        produced += n
+        if observer is not None:
+            done = _observe(observer, new, done, limits)
+        if produced - checked >= check_every:
+            checked = produced
+    return out[:, :produced], limits
+
+
+def _observe(observer: Observer, new: torch.Tensor, done: torch.Tensor, limits: dict[int, int]) -> torch.Tensor:
+    ended = observer(new.tolist())
+    if ended:
+        limits.update(ended)
+        done[torch.tensor(list(ended), device=done.device)] = True
+    return done
+
+
+def _trim(rows: list[list[int]], eos_id: int, limits: dict[int, int]) -> list[list[int]]:
+    """Each row up to and including its first ``eos_id``, and no longer than a stop string allowed."""
+    trimmed = []
+    for row, ids in enumerate(rows):
+        if eos_id in ids:
+            ids = ids[: ids.index(eos_id) + 1]
+        trimmed.append(ids[: limits.get(row, len(ids))])
+    return trimmed

@@ -1,0 +1,162 @@
+"""``muomni.load``: a checkpoint (or a run's newest one) -> a Thinker ready to generate, and its tokenizer."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+
+from muomni.config import Config, load_config
+from muomni.data import Tokenizer
+from muomni.errors import CheckpointError, ConfigError, DataError, InputError
+from muomni.models.layers import rope_tables
+from muomni.models.thinker import Thinker
+from muomni.training.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else CPU. Asking for CUDA without one is a user error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """``None`` or ``"auto"``: bf16 on a GPU that has it, else fp16 on CUDA; fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load(
+    path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[Thinker, Tokenizer]:
+    """Load a trained model and its tokenizer, ready for :func:`muomni.generate`.
+
+    Args:
+        path: a run folder (its newest complete checkpoint is used), one checkpoint folder, or
+            ``"hf:<name or folder>"`` for a Hugging Face Llama/Qwen model.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
+        dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` or a torch dtype; None picks bf16 on CUDA (fp16 where
+            the GPU lacks bf16) and fp32 on CPU.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode on ``device`` in ``dtype``, with the KV cache on.
+
+    Raises:
+        CheckpointError: a missing, incomplete or mismatched checkpoint.
+        InputError: a device or dtype that cannot be used, or an ``hf:`` path without Hugging Face import.
+    """
+    target = pick_device(device)
+    if str(path).startswith("hf:"):
+        model, tokenizer = _load_hf(str(path)[3:])
+    else:
+        ckpt = resolve_checkpoint(path)
+        model = _build_model(ckpt, _read_config(ckpt))
+        tokenizer = _read_tokenizer(ckpt, model.config)
+    return prepare_for_inference(model, target, pick_dtype(target, dtype)), tokenizer
+
+
+def prepare_for_inference(model: Thinker, device: torch.device, dtype: torch.dtype) -> Thinker:
+    """Move and cast ``model``, switch to eval mode without gradients, and turn the KV cache on."""
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # Module.to casts every float buffer; the RoPE tables stay fp32 so positions keep full precision
+    # (apply_rope computes in fp32 and casts the result to the activations' dtype).
+    cfg = model.config
+    cos, sin = rope_tables(cfg.head_dim, cfg.ctx_len, cfg.rope_theta)
+    model.model.rope_cos, model.model.rope_sin = cos.to(device), sin.to(device)
+    model.enable_kv_cache(True)
+    return model
+
+
+def _load_hf(name: str) -> tuple[Thinker, Tokenizer]:
+    try:
+        hf = importlib.import_module("muomni.hf")
+    except ModuleNotFoundError as e:
+        if e.name != "muomni.hf":
+            raise
+        hf = None
+    if hf is None or not hasattr(hf, "load_hf"):
+        raise InputError("hf: paths are not yet available in this version; give a muomni checkpoint folder")
+    return hf.load_hf(name)
+
+
+def _read_config(ckpt: Path) -> Config:
+    path = ckpt / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no {CONFIG_FILE}; it is not a muomni checkpoint")
+    try:
+        return load_config(json.loads(path.read_text(encoding="utf-8")), warn_ignored=False)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is not valid JSON; the checkpoint is corrupt")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}")
+
+
+def _build_model(ckpt: Path, cfg: Config) -> Thinker:
+    """A Thinker with the checkpoint's weights: every key must match, except a tied ``lm_head``."""
+    path = ckpt / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no {MODEL_FILE}")
+    state = load_tensors(path)
+    model = Thinker(cfg.replace(dropout=0.0))  # inference never drops out; this also skips dropout work
+    _check_shapes(model, state, ckpt)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if cfg.tie_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
+        model.lm_head.weight = model.model.embed_tokens.weight  # keep the tie whatever load_state_dict did
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match its config.json: missing {_few(missing)}, unexpected {_few(unexpected)}"
+        )
+    return model
+
+
+def _check_shapes(model: Thinker, state: dict[str, torch.Tensor], ckpt: Path) -> None:
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name in expected and expected[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: {name} has shape {list(tensor.shape)} but its config.json "
+                f"gives {list(expected[name].shape)}"
+            )
+
+
+def _few(names: list[str]) -> str:
+    return "none" if not names else ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _read_tokenizer(ckpt: Path, cfg: Config) -> Tokenizer:
+    """The checkpoint's ``tokenizer.json``, else the run folder's (two levels up)."""
+    for path in (ckpt / TOKENIZER_FILE, ckpt.parent.parent / TOKENIZER_FILE):
+        if path.is_file():
+            try:
+                tokenizer = Tokenizer.load(path)
+            except DataError as e:
+                raise CheckpointError(str(e))
+            if tokenizer.vocab_size > cfg.vocab_size:
+                raise CheckpointError(
+                    f"{path} has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}"
+                )
+            return tokenizer
+    raise CheckpointError(f"checkpoint {ckpt} has no {TOKENIZER_FILE}")

@@ -1,0 +1,78 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, all on the device.
+
+Sampling uses the exponential race (argmax of ``p_i / E_i`` with ``E_i ~ Exp(1)`` picks token ``i`` with
+probability ``p_i``), as gpt-fast does: no ``torch.multinomial``, so there is no host sync and the step
+compiles into one graph. The noise ``E`` is drawn outside the compiled step from a seeded
+``torch.Generator`` (compiled graphs cannot take a generator), which also makes eager and compiled
+decoding draw the very same samples for the same seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from muomni.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` are off."""
+
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0.0:  # also rejects NaN
+            raise InputError(f"temperature must be 0 (greedy) or positive, not {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be 0 (off) or a positive number of tokens, not {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"top_p must be in (0, 1] (1 = off), not {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def draw_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """Exp(1) noise in fp32 for :func:`sample`; clamped away from 0 so ``p / E`` stays finite."""
+    noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
+    return noise.clamp_min_(torch.finfo(torch.float32).tiny)
+
+
+def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of each row [B, V]; the rest become -inf."""
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches ``p`` (Holtzman et al. 2019).
+
+    A token is dropped when the tokens ranked above it already hold more than ``p``, so the most likely
+    token always stays and a tiny ``p`` is greedy.
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # [B, V]
+    drop_sorted = mass_before > p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
+    """Next token ids [B] from ``logits`` [B, V]; ``noise`` [B, V] from :func:`draw_noise` unless greedy."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    if noise is None:
+        raise ValueError("sampling with temperature > 0 needs noise from draw_noise")
+    logits = logits.float() / params.temperature
+    if params.top_k > 0:
+        logits = _top_k(logits, params.top_k)
+    if params.top_p < 1.0:
+        logits = _top_p(logits, params.top_p)
+    probs = logits.softmax(dim=-1)  # [B, V]; filtered tokens have probability 0
+    return (probs / noise).argmax(dim=-1)

@@ -1,0 +1,30 @@
+"""Fixtures of the inference tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# The package is not installed in the venv: make the repository root importable when pytest is run
+# as `.venv/bin/pytest tests/inference`, and this folder too, for the test modules' `inference_helpers`.
+for _path in (str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from inference_helpers import TEXT, tiny_model, write_run  # noqa: E402
+
+from muomni.data import Tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.train([TEXT] * 4, 300)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, tokenizer: Tokenizer) -> Path:
+    """A run folder holding a checkpoint of a tiny random model (tied embeddings, GQA)."""
+    write_run(tmp_path / "run", tiny_model(tie_embeddings=True), tokenizer)
+    return tmp_path / "run"
