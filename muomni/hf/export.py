@@ -1,0 +1,184 @@
+"""Export a muomni checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
+
+The folder is plain JSON + safetensors written without importing transformers, so ``muomni export``
+works with the core dependencies only. It loads with ``AutoModelForCausalLM.from_pretrained(out)`` and
+``AutoTokenizer.from_pretrained(out)`` (a fast tokenizer with ``<bos>``, ``<eos>``, ``<pad>`` set) and
+computes the same logits as the Thinker (checked to 1e-5 in fp32 by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+
+from muomni import __version__
+from muomni.config import Config, load_config
+from muomni.data.tokenizer import Tokenizer, check_vocab
+from muomni.errors import CheckpointError, ConfigError
+from muomni.hf.mapping import check_exportable, check_state, llama_config
+from muomni.training.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    load_tensors,
+    model_state_for_saving,
+    resolve_checkpoint,
+    save_tensors,
+)
+
+if TYPE_CHECKING:
+    from muomni.models.thinker import Thinker
+
+EXPORT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        MODEL_FILE,
+        TOKENIZER_FILE,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
+)
+# Written into the safetensors metadata, so a later export may replace this folder (and nothing else).
+EXPORT_MARKER = "muomni_export"
+
+
+def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    """Write a muomni checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
+
+    Args:
+        ckpt_path: a run folder (its newest complete checkpoint is used) or one checkpoint folder.
+        out_dir: the folder to create. It may exist only if it is empty or a previous muomni export,
+            which is then replaced whole.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or broken, is a MoE or GELU model (no Llama
+            equivalent), or ``out_dir`` holds other files.
+    """
+    ckpt = resolve_checkpoint(ckpt_path)
+    cfg = _checkpoint_config(ckpt)
+    check_exportable(cfg)  # before reading the weights: a refusal should be instant
+    tokenizer = _checkpoint_tokenizer(ckpt)
+    return _write_folder(load_tensors(ckpt / MODEL_FILE), cfg, tokenizer, Path(out_dir), source=str(ckpt))
+
+
+def save_hf(model: Thinker, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    """Write an in-memory Thinker and its tokenizer as a ``LlamaForCausalLM`` folder (see :func:`export_hf`)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every weight name
+    check_exportable(model.config)
+    return _write_folder(model_state_for_saving(model), model.config, tokenizer, Path(out_dir), source="memory")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``muomni export --ckpt DIR --out DIR``."""
+    out = export_hf(args.ckpt, args.out)
+    with safe_open(str(out / MODEL_FILE), framework="pt") as f:
+        n_params = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118 (not a dict)
+    print(f"wrote {out}: LlamaForCausalLM, {n_params:,} parameters; load it with AutoModelForCausalLM.from_pretrained")
+    return 0
+
+
+def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokenizer, out: Path, source: str) -> Path:
+    """Check, then write every file into a temporary sibling folder and rename it into place."""
+    if cfg.tie_embeddings:  # Hugging Face stores a tied head once, as the embedding
+        state = {name: t for name, t in state.items() if name != "lm_head.weight"}
+    check_state(state, cfg, source)
+    check_vocab(tokenizer, cfg.vocab_size)
+    _check_out_dir(out)
+    dtype = state["model.embed_tokens.weight"].dtype
+    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    config = llama_config(cfg, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, dtype)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_tensors(state, tmp / MODEL_FILE, metadata={"format": "pt", EXPORT_MARKER: __version__})
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "generation_config.json", ids)
+        (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")
+        special = _special_tokens(tokenizer)
+        _write_json(tmp / "special_tokens_map.json", special)
+        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(special, cfg.ctx_len))
+        if out.exists():  # empty, or a previous export (checked above): replaced whole
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _checkpoint_config(ckpt: Path) -> Config:
+    try:
+        return load_config(ckpt / CONFIG_FILE, warn_ignored=False)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {e}")
+
+
+def _checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
+    """The checkpoint's ``tokenizer.json``, else its run folder's (two levels up), as :func:`muomni.load` does."""
+    for path in (ckpt / TOKENIZER_FILE, ckpt.parent.parent / TOKENIZER_FILE):
+        if path.is_file():
+            return Tokenizer.load(path)
+    raise CheckpointError(
+        f"checkpoint {ckpt} has no {TOKENIZER_FILE}; export needs the tokenizer the model was trained with"
+    )
+
+
+def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
+    """The special tokens by role, as strings (Hugging Face tokenizers name them, not number them)."""
+    roles = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id}
+    return {role: str(tokenizer.id_to_token(token_id)) for role, token_id in roles.items()}
+
+
+def _tokenizer_config(special: dict[str, str], ctx_len: int) -> dict[str, Any]:
+    """A ``PreTrainedTokenizerFast`` over ``tokenizer.json`` that encodes exactly as muomni does.
+
+    muomni adds no special tokens when encoding, and decoding must round-trip byte-exactly, so BOS/EOS
+    insertion and the legacy clean-up of spaces before punctuation are off. Left padding matches how
+    muomni batches prompts for generation.
+    """
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "model_max_length": ctx_len,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "padding_side": "left",
+    }
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to write over anything but an empty folder or a previous muomni export."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"output {out} exists and is not a folder; choose another --out")
+    names = {p.name for p in out.iterdir()}
+    if names and not (names <= EXPORT_FILES and _is_export(out / MODEL_FILE)):
+        raise CheckpointError(
+            f"output folder {out} is not empty and is not a previous muomni export; choose a new folder or empty it"
+        )
+
+
+def _is_export(weights: Path) -> bool:
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return EXPORT_MARKER in (f.metadata() or {})
+    except Exception:  # missing or unreadable: not ours
+        return False
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,226 @@
+"""Export: the Hugging Face folder computes what the Thinker computes, and tokenizes as muomni does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hf_helpers import (
+    ROOT,
+    UNICODE_TEXT,
+    greedy,
+    load_hf_reference,
+    random_thinker,
+    tiny_config,
+)
+from safetensors.torch import load_file
+
+from muomni.data.tokenizer import Tokenizer
+from muomni.errors import CheckpointError
+from muomni.hf import export_hf, load_hf, save_hf
+from muomni.training.checkpoint import latest_checkpoint
+
+# Odd shapes on purpose: d_model not a power of two, head widths 8/12/16, one kv head, tied and untied.
+SHAPES = {
+    "mha-untied": {"d_model": 48, "n_heads": 4, "use_gqa": False, "tie_embeddings": False},
+    "gqa-tied": {"d_model": 96, "n_heads": 6, "kv_groups": 2, "tie_embeddings": True, "vocab_size": 512},
+    "kv1-untied": {"d_model": 48, "n_heads": 6, "kv_groups": 1, "d_ff": 72, "rope_theta": 500.0},
+    "mha-tied-3layers": {"d_model": 64, "n_heads": 4, "use_gqa": False, "n_layers": 3, "tie_embeddings": True},
+}
+
+
+def _prompts(vocab: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, vocab, (3, 29), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exported_logits_and_greedy_tokens_match(shape: str, make_checkpoint: Callable, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    out = export_hf(make_checkpoint(seed=7, **SHAPES[shape]), tmp_path / "hf")
+    model = random_thinker(tiny_config(**SHAPES[shape]), seed=7)  # the model the checkpoint holds
+    reference = load_hf_reference(out)
+
+    x = _prompts(model.config.vocab_size)
+    with torch.inference_mode():
+        ours, theirs = model(x), reference(x).logits
+    assert ours.abs().max() > 0.5, "logits too small for the 1e-5 check to mean anything"
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+    eos = 2  # the exported eos id: both sides stop after it
+    for prompt in x[:, :7].tolist():
+        expected = greedy(model, prompt, 12, eos)
+        with torch.inference_mode():
+            got = reference.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=12,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=0,
+            )
+        assert got[0].tolist() == expected
+
+
+def test_config_and_files(make_checkpoint: Callable, tmp_path: Path, tokenizer: Tokenizer) -> None:
+    out = export_hf(make_checkpoint(kv_groups=2, tie_embeddings=True, rope_theta=2e5), tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    config = json.loads((out / "config.json").read_text())
+    expected = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 12,
+        "intermediate_size": 80,
+        "hidden_act": "silu",
+        "rope_theta": 2e5,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": True,
+        "vocab_size": 320,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "torch_dtype": "float32",
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+    assert {k: config[k] for k in expected} == expected
+    assert json.loads((out / "generation_config.json").read_text()) == {
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tokenizer_config["model_max_length"] == 64 and tokenizer_config["add_bos_token"] is False
+    assert json.loads((out / "special_tokens_map.json").read_text()) == {
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+    }
+    assert (out / "tokenizer.json").read_text() == tokenizer.to_str()
+    weights = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in weights  # tied: stored once, as Hugging Face does
+    assert len(weights) == 1 + 2 * 9 + 1
+
+
+def test_hf_tokenizer_matches_muomni(make_checkpoint: Callable, tmp_path: Path, tokenizer: Tokenizer) -> None:
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    out = export_hf(make_checkpoint(), tmp_path / "hf")
+    hf = AutoTokenizer.from_pretrained(out)
+    assert hf.is_fast
+    assert (hf.bos_token, hf.eos_token, hf.pad_token) == ("<bos>", "<eos>", "<pad>")
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 0)
+    ids = tokenizer.encode(UNICODE_TEXT)
+    assert len(ids) < len(UNICODE_TEXT.encode()), "the tokenizer should have merged something"
+    assert hf(UNICODE_TEXT)["input_ids"] == ids  # no BOS/EOS added, as muomni encodes
+    assert hf.decode(ids) == tokenizer.decode(ids) == UNICODE_TEXT
+    with_specials = [1, *ids, 2]
+    assert hf.decode(with_specials, skip_special_tokens=True) == UNICODE_TEXT
+
+
+def test_export_import_export_is_identical(make_checkpoint: Callable, tmp_path: Path) -> None:
+    for shape in ("gqa-tied", "kv1-untied"):
+        run = make_checkpoint(name=shape, **SHAPES[shape])
+        first = export_hf(run, tmp_path / f"{shape}-1")
+        model, tokenizer = load_hf(first)
+        second = save_hf(model, tokenizer, tmp_path / f"{shape}-2")
+        a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+        original = load_file(latest_checkpoint(run) / "model.safetensors")
+        assert a.keys() == b.keys() == original.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]) and torch.equal(a[name], original[name]), name
+        for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+            assert (first / name).read_text() == (second / name).read_text(), name
+
+
+def test_bf16_checkpoint_exports_as_bf16(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    model = random_thinker(tiny_config()).to(torch.bfloat16)
+    out = save_hf(model, tokenizer, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert load_file(out / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"use_moe": True}, "MoE models have no Hugging Face Llama equivalent"),
+        ({"use_swiglu": False}, "GELU MLP (use_swiglu=false) have no Hugging Face Llama equivalent"),
+    ],
+)
+def test_refuses_what_llama_cannot_express(
+    overrides: dict, message: str, make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        export_hf(make_checkpoint(**overrides), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_output_folder_rules(make_checkpoint: Callable, tmp_path: Path) -> None:
+    run = make_checkpoint()
+    (tmp_path / "empty").mkdir()
+    export_hf(run, tmp_path / "empty")  # an empty folder is fine
+    export_hf(make_checkpoint(seed=5, name="run2"), tmp_path / "empty")  # a previous export is replaced
+    replaced = load_file(tmp_path / "empty" / "model.safetensors")
+    fresh = load_file(latest_checkpoint(tmp_path / "run2") / "model.safetensors")
+    assert torch.equal(replaced["model.norm.weight"], fresh["model.norm.weight"])
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="is not empty and is not a previous muomni export"):
+        export_hf(run, busy)
+    assert (busy / "notes.txt").read_text() == "mine"
+    # Someone else's Hugging Face folder (same file names, no muomni marker) is not overwritten either.
+    (tmp_path / "empty" / "model.safetensors").write_bytes(b"not ours")
+    with pytest.raises(CheckpointError, match="not a previous muomni export"):
+        export_hf(run, tmp_path / "empty")
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary folder was left behind"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False
+    )
+
+
+def test_cli_export(make_checkpoint: Callable, tmp_path: Path) -> None:
+    done = _cli("-m", "muomni", "export", "--ckpt", str(make_checkpoint()), "--out", str(tmp_path / "hf"))
+    assert done.returncode == 0, done.stderr
+    assert "LlamaForCausalLM" in done.stdout and (tmp_path / "hf" / "model.safetensors").is_file()
+
+    done = _cli("-m", "muomni", "export", "--ckpt", str(make_checkpoint(name="moe", use_moe=True)), "--out", "x")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "muomni: error: MoE models have no Hugging Face Llama equivalent; export supports dense models only "
+        "(train with use_moe=false to get an exportable model)"
+    ]
+
+
+def test_export_does_not_import_transformers(make_checkpoint: Callable, tmp_path: Path) -> None:
+    code = (
+        "import sys; from muomni.hf import export_hf; "
+        f"export_hf({str(make_checkpoint())!r}, {str(tmp_path / 'hf')!r}); "
+        "assert 'transformers' not in sys.modules, 'export imported transformers'"
+    )
+    done = _cli("-c", code)
+    assert done.returncode == 0, done.stderr
