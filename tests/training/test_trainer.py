@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import final_weights, overrides, read_metrics, step_losses, tiny_config, tiny_settings
 
 from muomni.cli import main
 from muomni.training import trainer as trainer_module
@@ -17,8 +18,6 @@ from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, 
 from muomni.training.loss import lm_loss
 from muomni.training.precision import Precision
 from muomni.training.trainer import Trainer, total_grad_norm
-
-from .conftest import final_weights, overrides, read_metrics, step_losses, tiny_config, tiny_settings
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

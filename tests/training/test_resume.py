@@ -1,0 +1,129 @@
+"""Fault tolerance through the command line: SIGKILL anywhere + resume is bitwise an uninterrupted run.
+
+Each test runs ``python -m muomni train`` in a subprocess. ``MUOMNI_TEST_KILL_AT`` makes the trainer
+send itself SIGKILL at a named point (see muomni/training/faults.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from training_helpers import ROOT, final_weights, overrides, read_metrics, run_cli, tiny_settings, write_corpus
+
+from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, latest_checkpoint
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A corpus, a token cache and an uninterrupted reference run, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("resume")
+    corpus = write_corpus(root / "corpus.txt")
+    cache = root / "cache"
+    ref = root / "reference"
+    result = run_cli(["train", *overrides(tiny_settings(corpus, ref))], cache)
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "corpus": corpus, "cache": cache, "ref": ref}
+
+
+def _train(shared: dict[str, Any], save_dir: Path, env: dict[str, str] | None = None, **changes: Any):
+    return run_cli(["train", *overrides(tiny_settings(shared["corpus"], save_dir, **changes))], shared["cache"], env)
+
+
+def _curve(save_dir: Path) -> list[tuple]:
+    """Every logged number but the timings."""
+    keys = ("step", "loss", "lr", "grad_norm", "val_loss")
+    return [tuple(m.get(k) for k in keys) for m in read_metrics(save_dir)]
+
+
+def _assert_same_as_reference(shared: dict[str, Any], save_dir: Path) -> None:
+    ref, got = final_weights(shared["ref"]), final_weights(save_dir)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(ref[name], got[name]), f"{name} differs from the uninterrupted run"
+    ref_file = latest_checkpoint(shared["ref"]) / MODEL_FILE
+    assert (latest_checkpoint(save_dir) / MODEL_FILE).read_bytes() == ref_file.read_bytes()
+    assert _curve(save_dir) == _curve(shared["ref"])
+
+
+@pytest.mark.parametrize("kill_at", ["after_ckpt:4", "mid_step:7", "ckpt_write:8"])
+def test_sigkill_then_resume_is_bitwise_equal(shared: dict[str, Any], tmp_path: Path, kill_at: str) -> None:
+    run = tmp_path / "run"
+    killed = _train(shared, run, env={"MUOMNI_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = _train(shared, run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    _assert_same_as_reference(shared, run)
+    assert not list(checkpoints_dir(run).glob(".tmp-*"))  # a torn write is cleaned up
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(shared: dict[str, Any], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(shared["ref"], run)
+    newest = checkpoints_dir(run) / "step_00000012" / MODEL_FILE
+    data = bytearray(newest.read_bytes())
+    data[-10] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    result = _train(shared, run)
+    assert result.returncode == 0, result.stderr
+    assert "skipping checkpoint" in result.stderr and "step_00000012" in result.stderr
+    assert "resuming from" in result.stdout and "step_00000008 at step 8" in result.stdout
+    _assert_same_as_reference(shared, run)
+
+
+def test_incompatible_resume_is_refused(shared: dict[str, Any], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(shared["ref"], run)
+    result = _train(shared, run, batch_size=2)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "'batch_size' was 4 there and is 2 now" in lines[0] and "resume=never" in lines[0]
+
+
+def test_resume_from_a_path_into_a_new_save_dir(shared: dict[str, Any], tmp_path: Path) -> None:
+    ckpt = checkpoints_dir(shared["ref"]) / "step_00000008"
+    run = tmp_path / "elsewhere"
+    result = _train(shared, run, resume=str(ckpt))
+    assert result.returncode == 0, result.stderr
+    for name, ref in final_weights(shared["ref"]).items():
+        assert torch.equal(ref, final_weights(run)[name])
+
+
+def test_sigterm_finishes_the_step_and_checkpoints(shared: dict[str, Any], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    settings = tiny_settings(shared["corpus"], run, max_steps=100000, checkpoint_freq=100000, val_freq=100000)
+    env = {"MUOMNI_CACHE": str(shared["cache"]), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "muomni", "train", *overrides(settings)],
+        cwd=ROOT,
+        env={**_clean_env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    last_step = read_metrics(run)[-1]["step"]
+    assert last_step >= 3
+    assert [p.name for p in checkpoints_dir(run).iterdir()] == [f"step_{last_step:08d}"]
+    assert f"stopped by SIGTERM after step {last_step}" in out
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "MUOMNI_TEST_KILL_AT"}

@@ -1,0 +1,103 @@
+"""Helpers of the trainer tests: a small generated corpus, a tiny config, running the CLI, reading a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muomni.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_VOCAB = (
+    "def return import class self value list dict for in if else while yield with open read write the a of "
+    "model token loss step data window batch grad norm print range len append"
+)
+WORDS = _VOCAB.split()
+
+
+def write_corpus(path: Path, n_docs: int = 60, seed: int = 0) -> Path:
+    """A .txt corpus of ``n_docs`` blank-line-separated documents of code-like pseudo text."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n_docs):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(rng.randint(4, 10))]
+        docs.append(f"# doc {i}\n" + "\n".join(lines))
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_settings(corpus: Path, save_dir: Path, **changes: Any) -> dict[str, Any]:
+    """A model small enough for seconds on a CPU; dropout on, so the RNG state matters on resume."""
+    settings: dict[str, Any] = {
+        "vocab_size": 300,
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "kv_groups": 1,
+        "d_ff": 64,
+        "ctx_len": 32,
+        "dropout": 0.1,
+        "batch_size": 4,
+        "max_steps": 12,
+        "lr": 3e-3,
+        "warmup_steps": 3,
+        "val_split": 0.1,
+        "val_freq": 4,
+        "val_batches": 2,
+        "checkpoint_freq": 4,
+        "print_freq": 1,
+        "keep_checkpoints": 3,
+        "train_text": str(corpus),
+        "save_dir": str(save_dir),
+        "device": "cpu",
+    }
+    settings.update(changes)
+    return settings
+
+
+def tiny_config(corpus: Path, save_dir: Path, **changes: Any) -> Config:
+    return load_config(tiny_settings(corpus, save_dir, **changes))
+
+
+def overrides(settings: dict[str, Any]) -> list[str]:
+    """``key=value`` command-line arguments for ``settings``."""
+    return [f"{k}={json.dumps(v)}" for k, v in settings.items()]
+
+
+def run_cli(args: list[str], cache: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    """``python -m muomni <args>`` in a subprocess; returns the CompletedProcess (text output)."""
+    base = {k: v for k, v in os.environ.items() if k != "MUOMNI_TEST_KILL_AT"}
+    full_env = {**base, "MUOMNI_CACHE": str(cache), "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "muomni", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_metrics(save_dir: Path) -> list[dict[str, Any]]:
+    lines = (save_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def step_losses(save_dir: Path) -> list[tuple[int, float]]:
+    return [(m["step"], m["loss"]) for m in read_metrics(save_dir) if "loss" in m]
+
+
+def final_weights(save_dir: Path) -> dict[str, torch.Tensor]:
+    from muomni.training.checkpoint import MODEL_FILE, latest_checkpoint, load_tensors
+
+    ckpt = latest_checkpoint(save_dir)
+    assert ckpt is not None, f"no checkpoint in {save_dir}"
+    return load_tensors(ckpt / MODEL_FILE)
