@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from muomni.data.tokenizer import Tokenizer
 from muomni.errors import CheckpointError
 from muomni.hf import export_hf, load_hf, save_hf
+from muomni.inference.generate import generate_tokens
 from muomni.training.checkpoint import latest_checkpoint
 
 # Odd shapes on purpose: d_model not a power of two, head widths 8/12/16, one kv head, tied and untied.
@@ -53,8 +54,9 @@ def test_exported_logits_and_greedy_tokens_match(shape: str, make_checkpoint: Ca
     assert (ours - theirs).abs().max().item() < 1e-5
 
     eos = 2  # the exported eos id: both sides stop after it
-    for prompt in x[:, :7].tolist():
-        expected = greedy(model, prompt, 12, eos)
+    prompts = x[:, :7].tolist()
+    expected = [greedy(model, prompt, 12, eos) for prompt in prompts]
+    for prompt, ours_ids in zip(prompts, expected):
         with torch.inference_mode():
             got = reference.generate(
                 torch.tensor([prompt]),
@@ -64,7 +66,11 @@ def test_exported_logits_and_greedy_tokens_match(shape: str, make_checkpoint: Ca
                 eos_token_id=eos,
                 pad_token_id=0,
             )
-        assert got[0].tolist() == expected
+        assert got[0].tolist() == ours_ids
+    # muomni's own batched, KV-cached greedy decoding gives the same tokens.
+    model.enable_kv_cache(True)
+    new_ids = generate_tokens(model, prompts, max_new_tokens=12, temperature=0.0, eos_id=eos)
+    assert [p + n for p, n in zip(prompts, new_ids)] == expected
 
 
 def test_config_and_files(make_checkpoint: Callable, tmp_path: Path, tokenizer: Tokenizer) -> None:
