@@ -44,7 +44,7 @@ def test_tied_weight_gets_both_gradients() -> None:
         hidden = torch.tanh(emb(ids[:, :-1]))
         fn(hidden, emb.weight, ids[:, 1:]).backward()
         results.append(emb.weight.grad.clone())
-    assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)  # fp32 sums in another order
 
 
 def test_bf16_autocast_is_close_to_plain_autocast() -> None:
