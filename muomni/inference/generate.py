@@ -32,6 +32,8 @@ from muomni.models.thinker import Thinker
 EOS_CHECK_EVERY = 16
 # Decode steps per compiled call on CUDA when decode_chunk is not given (one CUDA graph per chunk).
 CUDA_DECODE_CHUNK = 8
+# The smallest KV cache of compiled decoding (see compiled_cache_len).
+MIN_COMPILED_CACHE = 256
 
 # new tokens of each row [B][n] -> {row: tokens to keep} for rows that must end now (stop strings)
 Observer = Callable[[list[list[int]]], dict[int, int]]
@@ -206,11 +208,11 @@ def _run(
         compile = False
     tokens, valid = left_pad(prompts, setup.pad_id, device)
     batch, length = tokens.shape
+    slots = compiled_cache_len(model.config.ctx_len, length + max_new) if compile else length + max_new
     # Normal tensors, not inference tensors: the user may reset the cache outside inference mode, and the
     # compiled step's guards expect the same kind of tensor every time.
     with torch.inference_mode(False):
-        # Compiled: always the whole context, so the cache (and graph) has one shape for every prompt length.
-        model.setup_caches(batch, model.config.ctx_len if compile else length + max_new)
+        model.setup_caches(batch, slots)
     decoder = CachedDecoder(setup, chunk, compile) if model.kv_cache_enabled else UncachedDecoder(setup)
     compile_s = decoder.warm_up(batch)
     clock = (lambda: synced_time(device)) if stats is not None else (lambda: 0.0)
@@ -226,6 +228,17 @@ def _run(
         stats.time_to_first_token_s, stats.total_s = first_at - start, clock() - start
         stats.compile_s = compile_s
     return rows
+
+
+def compiled_cache_len(ctx_len: int, needed: int) -> int:
+    """Cache slots for compiled decoding: a power of two (at least 256), at most ``ctx_len``.
+
+    The compiled step's shapes follow the cache, and ``setup_caches`` keeps a cache that is large enough,
+    so prompt lengths do not cause recompiles: the cache only grows, through at most a few sizes. A cache
+    of the whole context would do too, but each step attends over every slot, which costs a model with
+    a long context (an imported one with 32k positions) more than the step itself.
+    """
+    return min(ctx_len, max(MIN_COMPILED_CACHE, 1 << (needed - 1).bit_length()))
 
 
 def _decode_loop(

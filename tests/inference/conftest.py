@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # The package is not installed in the venv: make the repository root importable when pytest is run
 # as `.venv/bin/pytest tests/inference`, and this folder too, for the test modules' `inference_helpers`.
@@ -16,6 +18,15 @@ for _path in (str(Path(__file__).resolve().parents[2]), str(Path(__file__).resol
 from inference_helpers import TEXT, tiny_model, write_run  # noqa: E402
 
 from muomni.data import Tokenizer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny models are far faster on one thread, and two threads on a busy 2-core machine spin for seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

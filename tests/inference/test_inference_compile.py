@@ -1,0 +1,88 @@
+"""Compiled decoding: the same tokens as eager, and a bounded number of compilations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from inference_helpers import tiny_model
+
+from muomni.inference import decode
+from muomni.inference.generate import compiled_cache_len, generate_tokens
+from muomni.inference.stats import GenerationStats
+
+PROMPTS = [[7, 8, 9], list(range(20, 27)), list(range(40, 52))]  # lengths 3, 7 and 12
+
+
+@pytest.fixture
+def counting_backend(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Compile with a backend that runs the captured graph as is and counts how many graphs it was given."""
+    compiled: list[int] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        compiled.append(len(gm.graph.nodes))
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(decode, "COMPILE_BACKEND", backend)
+    return compiled
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_compiled_decoding_compiles_once_per_step_size(counting_backend: list[int], chunk: int) -> None:
+    """Three prompt lengths, 20 tokens each, twice: one graph per decode function (chunk and tail step)."""
+    model = tiny_model()
+    for _ in range(2):
+        for prompt in PROMPTS:
+            stats = GenerationStats()
+            out = generate_tokens(model, [prompt], 20, temperature=0.0, compile=True, decode_chunk=chunk, stats=stats)
+            assert out == generate_tokens(model, [prompt], 20, temperature=0.0)
+    assert len(counting_backend) == len({chunk, 1})
+    assert all(nodes > 10 for nodes in counting_backend)  # the whole step (model + sampling) is one graph
+
+
+def test_compiled_sampling_draws_what_eager_draws(counting_backend: list[int]) -> None:
+    model = tiny_model()
+    options = {"temperature": 0.9, "top_k": 40, "top_p": 0.9, "seed": 11, "decode_chunk": 3}
+    eager = generate_tokens(model, PROMPTS, 14, **options)
+    assert generate_tokens(model, PROMPTS, 14, compile=True, **options) == eager
+    pair = generate_tokens(model, PROMPTS[:2], 14, **options)  # a new batch size (and so other noise per row)
+    assert generate_tokens(model, PROMPTS[:2], 14, compile=True, **options) == pair
+    assert len(counting_backend) == 4  # two step sizes, two batch sizes
+
+
+def test_compile_time_is_reported_once(counting_backend: list[int]) -> None:
+    model = tiny_model()
+    first, second = GenerationStats(), GenerationStats()
+    generate_tokens(model, PROMPTS[:1], 8, temperature=0.0, compile=True, stats=first)
+    generate_tokens(model, PROMPTS[:1], 8, temperature=0.0, compile=True, stats=second)
+    assert first.compile_s is not None and first.compile_s > 0
+    assert second.compile_s is None
+    assert "compile" in first.format() and "compile" not in second.format()
+
+
+def test_compile_without_cache_warns_and_runs_eagerly(counting_backend: list[int]) -> None:
+    model = tiny_model()
+    model.enable_kv_cache(False)
+    with pytest.warns(UserWarning, match="without the KV cache decoding runs eagerly"):
+        out = generate_tokens(model, PROMPTS[:1], 8, temperature=0.0, compile=True)
+    assert out == generate_tokens(model, PROMPTS[:1], 8, temperature=0.0)
+    assert counting_backend == []
+
+
+def test_compiled_cache_sizes_are_few() -> None:
+    assert {compiled_cache_len(4096, n) for n in range(1, 4097)} == {256, 512, 1024, 2048, 4096}
+    assert compiled_cache_len(64, 10) == 64
+
+
+def test_inductor_compiled_decoding_equals_eager() -> None:
+    """The real compiler (C++ on the CPU): greedy tokens as eager, and no recompile for a new prompt length."""
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
+    model = tiny_model(n_layers=1)
+    for prompt in PROMPTS[:2]:
+        want = generate_tokens(model, [prompt], 12, temperature=0.0)
+        assert generate_tokens(model, [prompt], 12, temperature=0.0, compile=True) == want
+    assert graphs["unique_graphs"] - before == 1
