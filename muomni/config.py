@@ -88,6 +88,7 @@ class Config:
     min_lr: float | None = None
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     cpu_offload: Literal["none", "activations", "optimizer"] = "none"
+    chunked_ce: bool = True
     auto_fit: bool | None = None
     empty_cache_steps: int = 0
     keep_checkpoints: int = 3

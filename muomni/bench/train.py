@@ -1,0 +1,162 @@
+"""``muomni bench train``: the founding document's optimization table, measured on this machine.
+
+Each row is a set of config keys applied to the same model (same initial weights, same data order) and
+runs in its own process, so its peak memory is its own. Rows build on each other as the document's table
+does (baseline, then mixed precision, then flash attention, ...), and ``+all`` is every speed setting
+muomni has. With ``--vs-hf`` the equivalent Hugging Face ``LlamaForCausalLM`` rows run in the same session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muomni.bench.hardware import describe
+from muomni.bench.report import train_table, write_results
+from muomni.config import Config, load_config
+from muomni.errors import ConfigError
+
+ROW_TIMEOUT_S = 1200
+
+
+@dataclass
+class Row:
+    """A benchmark row: its name, the config keys it sets, and the Hugging Face row it compares with."""
+
+    name: str
+    keys: dict[str, Any]
+    hf: dict[str, Any] | None = None
+    hf_name: str | None = None
+
+
+def rows_for(device: torch.device) -> list[Row]:
+    """The rows that apply on ``device``: fp16 + GradScaler on CUDA, bf16 on CPUs (no fp16 autocast there)."""
+    cuda = device.type == "cuda"
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    half = "fp16" if cuda else "bf16"
+    off = {"use_amp": False, "use_flash": False, "use_compile": False, "use_gradient_checkpointing": False}
+    off["chunked_ce"] = False
+    amp = {**off, "use_amp": True, "amp_dtype": half}
+    flash = {**amp, "use_flash": True}
+    best_dtype = "bf16" if bf16 or not cuda else "fp16"
+    lowp = {**flash, "amp_dtype": best_dtype}
+    chunked = {**lowp, "chunked_ce": True}
+    rows = [
+        Row("baseline", off, {"amp": None, "attn": "eager"}, "fp32 eager"),
+        Row("+fp16" if cuda else "+bf16 autocast", amp, {"amp": half, "attn": "eager"}, f"{half} eager"),
+        Row("+flash", flash, {"amp": half, "attn": "sdpa"}, f"{half} sdpa"),
+        Row(
+            "+grad_ckpt",
+            {**flash, "use_gradient_checkpointing": True},
+            {"amp": half, "attn": "sdpa", "ckpt": True},
+            f"{half} sdpa + ckpt",
+        ),
+    ]
+    if bf16:
+        rows.append(Row("+bf16", lowp, {"amp": "bf16", "attn": "sdpa"}, "bf16 sdpa"))
+    rows += [
+        Row("+chunked_ce", chunked),
+        Row("+offload_activations", {**chunked, "cpu_offload": "activations"}),
+        Row("+offload_optimizer", {**chunked, "cpu_offload": "optimizer"}),
+        Row(
+            "+all",
+            {**chunked, "use_compile": True},
+            {"amp": best_dtype, "attn": "sdpa", "compile": True},
+            f"{best_dtype} sdpa + compile",
+        ),
+    ]
+    return rows
+
+
+def _spec(cfg: Config, row: Row, framework: str, warmup: int, steps: int) -> dict[str, Any]:
+    keys = dict(row.keys)
+    spec: dict[str, Any] = {"framework": framework, "warmup": warmup, "steps": steps}
+    if framework == "hf":
+        hf = row.hf or {}
+        keys = {
+            **keys,
+            "use_amp": hf["amp"] is not None,
+            "amp_dtype": hf["amp"] or "auto",
+            "use_compile": bool(hf.get("compile")),
+            "chunked_ce": False,
+            "use_gradient_checkpointing": False,
+        }
+        spec.update(hf_attn=hf["attn"], hf_checkpointing=bool(hf.get("ckpt")))
+    spec["config"] = {**cfg.to_dict(), **keys}
+    return spec
+
+
+def run_spec(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
+    """Run one row's worker process and return its result (an ``error`` entry if it failed)."""
+    spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "muomni.bench.train_worker", str(spec_path), str(result_path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ROW_TIMEOUT_S, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {ROW_TIMEOUT_S} s"}
+    if not result_path.exists():
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return {"error": f"worker exited {proc.returncode}: {tail}"}
+    return json.loads(result_path.read_text())
+
+
+def select_rows(rows: list[Row], names: str | None) -> list[Row]:
+    if not names:
+        return rows
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {r.name for r in rows}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown bench row {unknown[0]!r}; rows here: {', '.join(r.name for r in rows)}")
+    return [r for r in rows if r.name in wanted or r.name == "baseline"]
+
+
+def _warm_data_cache(cfg: Config) -> None:
+    """Train the tokenizer and tokenize once here, so no row's time or peak memory includes it."""
+    from muomni.data import TokenData, prepare_tokenizer
+
+    tokenizer = prepare_tokenizer(cfg.train_text, cfg.vocab_size)
+    TokenData.build(cfg.train_text, tokenizer, cfg.ctx_len, cfg.val_split, cfg.seed)
+
+
+def bench_train(
+    config: str, overrides: list[str], steps: int | None, out: str | None, vs_hf: bool, rows: str | None
+) -> list[dict[str, Any]]:
+    """Run the table and write results.json, results.md and chart.png to ``out``; return the rows."""
+    cfg = load_config(config, overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    steps = steps or (20 if device.type == "cuda" else 3)
+    warmup = 3 if device.type == "cuda" else 1
+    cfg = cfg.replace(max_steps=warmup + steps, val_freq=10**6, checkpoint_freq=10**6)
+    if vs_hf:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ConfigError("--vs-hf needs transformers: pip install 'muomni[hf]'")
+    _warm_data_cache(cfg)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in select_rows(rows_for(device), rows):
+            frameworks = ["muomni"] + (["hf"] if vs_hf and row.hf else [])
+            for fw in frameworks:
+                label = row.name if fw == "muomni" else row.hf_name
+                print(f"bench train: {fw} {label} ...", file=sys.stderr, flush=True)
+                spec = _spec(cfg, row, fw, warmup, steps)
+                result = run_spec(spec, Path(tmp), f"{fw}-{len(results)}")
+                results.append(
+                    {"name": label, "framework": fw, "hf_row": row.hf_name, **result, "config": spec["config"]}
+                )
+    info = describe(device)
+    table = train_table(results)
+    print(table)
+    write_results(Path(out or "bench-out/train"), "train", info, results, table)
+    return results

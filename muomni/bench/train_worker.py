@@ -1,0 +1,160 @@
+"""One row of ``muomni bench train``, run in its own process so its peak memory is its own.
+
+``python -m muomni.bench.train_worker SPEC.json RESULT.json``. The spec names the framework (muomni or
+hf), the resolved config and the step counts. Both frameworks start from the same initial weights (the
+Thinker made from ``seed``; Hugging Face Llama loads its state dict unchanged) and read the same windows in
+the same order, so speed, memory and validation loss compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from muomni.bench.hardware import device_peak, peak_memory_bytes, reset_peak_memory, synchronize
+from muomni.config import Config, load_config
+
+
+def flops_per_token(cfg: Config) -> float:
+    """Training FLOPs per token: 6 x (matmul parameters) + attention (PaLM appendix B convention)."""
+    d, f, h_kv = cfg.d_model, cfg.d_ff, cfg.n_kv_heads * cfg.head_dim
+    mlp = (3 if cfg.use_swiglu else 2) * d * f * (cfg.num_experts_per_tok if cfg.use_moe else 1)
+    per_layer = 2 * d * d + 2 * d * h_kv + mlp
+    matmul_params = cfg.n_layers * per_layer + cfg.vocab_size * d  # + the output head
+    return 6 * matmul_params + 12 * cfg.n_layers * d * cfg.ctx_len
+
+
+def _time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> tuple[list[float], float]:
+    """Run ``warmup`` untimed steps (compilation happens there), then ``steps`` timed ones, device synced."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    warm_s = time.perf_counter() - started
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times, warm_s
+
+
+def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
+    from muomni.training.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    device = trainer.device
+    reset_peak_memory(device)
+    times, warm_s = _time_steps(
+        lambda: trainer.train_step(trainer.next_batches()), device, spec["warmup"], spec["steps"]
+    )
+    peak = peak_memory_bytes(device)
+    return {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": trainer.evaluate()}
+
+
+def _hf_model(cfg: Config, spec: dict[str, Any], device: torch.device):  # noqa: ANN202
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from muomni.hf.mapping import llama_config
+    from muomni.models.thinker import Thinker
+    from muomni.training.trainer import seed_everything
+
+    seed_everything(cfg.seed)
+    state = Thinker(cfg).state_dict()  # the same initial weights as the muomni rows
+    hf_cfg = LlamaConfig(**llama_config(cfg, 1, 2, 0, torch.float32))
+    hf_cfg._attn_implementation = spec["hf_attn"]
+    model = LlamaForCausalLM(hf_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    model.to(device).train()
+    if spec.get("hf_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def run_hf(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
+    """The Hugging Face equivalent of a row: LlamaForCausalLM, fused AdamW, clipping, the same data."""
+    from muomni.data import TokenData, WindowStream, prepare_tokenizer
+    from muomni.training.optim import build_optimizer, make_schedule, set_lr
+    from muomni.training.precision import resolve_precision
+    from muomni.training.trainer import resolve_device
+
+    device = resolve_device(cfg.device)
+    tokenizer = prepare_tokenizer(cfg.train_text, cfg.vocab_size)
+    data = TokenData.build(cfg.train_text, tokenizer, cfg.ctx_len, cfg.val_split, cfg.seed)
+    model = _hf_model(cfg, spec, device)
+    forward = torch.compile(model) if cfg.use_compile else model
+    optimizer = build_optimizer(model, cfg, device)
+    schedule = make_schedule(cfg, spec["warmup"] + spec["steps"])
+    precision = resolve_precision(cfg, device)
+    stream = WindowStream(data.n_train_windows, cfg.seed)
+    applied = [0]
+
+    def loss_of(tokens: torch.Tensor) -> torch.Tensor:
+        with precision.ctx:
+            logits = forward(input_ids=tokens[:, :-1]).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    def step() -> None:
+        set_lr(optimizer, schedule(applied[0]))
+        tokens = data.train_batch(stream.take(cfg.batch_size)).to(device)
+        precision.scaler.scale(loss_of(tokens)).backward()
+        precision.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        applied[0] += 1
+
+    reset_peak_memory(device)
+    times, warm_s = _time_steps(step, device, spec["warmup"], spec["steps"])
+    peak = peak_memory_bytes(device)
+    model.eval()
+    with torch.inference_mode():
+        windows = data.val_windows(cfg.val_batches * cfg.batch_size)
+        losses = [loss_of(w.to(device)) * len(w) for w in windows.split(cfg.batch_size)]
+        val = (torch.stack(losses).sum() / len(windows)).item() if len(windows) else None
+    return {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": val}
+
+
+def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    cfg = load_config(spec["config"], warn_ignored=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = cfg.replace(save_dir=tmp, resume="never")
+        result = (run_hf if spec["framework"] == "hf" else run_muomni)(cfg, spec)
+    tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.ctx_len
+    median = statistics.median(result["step_times"])
+    result["tokens_per_s"] = tokens_per_step / median
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    peak = device_peak(device)
+    result["mfu"] = result["tokens_per_s"] * flops_per_token(cfg) / (peak.bf16_tflops * 1e12) if peak else None
+    return result
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        result = run_row(spec)
+    except torch.OutOfMemoryError:
+        result = {"error": "out of memory"}
+    except Exception as e:  # a row that fails is reported in the table, the others still run
+        traceback.print_exc()
+        result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
