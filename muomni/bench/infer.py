@@ -1,0 +1,188 @@
+"""``muomni bench infer``: what the KV cache, batching, compiled decoding and inference_mode buy.
+
+Rows decode greedily with no early stop, so every row produces exactly its tokens. Each row runs once to
+warm up (and compile) and is then timed ``repeats`` times with the device synchronized; the median is
+reported. Batch-1 rows also give the fraction of the memory-bandwidth bound: each decode step must read
+every weight once, so ``weight bytes / step time`` over the GPU's bandwidth is how close the step is to
+the fastest it could be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, reset_peak_memory, synchronize
+from muomni.bench.report import GIB, write_results
+from muomni.config import load_config
+from muomni.inference.decode import DecodeSetup
+from muomni.inference.generate import _run, fit_to_context
+from muomni.inference.sampling import SamplingParams
+from muomni.inference.stats import GenerationStats
+from muomni.models.thinker import Thinker
+
+PROMPT_TOKENS = 16
+
+
+def _model(args: argparse.Namespace) -> Thinker:
+    if args.ckpt:
+        from muomni.inference.loading import load
+
+        return load(args.ckpt)[0]
+    cfg = load_config(args.config, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    torch.manual_seed(cfg.seed)
+    model = Thinker(cfg).to(device).eval()  # random weights: speed does not depend on what was learned
+    return model.to(torch.bfloat16) if device.type == "cuda" else model
+
+
+def decode(model: Thinker, batch: int, new: int, cache: bool, compile: bool, grad_mode: type) -> GenerationStats:
+    """One greedy generation of ``new`` tokens for ``batch`` random prompts, under ``grad_mode``."""
+    model.enable_kv_cache(cache)
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, model.config.vocab_size, (batch, PROMPT_TOKENS), generator=gen).tolist()
+    prompts, max_new = fit_to_context(prompts, model.config.ctx_len, new, False)
+    setup = DecodeSetup(model, SamplingParams(0.0, 0, 1.0), 0, -1, None)
+    stats = GenerationStats()
+    chunk = 8 if compile and model.lm_head.weight.device.type == "cuda" else 1
+    with grad_mode():
+        _run(setup, prompts, max_new, compile, chunk, stats, None)
+    return stats
+
+
+def _row(
+    model: Thinker,
+    name: str,
+    batch: int,
+    new: int,
+    cache: bool = True,
+    compile: bool = False,
+    grad_mode: type[AbstractContextManager] = torch.inference_mode,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    device = model.lm_head.weight.device
+    print(f"bench infer: {name} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    warm = decode(model, batch, new, cache, compile, grad_mode)  # compiles, captures graphs, warms caches
+    warm_s = time.perf_counter() - started
+    reset_peak_memory(device)
+    runs = [decode(model, batch, new, cache, compile, grad_mode) for _ in range(repeats)]
+    synchronize(device)
+    median = sorted(runs, key=lambda s: s.decode_tokens_per_s)[len(runs) // 2]
+    decoded_steps = max(median.generated_tokens // batch - 1, 1)
+    step_s = median.decode_s / decoded_steps
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    peak = device_peak(device)
+    return {
+        "name": name,
+        "batch": batch,
+        "new_tokens": median.generated_tokens // batch,
+        "kv_cache": cache,
+        "compiled": compile,
+        "grad_mode": grad_mode.__name__,
+        "tokens_per_s_total": median.decode_tokens_per_s,
+        "tokens_per_s_per_seq": median.decode_tokens_per_s / batch,
+        "time_to_first_token_s": median.time_to_first_token_s,
+        "ms_per_step": 1e3 * step_s,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "warmup_s": warm_s,
+        "compile_s": warm.compile_s,
+        "bandwidth_fraction": (weight_bytes / step_s / (peak.bandwidth_gbs * 1e9)) if peak and batch == 1 else None,
+        "all_runs_tokens_per_s": [s.decode_tokens_per_s for s in runs],
+    }
+
+
+def infer_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
+    cuda = model.lm_head.weight.device.type == "cuda"
+    rows = [
+        _row(model, "no KV cache", 1, new, cache=False, repeats=1),
+        _row(model, "KV cache", 1, new),
+        _row(model, "KV cache, no_grad", 1, new, grad_mode=torch.no_grad),
+        _row(model, "KV cache + compile", 1, new, compile=True),
+    ]
+    for batch in (4, 16, 64):
+        rows.append(_row(model, f"batch {batch}" + (" + compile" if cuda else ""), batch, new, compile=cuda))
+    return rows
+
+
+def hf_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
+    """Hugging Face ``generate`` on the same weights: dynamic cache and static cache, greedy, batch 1."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from muomni.hf.mapping import llama_config
+
+    device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
+    hf = LlamaForCausalLM(LlamaConfig(**llama_config(model.config, 1, 2, 0, dtype)))
+    hf.load_state_dict(model.state_dict(), strict=False)
+    hf.to(device=device, dtype=dtype).eval()
+    prompt = torch.randint(3, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
+    new = min(new, model.config.ctx_len - PROMPT_TOKENS)
+    out = []
+    for cache in ("dynamic", "static"):
+        kwargs = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
+        if cache == "static":
+            kwargs["cache_implementation"] = "static"
+        times = []
+        for _ in range(3):  # the first call warms up (and, for the static cache, compiles)
+            synchronize(device)
+            t0 = time.perf_counter()
+            hf.generate(prompt, **kwargs)
+            synchronize(device)
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times[1:])
+        out.append(
+            {
+                "name": f"HF generate, {cache} cache",
+                "batch": 1,
+                "new_tokens": new,
+                "tokens_per_s_total": new / seconds,
+                "tokens_per_s_per_seq": new / seconds,
+                "ms_per_step": 1e3 * seconds / new,
+                "framework": "hf",
+            }
+        )
+    return out
+
+
+def infer_table(rows: list[dict[str, Any]]) -> str:
+    def fmt(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    head = (
+        "| row | batch | tokens/s total | tokens/s per sequence | TTFT ms | ms/step | peak memory | bandwidth bound |"
+    )
+    lines = [head, "|---" * 8 + "|"]
+    for r in rows:
+        ttft = r.get("time_to_first_token_s")
+        mem = r.get("peak_memory_bytes")
+        frac = r.get("bandwidth_fraction")
+        lines.append(
+            f"| {r['name']} | {r['batch']} | {r['tokens_per_s_total']:,.0f} | {r['tokens_per_s_per_seq']:,.0f} "
+            f"| {fmt(ttft and 1e3 * ttft, '.1f')} | {r['ms_per_step']:.3f} | {fmt(mem and mem / GIB, '.2f')} GiB "
+            f"| {fmt(frac and 100 * frac, '.1f')}{'%' if frac else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
+    model = _model(args)
+    device = model.lm_head.weight.device
+    new = args.steps or (512 if device.type == "cuda" else 32)
+    rows = [{"framework": "muomni", **r} for r in infer_rows(model, new)]
+    if args.vs_hf:
+        rows += hf_rows(model, new)
+    table = infer_table(rows)
+    print(table)
+    info = {**describe(device), "params": model.num_params(), "dtype": str(model.lm_head.weight.dtype)}
+    for r in rows:
+        r.setdefault("tokens_per_s", r["tokens_per_s_total"])
+        r.setdefault("peak_memory_bytes", 0)
+    write_results(Path(args.out or "bench-out/infer"), "infer", info, rows, table)
+    return rows
