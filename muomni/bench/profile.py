@@ -1,0 +1,148 @@
+"""``muomni profile``: a few training (and, with ``--infer``, decoding) steps under ``torch.profiler``.
+
+Writes a Chrome/Perfetto trace (``trace_train.json``, open it at ui.perfetto.dev) and a memory timeline,
+then prints the top operators by device time and by memory, and the share of time spent in attention, MLP,
+the loss, the backward pass, the optimizer and data loading. Attention and MLP are labelled by forward hooks
+added from outside the model (the forward itself has no profiling code); the backward pass is one block,
+because autograd runs it outside those labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from muomni.config import load_config
+
+REGIONS = ("attention", "mlp", "loss", "backward", "optimizer", "data")
+
+
+@contextmanager
+def labelled(model: torch.nn.Module) -> Iterator[None]:
+    """Wrap every attention and MLP forward in a ``record_function`` range while profiling."""
+    handles, open_ranges = [], {}
+
+    def enter(name: str):  # noqa: ANN202
+        def hook(module, args):  # noqa: ANN001, ANN202
+            ctx = record_function(name)
+            ctx.__enter__()
+            open_ranges[id(module)] = ctx
+
+        return hook
+
+    def leave(module, args, out):  # noqa: ANN001, ANN202
+        open_ranges.pop(id(module)).__exit__(None, None, None)
+
+    handles += [model.model.register_forward_pre_hook(enter("backbone")), model.model.register_forward_hook(leave)]
+    for block in model.model.layers:
+        for name, m in (("attention", block.self_attn), ("mlp", block.mlp)):
+            handles += [m.register_forward_pre_hook(enter(name)), m.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _shares(prof: profile, cuda: bool) -> dict[str, float]:
+    """Time inside each labelled region as a fraction of the profiled steps' time."""
+    events = {e.key: e for e in prof.key_averages()}
+    attr = "device_time_total" if cuda else "cpu_time_total"
+
+    def total(key: str) -> float:
+        e = events.get(key)
+        return float(getattr(e, attr, 0.0) or getattr(e, "cuda_time_total", 0.0)) if e else 0.0
+
+    step = total("train_step") or 1.0
+    shares = {name: total(name) / step for name in REGIONS}
+    shares["loss"] = max(total("forward") - total("backbone"), 0.0) / step  # output head + cross-entropy
+    return shares
+
+
+def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
+    """The trainer's step, split into labelled phases (the same work as ``Trainer.train_step``)."""
+    for _ in range(steps):
+        with record_function("train_step"):
+            with record_function("data"):
+                batches = trainer.next_batches()
+            _step(trainer, batches)
+
+
+def _step(trainer, batches: list[torch.Tensor]) -> None:  # noqa: ANN001
+    scaler = trainer.precision.scaler
+    for tokens in batches:
+        with trainer.precision.ctx:
+            with record_function("forward"):
+                sum_loss, _ = trainer.loss_fn(trainer.forward_model, tokens)
+            loss = sum_loss / trainer.tokens_per_step
+        with record_function("backward"):
+            scaler.scale(loss).backward()
+    with record_function("optimizer"):
+        scaler.unscale_(trainer.optimizer)
+        trainer.grad_norm(trainer.params)
+        scaler.step(trainer.optimizer)
+        scaler.update()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def _print_tables(prof: profile, cuda: bool, shares: dict[str, float]) -> None:
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
+    mem_sort = "self_cuda_memory_usage" if cuda else "self_cpu_memory_usage"
+    print(prof.key_averages().table(sort_by=mem_sort, row_limit=10))
+    print("share of step time: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
+    print("(attention and mlp are forward only; backward holds both directions' gradients)")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from muomni.training.trainer import Trainer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.config, args.overrides)
+    cfg = cfg.replace(save_dir=str(out / "run"), resume="never", max_steps=args.steps + 2)
+    trainer = Trainer(cfg)
+    cuda = trainer.device.type == "cuda"
+    _train_steps(trainer, 2)  # warm-up: compilation and allocator growth stay out of the trace
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with (
+        labelled(trainer.model),
+        profile(activities=activities, record_shapes=True, profile_memory=True, with_stack=True) as prof,
+    ):
+        _train_steps(trainer, args.steps)
+        if cuda:
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(str(out / "trace_train.json"))
+    _memory_timeline(prof, out, trainer.device)
+    _print_tables(prof, cuda, _shares(prof, cuda))
+    if args.infer:
+        _profile_decoding(trainer, out, activities)
+    print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")
+    return 0
+
+
+def _memory_timeline(prof: profile, out: Path, device: torch.device) -> None:
+    try:
+        prof.export_memory_timeline(str(out / "memory_timeline.json"), device=str(device))
+    except Exception as e:  # the timeline is experimental in PyTorch and missing from some builds
+        print(f"memory timeline not written: {type(e).__name__}: {str(e)[:120]}")
+
+
+def _profile_decoding(trainer, out: Path, activities: list) -> None:  # noqa: ANN001
+    from muomni.inference.generate import generate_tokens
+
+    model = trainer.model.eval()
+    model.enable_kv_cache(True)
+    prompt = [[3] * 16]
+    generate_tokens(model, prompt, 32, temperature=0.0)  # warm-up
+    with profile(activities=activities, record_shapes=True) as prof:
+        generate_tokens(model, prompt, 32, temperature=0.0)
+    prof.export_chrome_trace(str(out / "trace_decode.json"))
+    sort = "self_cuda_time_total" if ProfilerActivity.CUDA in activities else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
+    print(f"decode trace: {out / 'trace_decode.json'}")
