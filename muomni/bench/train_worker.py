@@ -129,8 +129,16 @@ def run_hf(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     return {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": val}
 
 
+def _enforce_budget(budget_gib: float | None) -> None:
+    """Make the CUDA allocator fail past ``budget_gib``, as a smaller GPU would (``muomni plan``)."""
+    if budget_gib and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gib * 2**30 / total))
+
+
 def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(spec["config"], warn_ignored=False)
+    _enforce_budget(spec.get("memory_budget_gib"))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = cfg.replace(save_dir=tmp, resume="never")
         result = (run_hf if spec["framework"] == "hf" else run_muomni)(cfg, spec)

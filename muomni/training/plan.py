@@ -1,0 +1,120 @@
+"""``muomni plan``: measure candidate settings on this device and write the fastest that fits a memory budget.
+
+Every candidate keeps the effective batch (``batch_size x gradient_accumulation_steps``), so the plan
+changes how a step is computed, never what is learned. Candidates are measured, not estimated: each runs
+a few training steps in its own process (on CUDA with the budget enforced through
+``torch.cuda.set_per_process_memory_fraction``, so a candidate that would not fit fails as it would in the
+real run). On a CPU the budget is the peak resident memory of the candidate's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muomni.bench.report import GIB
+from muomni.bench.train import _warm_data_cache, run_spec
+from muomni.config import Config, load_config
+from muomni.errors import UserError
+
+PLAN_STEPS = 3
+
+
+class NothingFits(UserError):
+    """No candidate setting trains within the memory budget."""
+
+
+def micro_batches(cfg: Config) -> list[int]:
+    """Micro-batch sizes that divide the effective batch, largest first: 32, 16, 8, ... 1."""
+    total = cfg.effective_batch_size
+    return [m for m in range(total, 0, -1) if total % m == 0 and (m & (m - 1) == 0 or m == total)]
+
+
+def candidate(cfg: Config, micro: int, **keys: Any) -> dict[str, Any]:
+    return {"batch_size": micro, "gradient_accumulation_steps": cfg.effective_batch_size // micro, **keys}
+
+
+def measure(cfg: Config, keys: dict[str, Any], budget_gib: float, workdir: Path, n: int) -> dict[str, Any]:
+    spec = {
+        "framework": "muomni",
+        "warmup": 1,
+        "steps": PLAN_STEPS,
+        "memory_budget_gib": budget_gib,
+        "config": {**cfg.to_dict(), **keys, "max_steps": PLAN_STEPS + 1},
+    }
+    result = run_spec(spec, workdir, f"plan-{n}")
+    peak = result.get("peak_memory_bytes")
+    fits = not result.get("error") and peak is not None and peak <= budget_gib * GIB
+    return {"keys": keys, "fits": fits, **result}
+
+
+def search(cfg: Config, budget_gib: float, workdir: Path) -> list[dict[str, Any]]:
+    """Try, for each memory saver in turn, micro-batches from the largest down until one fits."""
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    tried: list[dict[str, Any]] = []
+    savers = [
+        {"use_gradient_checkpointing": False},
+        {"use_gradient_checkpointing": True},
+        {"use_gradient_checkpointing": True, "cpu_offload": "activations"},
+    ]
+    for saver in savers:
+        for micro in micro_batches(cfg):
+            row = measure(cfg, candidate(cfg, micro, chunked_ce=True, **saver), budget_gib, workdir, len(tried))
+            tried.append(row)
+            if row["fits"]:
+                break
+        if any(r["fits"] for r in tried) and not cuda:
+            break  # on a CPU the first fit is enough: checkpointing only costs time there
+    fitting = [r for r in tried if r["fits"]]
+    if fitting and cuda:
+        best = max(fitting, key=lambda r: r["tokens_per_s"])
+        tried.append(measure(cfg, {**best["keys"], "use_compile": True}, budget_gib, workdir, len(tried)))
+    return tried
+
+
+def plan_table(tried: list[dict[str, Any]]) -> str:
+    lines = [
+        "| micro-batch x accumulation | checkpointing | offload | compile | tokens/s | peak memory | fits |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in tried:
+        k = r["keys"]
+        peak = r.get("peak_memory_bytes")
+        lines.append(
+            f"| {k['batch_size']} x {k['gradient_accumulation_steps']} | {k.get('use_gradient_checkpointing', False)} "
+            f"| {k.get('cpu_offload', 'none')} | {k.get('use_compile', False)} "
+            f"| {r.get('tokens_per_s', 0):,.0f} | {'-' if peak is None else f'{peak / GIB:.2f} GiB'} "
+            f"| {'yes' if r['fits'] else r.get('error') or 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def plan(cfg: Config, budget_gib: float, out: Path) -> dict[str, Any]:
+    """Measure, print the table, write the fastest fitting config to ``out`` and return it."""
+    _warm_data_cache(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        tried = search(cfg, budget_gib, Path(tmp))
+    print(plan_table(tried))
+    fitting = [r for r in tried if r["fits"]]
+    if not fitting:
+        needs = [r["peak_memory_bytes"] for r in tried if r.get("peak_memory_bytes")]
+        smallest = f"the smallest candidate needed {min(needs) / GIB:.2f} GiB" if needs else "every candidate failed"
+        raise NothingFits(f"nothing fits in {budget_gib:g} GiB: {smallest}; lower ctx_len or the model size")
+    best = max(fitting, key=lambda r: r["tokens_per_s"])
+    planned = {**cfg.to_dict(), **best["keys"]}
+    out.write_text(json.dumps(planned, indent=2) + "\n", encoding="utf-8")
+    print(f"planned: {best['keys']} at {best['tokens_per_s']:,.0f} tokens/s -> {out}")
+    return planned
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.memory <= 0:
+        raise UserError(f"--memory {args.memory} must be a positive number of GiB")
+    plan(cfg, args.memory, Path(args.out))
+    return 0
