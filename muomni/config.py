@@ -40,12 +40,12 @@ class Config:
     # --- model (μOmni keys) ---
     vocab_size: int = 4096
     n_layers: int = 4
-    d_model: int = 256
+    d_model: int = 192
     n_heads: int = 4
     use_gqa: bool = True
     kv_groups: int = 2
-    d_ff: int = 768
-    ctx_len: int = 256
+    d_ff: int = 512
+    ctx_len: int = 128
     dropout: float = 0.0
     rope_theta: float = 10000.0
     use_swiglu: bool = True
@@ -55,7 +55,7 @@ class Config:
     tie_embeddings: bool = False
 
     # --- training (μOmni keys) ---
-    batch_size: int = 16
+    batch_size: int = 32
     gradient_accumulation_steps: int = 1
     max_steps: int | None = 300
     max_epochs: int | None = None
