@@ -68,7 +68,7 @@ def describe_run(t: Trainer) -> list[str]:
         _features_line(t),
         f"optimizer: {cfg.optimizer}{fused}, lr {cfg.lr:g}, {cfg.scheduler} schedule, {cfg.warmup_steps} warmup "
         f"steps, min_lr {cfg.final_lr:g} at step {t.total_steps} ({epochs:.2f} epochs)",
-        start,
+        f"{start} (setup took {t.setup_seconds:.1f} s: tokenizer, tokens, model)",
     ]
 
 

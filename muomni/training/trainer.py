@@ -106,6 +106,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config) -> None:
+        started = time.perf_counter()
         _refuse_unavailable(cfg)
         self.device = resolve_device(cfg.device)
         if cfg.auto_fit and self.device.type == "cpu":
@@ -148,6 +149,7 @@ class Trainer:
         self.unigram_entropy = unigram_entropy(self.data.train_tokens, cfg.vocab_size)
         self.stop_signal: int | None = None
         self.save_dir = Path(cfg.save_dir)
+        self.setup_seconds = time.perf_counter() - started
 
     # --- setup ---
     def _sources(self, cfg: Config) -> tuple[Config, Tokenizer, dict[str, torch.Tensor] | None]:
