@@ -1,0 +1,80 @@
+"""Decisions taken at setup: precision, refused features, resume=never, init_from, the loss function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from training_helpers import final_weights, tiny_config
+
+from muomni.errors import ConfigError
+from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
+from muomni.training.loss import lm_loss
+from muomni.training.precision import amp_dtype
+from muomni.training.trainer import Trainer
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_precision_is_fp32_unless_bf16_is_asked(corpus: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(corpus, tmp_path)
+    assert amp_dtype(cfg, CPU) is None  # auto
+    assert amp_dtype(cfg.replace(amp_dtype="bf16"), CPU) is torch.bfloat16
+    assert amp_dtype(cfg.replace(amp_dtype="bf16", use_amp=False), CPU) is None
+    with pytest.warns(UserWarning, match="fp16 is for CUDA"):
+        assert amp_dtype(cfg.replace(amp_dtype="fp16"), CPU) is None
+
+
+def test_bf16_autocast_trains_on_cpu(corpus: Path, tmp_path: Path) -> None:
+    t = Trainer(tiny_config(corpus, tmp_path / "run", amp_dtype="bf16"))
+    assert t.precision.dtype is torch.bfloat16 and not t.precision.scaler.is_enabled()
+    losses = [t.train_step(t.next_batches())[0] for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert t.model.lm_head.weight.dtype is torch.float32  # weights stay fp32
+
+
+@pytest.mark.parametrize("key", ["cpu_offload=optimizer", "distributed=ddp"])
+def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, key: str) -> None:
+    name, value = key.split("=")
+    cfg = tiny_config(corpus, tmp_path, **{name: value})
+    with pytest.raises(ConfigError, match=f"'{name}'"):
+        Trainer(cfg)
+
+
+def test_resume_never_starts_over_and_drops_the_old_checkpoints(corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_config(corpus, run)).fit()
+    assert [p.name for p in checkpoints_dir(run).iterdir()] == [f"step_0000000{k}" for k in (4, 8)] + ["step_00000012"]
+    fresh = Trainer(tiny_config(corpus, run, resume="never", max_steps=4, lr=1e-3))
+    assert fresh.progress.step == 0
+    fresh.fit()
+    assert sorted(p.name for p in checkpoints_dir(run).iterdir()) == ["step_00000004"]
+    state = json.loads((latest_checkpoint(run) / STATE_FILE).read_text())
+    assert state["schedule"]["lr"] == 1e-3  # the new run's checkpoint, not the old one's
+
+
+def test_init_from_a_muomni_checkpoint_loads_its_weights(corpus: Path, tmp_path: Path) -> None:
+    Trainer(tiny_config(corpus, tmp_path / "source", max_steps=4)).fit()
+    source = final_weights(tmp_path / "source")
+    # d_model differs from the source: the model keys are taken from the checkpoint, ctx_len stays the user's.
+    cfg = tiny_config(corpus, tmp_path / "tuned", init_from=str(tmp_path / "source"), d_model=64, ctx_len=16)
+    t = Trainer(cfg)
+    assert t.cfg.d_model == 32 and t.cfg.ctx_len == 16 and t.progress.step == 0
+    for name, tensor in t.model.state_dict().items():
+        assert torch.equal(tensor, source[name]), name
+    ckpt = latest_checkpoint(tmp_path / "source")
+    assert set(load_tensors(ckpt / MODEL_FILE)) == set(source)
+
+
+def test_lm_loss_is_the_summed_next_token_cross_entropy() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
+    tokens = torch.randint(0, 50, (3, 9))
+    total, n = lm_loss(model, tokens)
+    logits = model(tokens[:, :-1])
+    expected = F.cross_entropy(logits.reshape(-1, 50), tokens[:, 1:].reshape(-1))
+    assert n == 24
+    torch.testing.assert_close(total / n, expected)
