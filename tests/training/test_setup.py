@@ -78,3 +78,11 @@ def test_lm_loss_is_the_summed_next_token_cross_entropy() -> None:
     expected = F.cross_entropy(logits.reshape(-1, 50), tokens[:, 1:].reshape(-1))
     assert n == 24
     torch.testing.assert_close(total / n, expected)
+
+
+def test_max_epochs_ends_the_run_when_the_sampler_wraps(corpus: Path, tmp_path: Path) -> None:
+    t = Trainer(tiny_config(corpus, tmp_path / "run", max_steps=None, max_epochs=1, batch_size=16))
+    expected = -(-t.data.n_train_windows // 16)  # ceil: the last step crosses into epoch 1
+    assert t.total_steps == expected
+    t.fit()
+    assert t.progress.step == expected and t.stream.epoch == 1
