@@ -70,7 +70,7 @@ def sdpa_attention(
     q = q.reshape(b, k.shape[1], groups * t, dh)  # [B, H_kv, g*T, Dh]: head i uses kv head i // g
     mask = mask.repeat(1, 1, groups, 1)  # [B, 1, g*T, S]
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # [B, H_kv, g*T, Dh]
-    return y.view(b, h, t, dh)
+    return y.reshape(b, h, t, dh)  # a copy where the kernel's output layout is not [B, H_kv, g*T, Dh] (CUDA)
 
 
 def math_attention(
