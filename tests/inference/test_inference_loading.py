@@ -26,8 +26,8 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_load_from_run_and_checkpoint_folder(tmp_path: Path, tokenizer: Tokenizer, tie: bool) -> None:
     model = tiny_model(tie_embeddings=tie)
     ckpt = write_run(tmp_path / "run", model, tokenizer)
-    from_run, tok = muomni.load(tmp_path / "run")
-    from_ckpt, _ = muomni.load(ckpt)
+    from_run, tok = muomni.load(tmp_path / "run", device="cpu")
+    from_ckpt, _ = muomni.load(ckpt, device="cpu")
     assert _same_weights(from_run, model) and _same_weights(from_ckpt, model)
     assert (from_run.lm_head.weight is from_run.model.embed_tokens.weight) == tie
     assert not from_run.training and from_run.kv_cache_enabled
@@ -45,8 +45,15 @@ def test_newest_complete_checkpoint_is_used(tmp_path: Path, tokenizer: Tokenizer
     broken = write_run(tmp_path / "run", tiny_model(seed=3), tokenizer, step=30)
     (broken / "manifest.json").unlink()  # a checkpoint that was not finished writing
     with pytest.warns(UserWarning, match="skipping checkpoint"):
-        loaded, _ = muomni.load(tmp_path / "run")
+        loaded, _ = muomni.load(tmp_path / "run", device="cpu")
     assert _same_weights(loaded, new)
+
+
+def test_default_device_and_dtype(run_dir: Path) -> None:
+    model, _ = muomni.load(run_dir)
+    cuda = torch.cuda.is_available()
+    assert model.lm_head.weight.device.type == ("cuda" if cuda else "cpu")
+    assert model.lm_head.weight.dtype == (torch.bfloat16 if cuda else torch.float32)
 
 
 def test_dtype_override_keeps_rope_tables_in_fp32(run_dir: Path) -> None:

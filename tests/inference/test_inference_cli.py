@@ -1,0 +1,137 @@
+"""``muomni generate`` and ``muomni chat`` end to end: output, exit codes, one-line errors, stdin-driven chat."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from inference_helpers import ROOT, tiny_model
+
+from muomni.cli import main
+from muomni.data import Tokenizer
+from muomni.inference.chat import PROMPT_MARKER, Conversation, chat
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_prints_prompt_and_completion(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def parse(", "--max-new-tokens", "8")
+    assert code == 0, err
+    assert out.startswith("def parse(") and "[1/" not in out
+
+
+def test_generate_batch_no_cache_and_stats(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--prompt", "import", "--temperature", "0"]
+    args += ["--device", "cpu"]  # fp32: cached and uncached decoding agree exactly
+    code, cached, _ = _run(capsys, *args, "--max-new-tokens", "10")
+    assert code == 0
+    assert "[1/2]" in cached and "[2/2]" in cached and cached.index("def ") < cached.index("import")
+    code, uncached, _ = _run(capsys, *args, "--max-new-tokens", "10", "--no-kv-cache")
+    assert (code, uncached) == (0, cached)
+    code, out, _ = _run(capsys, *args, "--max-new-tokens", "10", "--stats")
+    assert code == 0 and "[stats] prompt tokens" in out and "tok/s" in out and "time to first token" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
+        (["--temperature", "-1"], "temperature must be 0 (greedy) or positive, not -1.0"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-k", "-1"], "top_k must be 0 (off)"),
+        (["--prompt", ""], "empty prompt"),
+        (["--prompt", "x" * 200], "tokens but ctx_len is 64; shorten it or pass --truncate"),
+    ],
+)
+def test_generate_bad_input_is_one_line_and_exit_2(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    code, out, err = _run(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def ", *extra)
+    assert code == 2
+    assert err.startswith("muomni: error: ") and message in err and err.count("\n") == 1
+
+
+def test_truncate_makes_a_long_prompt_fit(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(
+        capsys, "generate", "--ckpt", str(run_dir), "--prompt", "x" * 200, "--truncate", "--max-new-tokens", "5"
+    )
+    assert code == 0, err
+    assert out.startswith("x" * 200)
+
+
+def test_missing_or_incomplete_checkpoint_exit_2(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "generate", "--ckpt", str(tmp_path / "nowhere"), "--prompt", "a")
+    assert code == 2 and "does not exist" in err
+    for manifest in run_dir.glob("checkpoints/*/manifest.json"):
+        manifest.unlink()
+    code, _, err = _run(capsys, "chat", "--ckpt", str(run_dir))
+    assert code == 2 and "holds no complete checkpoint" in err and err.count("\n") == 2  # a skip warning + error
+
+
+def _chat_subprocess(run_dir: Path, stdin: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "muomni", "chat", "--ckpt", str(run_dir), "--max-new-tokens", "6", "--seed", "0"]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_chat_through_stdin_answers_and_exits(run_dir: Path) -> None:
+    result = _chat_subprocess(run_dir, "hello\n/reset\nhi\nexit\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(PROMPT_MARKER) == 4  # hello, /reset, hi, exit
+    assert "(history cleared)" in result.stdout
+    assert result.stderr == ""
+
+
+def test_chat_ends_cleanly_at_end_of_input(run_dir: Path) -> None:
+    result = _chat_subprocess(run_dir, "hello\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(PROMPT_MARKER) == 2
+
+
+def _lines(*lines: str) -> Callable[[str], str]:
+    """A ``read`` for :func:`chat` that answers with ``lines`` and then signals end of input."""
+    it: Iterator[str] = iter(lines)
+
+    def read(prompt: str) -> str:
+        try:
+            return next(it)
+        except StopIteration:
+            raise EOFError from None
+
+    return read
+
+
+def test_chat_drops_the_oldest_turns_and_shows_stats(tokenizer: Tokenizer) -> None:
+    model = tiny_model()  # ctx_len 64: a reply budget of 8 leaves 56 tokens of conversation
+    out = io.StringIO()
+    long_message = "a long message about parsing lines of text"
+    read = _lines(long_message, long_message, long_message, "quit", "never read")
+    assert chat(model, tokenizer, 8, temperature=0.0, show_stats=True, read=read, out=out) == 0
+    text = out.getvalue()
+    assert "oldest turn(s) to fit the 64-token context" in text
+    assert text.count("[stats]") == 3
+
+
+def test_conversation_format_and_fit(tokenizer: Tokenizer) -> None:
+    conv = Conversation(tokenizer, ctx_len=64, reply_tokens=16)
+    ids, dropped, cut = conv.prompt_ids("hi")
+    assert tokenizer.decode(ids) == "User: hi\nAssistant:" and (dropped, cut) == (0, False)
+    conv.add("hi", "hello")
+    ids, _, _ = conv.prompt_ids("how?")
+    assert tokenizer.decode(ids) == "User: hi\nAssistant: hello\nUser: how?\nAssistant:"
+    ids, dropped, cut = conv.prompt_ids("x" * 300)
+    assert (dropped, cut, len(ids)) == (1, True, 48)
+    conv.reset()
+    assert conv.turns == []

@@ -1,0 +1,49 @@
+"""The GPU paths (bf16, CUDA graphs, device generators); skipped where there is no CUDA device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from inference_helpers import tiny_model
+
+from muomni.inference.generate import generate_tokens
+from muomni.inference.loading import prepare_for_inference
+from muomni.inference.stats import GenerationStats
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+PROMPTS = [[7, 8, 9], list(range(20, 27)), list(range(40, 52))]
+
+
+def _cuda_model(dtype: torch.dtype = torch.float32, **overrides: object) -> torch.nn.Module:
+    return prepare_for_inference(tiny_model(**{"n_layers": 1, **overrides}), torch.device("cuda"), dtype)
+
+
+def test_cuda_cached_equals_uncached_and_batch_equals_alone() -> None:
+    model = _cuda_model()
+    batch = generate_tokens(model, PROMPTS, 24, temperature=0.0)
+    assert batch == [generate_tokens(model, [p], 24, temperature=0.0)[0] for p in PROMPTS]
+    model.enable_kv_cache(False)
+    assert generate_tokens(model, PROMPTS, 24, temperature=0.0) == batch
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_cuda_graphs_decode_what_eager_decodes(chunk: int) -> None:
+    model = _cuda_model()
+    for prompts in (PROMPTS, PROMPTS[:1], PROMPTS):
+        eager = generate_tokens(model, prompts, 30, temperature=0.0)
+        stats = GenerationStats()
+        assert (
+            generate_tokens(model, prompts, 30, temperature=0.0, compile=True, decode_chunk=chunk, stats=stats) == eager
+        )
+    sampled = {"temperature": 0.8, "top_k": 30, "top_p": 0.9, "seed": 4, "decode_chunk": chunk}
+    assert generate_tokens(model, PROMPTS, 30, compile=True, **sampled) == generate_tokens(
+        model, PROMPTS, 30, **sampled
+    )
+
+
+def test_cuda_bf16_generation_runs_and_seeds_repeat() -> None:
+    model = _cuda_model(torch.bfloat16)
+    a = generate_tokens(model, PROMPTS, 20, temperature=1.0, seed=9, compile=True)
+    assert a == generate_tokens(model, PROMPTS, 20, temperature=1.0, seed=9, compile=True)
+    assert model.attentions[0].kv_cache.k.dtype == torch.bfloat16
