@@ -37,7 +37,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on GPU")
     p.add_argument(
-        "--decode-chunk", type=int, default=None, help="decode steps per compiled call (default: 8 on GPU, else 1)"
+        "--decode-chunk", type=int, default=None, help="decode steps per compiled call (default: 4 on GPU, else 1)"
     )
 
 

@@ -30,6 +30,21 @@ def test_cached_greedy_equals_plain_forward(attention: str, use_flash: bool) -> 
         assert generate_tokens(model, [prompt], 24, temperature=0.0) == [want], f"prompt of {len(prompt)}"
 
 
+def test_mixture_of_experts_cached_greedy_equals_plain_forward() -> None:
+    model = tiny_model(use_moe=True, num_experts=4, num_experts_per_tok=2)
+    for prompt in PROMPTS:
+        assert generate_tokens(model, [prompt], 12, temperature=0.0) == [reference_greedy(model, prompt, 12)]
+
+
+def test_public_api(tokenizer: Tokenizer) -> None:
+    import muomni
+
+    assert muomni.generate is generate
+    assert muomni.generate(tiny_model(), tokenizer, ["def "], 4, temperature=0.0) == generate(
+        tiny_model(), tokenizer, ["def "], 4, temperature=0.0
+    )
+
+
 @pytest.mark.parametrize("attention", ["mha", "gqa-1"])
 def test_uncached_greedy_equals_plain_forward(attention: str) -> None:
     model = tiny_model(**ATTENTION[attention])
