@@ -137,6 +137,7 @@ def generate_tokens(
     """
     params = SamplingParams(temperature, top_k, top_p)
     prompts, max_new = fit_to_context(prompt_ids, model.config.ctx_len, max_new_tokens, truncate)
+    _check_ids(prompts, model.config.vocab_size)
     device = model.lm_head.weight.device
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     setup = DecodeSetup(model, params, pad_id, -1 if eos_id is None else eos_id, generator)
@@ -181,6 +182,14 @@ def fit_to_context(
         )
         max_new_tokens = room
     return fitted, max_new_tokens
+
+
+def _check_ids(prompts: list[list[int]], vocab_size: int) -> None:
+    """An id outside the embedding would fail deep in the model (on a GPU, as a device-side assert)."""
+    for ids in prompts:
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise InputError(f"token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1})")
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -179,3 +179,5 @@ def test_empty_prompt(tokenizer: Tokenizer) -> None:
         generate_tokens(tiny_model(), [[]])
     with pytest.raises(InputError, match="no prompts"):
         generate(tiny_model(), tokenizer, [])
+    with pytest.raises(InputError, match=r"token id 300 is outside the model's vocabulary \(0..299\)"):
+        generate_tokens(tiny_model(), [[5, 300]], 4)
