@@ -3,11 +3,6 @@
 ``load`` (loading.py) -> ``generate`` / ``generate_tokens`` (generate.py), built from ``prefill`` and the
 decoders (decode.py), ``sample`` (sampling.py), ``TextStream`` (streaming.py) and ``GenerationStats``
 (stats.py); ``chat.py`` and ``commands.py`` are the ``muomni chat`` and ``muomni generate`` commands.
+The public entry points are ``muomni.load`` and ``muomni.generate``. Nothing is re-exported here, so
+``muomni.inference.generate`` stays the module, not the function of the same name.
 """
-
-from muomni.inference.generate import generate, generate_tokens
-from muomni.inference.loading import load
-from muomni.inference.sampling import SamplingParams
-from muomni.inference.stats import GenerationStats
-
-__all__ = ["GenerationStats", "SamplingParams", "generate", "generate_tokens", "load"]

@@ -5,9 +5,9 @@ token per step through the static KV cache; :class:`UncachedDecoder` reruns the 
 (the honest cost of decoding without a cache). Which one runs, compiled or not, is decided once at setup,
 so the loop in :mod:`muomni.inference.generate` reads the same whatever is switched on.
 
-Compiled decoding follows gpt-fast: only the decode step is compiled, with static shapes (the cache is
-allocated at ``ctx_len`` slots, the position is a one-element tensor), so it compiles once per batch
-size and sampling setting, never per token or prompt length. On CUDA, ``mode="reduce-overhead"`` captures
+Compiled decoding follows gpt-fast: only the decode step is compiled, with static shapes (the cache has a
+power-of-two number of slots and only grows, the position is a one-element tensor), so it compiles once
+per batch size and sampling setting, never per token or prompt length. On CUDA, ``mode="reduce-overhead"`` captures
 it as a CUDA graph; ``decode_chunk > 1`` unrolls several steps into one graph, so the host launches one
 graph per ``decode_chunk`` tokens and checks for end of sequence only between graphs.
 """
@@ -99,8 +99,8 @@ def make_decode_steps(setup: DecodeSetup, steps: int) -> StepFn:
     return decode_steps
 
 
-class CompiledSteps:
-    """One compiled decode function and the (batch, cache slots) it has been warmed up for."""
+class DecodeFunction:
+    """A decode function (compiled or not), its steps per call, and the cache shapes it was warmed up for."""
 
     def __init__(self, fn: StepFn, steps: int) -> None:
         self.fn, self.steps = fn, steps
@@ -123,13 +123,13 @@ def compile_options(model: Thinker) -> dict:
     return {**options, "mode": "reduce-overhead" if model.lm_head.weight.device.type == "cuda" else "default"}
 
 
-def compiled_decode_steps(setup: DecodeSetup, steps: int) -> CompiledSteps:
+def compiled_decode_steps(setup: DecodeSetup, steps: int) -> DecodeFunction:
     """The compiled decode function for this model and setting, made once and kept on the model."""
-    cache: dict[tuple, CompiledSteps] = setup.model.__dict__.setdefault("_muomni_compiled_decode", {})
+    cache: dict[tuple, DecodeFunction] = setup.model.__dict__.setdefault("_muomni_compiled_decode", {})
     key = (setup.params, steps, setup.pad_id, setup.eos_id)
     if key not in cache:
         fn = _own_code(make_decode_steps(setup, steps))
-        cache[key] = CompiledSteps(torch.compile(fn, **compile_options(setup.model)), steps)
+        cache[key] = DecodeFunction(torch.compile(fn, **compile_options(setup.model)), steps)
     return cache[key]
 
 
@@ -171,7 +171,7 @@ class CachedDecoder:
         if compile:
             self.fns = {n: compiled_decode_steps(setup, n) for n in sizes}
         else:
-            self.fns = {n: CompiledSteps(make_decode_steps(setup, n), n) for n in sizes}
+            self.fns = {n: DecodeFunction(make_decode_steps(setup, n), n) for n in sizes}
         self.token = self.pos = torch.empty(0)
 
     def warm_up(self, batch: int) -> float | None:

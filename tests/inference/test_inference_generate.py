@@ -6,6 +6,7 @@ import pytest
 import torch
 from inference_helpers import reference_greedy, tiny_model
 
+import muomni.inference.generate as generate_module
 from muomni.data import Tokenizer
 from muomni.errors import InputError
 from muomni.inference.generate import generate, generate_tokens
@@ -89,6 +90,16 @@ def test_rows_stop_at_eos_and_the_loop_ends_when_all_have() -> None:
     calls = _count_forwards(model)
     assert generate_tokens(model, [PROMPTS[0]], 30, temperature=0.0, eos_id=eos) == [want[0]]
     assert calls[0] == 4  # the prefill and three decode steps: nothing after <eos>
+
+
+def test_with_sparse_eos_checks_ended_rows_still_return_nothing_after_eos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a GPU, look at the rows every 5 tokens only: decoding runs on a little, the output does not."""
+    monkeypatch.setitem(generate_module.EOS_CHECK_EVERY, "cpu", 5)
+    model = tiny_model()
+    full = reference_greedy(model, PROMPTS[0], 30)
+    calls = _count_forwards(model)
+    assert generate_tokens(model, [PROMPTS[0]], 30, temperature=0.0, eos_id=full[3]) == [full[:4]]
+    assert calls[0] == 5  # the prefill and four decode steps; the look at token 5 ends the loop
 
 
 def test_text_generation_stops_at_eos(tokenizer: Tokenizer) -> None:
