@@ -12,7 +12,8 @@ A reply ends at ``<eos>``, at ``max_new_tokens`` (at most half the context), or 
 next ``User:`` line itself. The whole conversation is run again at each turn (one prefill), and when it no
 longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying so.
 
-Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history.
+Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history;
+Ctrl-C during a reply stops that reply and drops its turn.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def chat(
     if reply_tokens < max_new_tokens:
         print(f"replies are limited to {reply_tokens} tokens, half of ctx_len {ctx_len}", file=out)
     conversation = Conversation(tokenizer, ctx_len, reply_tokens)
-    print(f"muomni chat: type a message; '{RESET}' clears the history, 'exit' or Ctrl-D quits", file=out)
+    print(f"muomni chat: type a message; '{RESET}' clears the history, 'exit' or Ctrl-D quits", file=out, flush=True)
     turn = 0
     while True:
         try:
@@ -107,7 +108,10 @@ def chat(
             continue
         if message:
             turn_seed = None if seed is None else seed + turn
-            _answer(model, conversation, message, turn_seed, show_stats, out, sampling)
+            try:
+                _answer(model, conversation, message, turn_seed, show_stats, out, sampling)
+            except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat; the turn is not kept
+                print("\n(reply interrupted)", file=out, flush=True)
             turn += 1
 
 

@@ -135,3 +135,25 @@ def test_conversation_format_and_fit(tokenizer: Tokenizer) -> None:
     assert (dropped, cut, len(ids)) == (1, True, 48)
     conv.reset()
     assert conv.turns == []
+
+
+class _InterruptOnce(io.StringIO):
+    """An output that raises KeyboardInterrupt (Ctrl-C) at the first piece of the first reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    def write(self, text: str) -> int:
+        if self.armed and not text.startswith(("muomni chat", "\n", "(")) and text.strip():
+            self.armed = False
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_ctrl_c_stops_the_reply_not_the_chat(tokenizer: Tokenizer) -> None:
+    out = _InterruptOnce()
+    assert chat(tiny_model(), tokenizer, 8, temperature=0.0, read=_lines("hello", "hi"), out=out) == 0
+    text = out.getvalue()
+    assert "(reply interrupted)" in text and not out.armed
+    assert text.count("(reply interrupted)") == 1  # the second reply streamed normally
