@@ -55,7 +55,7 @@ def load(
 
     Args:
         path: a run folder (its newest complete checkpoint is used), one checkpoint folder, or
-            ``"hf:<name or folder>"`` for a Hugging Face Llama/Qwen model.
+            ``"hf:<folder>"`` for a local Hugging Face Llama/Qwen folder (via ``muomni.hf.load_hf``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
         dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` or a torch dtype; None picks bf16 on CUDA (fp16 where
             the GPU lacks bf16) and fp32 on CPU.
