@@ -111,3 +111,14 @@ def test_hf_paths_go_to_the_importer(monkeypatch: pytest.MonkeyPatch, tokenizer:
     monkeypatch.setitem(sys.modules, "muomni.hf", types.ModuleType("muomni.hf"))  # a version without the import
     with pytest.raises(InputError, match="hf: paths are not yet available"):
         muomni.load("hf:some/folder")
+
+
+def test_hf_folder_round_trip(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    """With the Hugging Face import present: an exported folder loads and generates what the model did."""
+    hf = pytest.importorskip("muomni.hf")
+    model = tiny_model()
+    hf.save_hf(model, tokenizer, tmp_path / "hf")
+    loaded, tok = muomni.load(f"hf:{tmp_path / 'hf'}", device="cpu", dtype="fp32")
+    assert tok.eos_id == tokenizer.eos_id and loaded.kv_cache_enabled
+    prompt = [[5, 6, 7]]
+    assert generate_tokens(loaded, prompt, 10, temperature=0.0) == generate_tokens(model, prompt, 10, temperature=0.0)
