@@ -52,13 +52,13 @@ def test_compiled_sampling_draws_what_eager_draws(counting_backend: list[int]) -
     assert len(counting_backend) == 4  # two step sizes, two batch sizes
 
 
-def test_each_setting_has_its_own_compile_cache(counting_backend: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_setting_has_its_own_compile_cache(counting_backend: list[int]) -> None:
     """Settings beyond Dynamo's per-function recompile limit still compile (none falls back to eager)."""
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(torch._dynamo.config, limit, 2)
     model = tiny_model(n_layers=1)
-    for top_k in (1, 2, 3, 4):
-        generate_tokens(model, PROMPTS[:1], 4, temperature=1.0, top_k=top_k, seed=0, compile=True)
+    with torch._dynamo.config.patch(**{limit: 2}):
+        for top_k in (1, 2, 3, 4):
+            generate_tokens(model, PROMPTS[:1], 4, temperature=1.0, top_k=top_k, seed=0, compile=True)
     assert len(counting_backend) == 4
 
 
