@@ -1,0 +1,136 @@
+"""The benchmark commands on the debug preset: structure of the outputs, every number positive and finite.
+
+Values are not asserted (they are measurements); that each row ran, and its numbers are sane, is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _muomni(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "muomni", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _positive(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    text = "\n\n".join(f"def function_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(400))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_bench_train_table(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "out"
+    proc = _muomni(
+        "bench",
+        "train",
+        "--config",
+        "debug",
+        "--steps",
+        "2",
+        "--rows",
+        "+flash,+chunked_ce",
+        "--out",
+        str(out),
+        f"train_text={corpus}",
+        "device=cpu",
+        cwd=tmp_path,
+    )
+    assert "| baseline |" in proc.stdout and "| +flash |" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == ["baseline", "+flash", "+chunked_ce"]
+    for row in results["rows"]:
+        assert "error" not in row, row
+        assert _positive(row["tokens_per_s"]) and _positive(row["peak_memory_bytes"])
+        assert len(row["step_times"]) == 2 and all(_positive(t) for t in row["step_times"])
+        assert math.isfinite(row["val_loss"])
+    assert results["info"]["torch"] and (out / "results.md").exists() and (out / "chart.png").stat().st_size > 0
+
+
+def test_bench_infer_table(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _muomni("bench", "infer", "--config", "debug", "--steps", "6", "--out", str(out), "device=cpu", cwd=tmp_path)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    names = [r["name"] for r in rows]
+    assert names[:4] == ["no KV cache", "KV cache", "KV cache, no_grad", "KV cache + compile"]
+    assert "batch 64" in names and "| KV cache |" in proc.stdout
+    for row in rows:
+        assert _positive(row["tokens_per_s_total"]) and _positive(row["ms_per_step"])
+
+
+def test_profile_writes_trace(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "prof"
+    proc = _muomni(
+        "profile",
+        "--config",
+        "debug",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        f"train_text={corpus}",
+        "device=cpu",
+        cwd=tmp_path,
+    )
+    assert "share of step time: attention" in proc.stdout
+    trace = json.loads((out / "trace_train.json").read_text())
+    assert trace["traceEvents"]
+
+
+def test_plan_writes_a_valid_config(tmp_path: Path, corpus: Path) -> None:
+    from muomni.config import load_config
+
+    planned = tmp_path / "planned.json"
+    proc = _muomni(
+        "plan",
+        "--config",
+        "debug",
+        "--memory",
+        "8",
+        "--out",
+        str(planned),
+        f"train_text={corpus}",
+        "device=cpu",
+        cwd=tmp_path,
+    )
+    assert "| micro-batch x accumulation |" in proc.stdout
+    cfg = load_config(planned)
+    assert cfg.effective_batch_size == load_config("debug").effective_batch_size
+
+
+def test_plan_nothing_fits_is_a_user_error(tmp_path: Path, corpus: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "muomni",
+            "plan",
+            "--config",
+            "debug",
+            "--memory",
+            "0.001",
+            "--out",
+            str(tmp_path / "p.json"),
+            f"train_text={corpus}",
+            "device=cpu",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2
+    assert "nothing fits in 0.001 GiB" in proc.stderr and "smallest candidate needed" in proc.stderr
