@@ -56,12 +56,16 @@ def measure(cfg: Config, keys: dict[str, Any], budget_gib: float, workdir: Path,
 def search(cfg: Config, budget_gib: float, workdir: Path) -> list[dict[str, Any]]:
     """Try, for each memory saver in turn, micro-batches from the largest down until one fits."""
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    tried: list[dict[str, Any]] = []
     savers = [
         {"use_gradient_checkpointing": False},
         {"use_gradient_checkpointing": True},
         {"use_gradient_checkpointing": True, "cpu_offload": "activations"},
     ]
+    # The most frugal setting first: if even it does not fit, nothing will, and the search ends at once.
+    frugal = measure(cfg, candidate(cfg, 1, chunked_ce=True, **savers[-1]), budget_gib, workdir, 0)
+    if not frugal["fits"]:
+        return [frugal]
+    tried: list[dict[str, Any]] = [frugal]
     for saver in savers:
         for micro in micro_batches(cfg):
             row = measure(cfg, candidate(cfg, micro, chunked_ce=True, **saver), budget_gib, workdir, len(tried))
