@@ -4,16 +4,20 @@ The trainer only calls ``loss_fn(model, tokens) -> (sum_loss, n_tokens)``: the *
 losses, not the mean, so gradient accumulation can divide by the target tokens of the whole accumulation
 window and a batch of 8 x 1 gives the same update as 2 x 4. A chunked version (computing the head and
 the cross-entropy a slice of rows at a time, so the ``[B, T, V]`` logits are never all alive) must keep
-this signature; it would take ``model.model`` (hidden states) and ``model.lm_head`` itself.
+this signature: :func:`chunked_lm_loss` takes ``model.model`` (hidden states) and uses ``model.lm_head``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from muomni.models.thinker import Thinker
+from muomni.training.chunked_ce import chunked_linear_cross_entropy
 
 LossFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, int]]
 
@@ -36,4 +40,25 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     return loss, targets.numel()
 
 
-__all__ = ["LossFn", "lm_loss"]
+def chunked_lm_loss(
+    backbone: nn.Module, tokens: torch.Tensor, head: nn.Linear, compiled: bool = False
+) -> tuple[torch.Tensor, int]:
+    """:func:`lm_loss` without the full logits: ``backbone`` gives hidden states, the head and the
+    cross-entropy run a chunk of tokens at a time (:mod:`~muomni.training.chunked_ce`)."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    hidden = backbone(inputs)  # [B, T, D]
+    return chunked_linear_cross_entropy(hidden, head.weight, targets, compiled=compiled), targets.numel()
+
+
+def select_loss(model: Thinker, chunked: bool, compiled: bool) -> tuple[nn.Module, LossFn]:
+    """The module the loss calls (whole model, or its backbone when chunked) and the loss function.
+
+    The returned module is what ``torch.compile`` should wrap: with chunked cross-entropy the head never
+    runs as a module, so compiling the whole model would compile nothing that the loss uses.
+    """
+    if not chunked:
+        return model, lm_loss
+    return model.model, partial(chunked_lm_loss, head=model.lm_head, compiled=compiled)
+
+
+__all__ = ["LossFn", "chunked_lm_loss", "lm_loss", "select_loss"]

@@ -56,6 +56,10 @@ class CPUOffloadOptimizer:
         return host
 
     @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from muomni.config import Config
+from muomni.training.offload import CPUOffloadOptimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -54,6 +55,10 @@ def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torc
     The learning rate is set before every step by the trainer from :func:`lr_at`.
     """
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.wd)]
+    if cfg.cpu_offload == "optimizer":  # master weights and state on the CPU, stepped there
+        if cfg.optimizer == "adamw":
+            return CPUOffloadOptimizer(groups, torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        return CPUOffloadOptimizer(groups, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         # The fused kernel updates every parameter in one launch; on CPU the foreach path is the default.
         fused = True if device.type == "cuda" else None

@@ -42,9 +42,11 @@ def _attention_line(t: Trainer) -> str:
 def _features_line(t: Trainer) -> str:
     cfg = t.cfg
     clip = f"clip at {cfg.max_grad_norm}" if cfg.max_grad_norm else "no clipping"
-    compiled = f"compiled ({cfg.compile_mode})" if t.forward_model is not t.model else "eager"
+    compiled = f"compiled ({cfg.compile_mode})" if t.forward_model is not t.loss_model else "eager"
     ckpt = "gradient checkpointing" if cfg.use_gradient_checkpointing else "no gradient checkpointing"
-    return f"features: {compiled}, {ckpt}, {clip}"
+    loss = "chunked linear cross-entropy" if cfg.chunked_ce else "full-logits cross-entropy"
+    offload = "" if cfg.cpu_offload == "none" else f", {cfg.cpu_offload} offloaded to CPU"
+    return f"features: {compiled}, {ckpt}, {clip}, {loss}{offload}"
 
 
 def describe_run(t: Trainer) -> list[str]:

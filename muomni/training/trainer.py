@@ -31,6 +31,7 @@ from muomni.config import Config, load_config
 from muomni.data import TokenData, Tokenizer, WindowStream, check_vocab, prepare_tokenizer
 from muomni.errors import ConfigError, UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
+from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -40,7 +41,8 @@ from muomni.training.checkpoint import (
     resolve_checkpoint,
 )
 from muomni.training.faults import StopSignals, fault_point
-from muomni.training.loss import LossFn, lm_loss
+from muomni.training.loss import LossFn, select_loss
+from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr
 from muomni.training.precision import resolve_precision
 from muomni.training.runlog import RunLog, truncate_metrics
@@ -89,10 +91,18 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
+def adopt_fitted_split(old: Config, cfg: Config) -> Config:
+    """On resume, keep the checkpoint's micro-batch split (and memory savers) when the effective batch is
+    the same: auto_fit may have changed them, and the same windows in the same order are what matter."""
+    if old.effective_batch_size != cfg.effective_batch_size or old.batch_size == cfg.batch_size:
+        return cfg
+    keys = ("batch_size", "gradient_accumulation_steps", "use_gradient_checkpointing", "cpu_offload")
+    return cfg.replace(**{k: getattr(old, k) for k in keys})
+
+
 def _refuse_unavailable(cfg: Config) -> None:
-    for key in ("cpu_offload", "distributed"):
-        if getattr(cfg, key) != "none":
-            raise ConfigError(f"config key '{key}': {getattr(cfg, key)} is not yet available in this version")
+    if cfg.distributed != "none":
+        raise ConfigError(f"config key 'distributed': {cfg.distributed} is not yet available in this version")
 
 
 class Trainer:
@@ -109,8 +119,7 @@ class Trainer:
         started = time.perf_counter()
         _refuse_unavailable(cfg)
         self.device = resolve_device(cfg.device)
-        if cfg.auto_fit and self.device.type == "cpu":
-            warnings.warn("auto_fit acts on CUDA out-of-memory only; it does nothing on the CPU", stacklevel=2)
+        self.auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"
         self.resume_from = find_resume(cfg)
         self.cfg, self.tokenizer, init_state = self._sources(cfg)
         cfg = self.cfg
@@ -124,12 +133,18 @@ class Trainer:
         if cfg.use_gradient_checkpointing:
             checkpoint_blocks(self.model)
         self.precision = resolve_precision(cfg, self.device)
+        if cfg.cpu_offload == "optimizer" and self.precision.scaler.is_enabled():
+            raise ConfigError(
+                "config key 'cpu_offload': optimizer offload needs bf16 or fp32, not fp16 loss scaling; "
+                "set amp_dtype=bf16 or use_amp=false"
+            )
+        self.offload = activation_offload(cfg.cpu_offload == "activations", self.device)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_norm = (
             partial(nn.utils.clip_grad_norm_, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else total_grad_norm
         )
-        self.loss_fn: LossFn = lm_loss
+        self.loss_model, self.loss_fn = select_loss(self.model, cfg.chunked_ce, compiled=False)
         self.total_steps = planned_steps(cfg, self.data.n_train_windows)
         self.stream = WindowStream(self.data.n_train_windows, cfg.seed)
         self.progress = Progress()
@@ -143,7 +158,7 @@ class Trainer:
         )
         if self.resume_from is not None:
             load_snapshot(self.resume_from, self.state)
-        self.forward_model = self._compiled()
+        self.forward_model, self.loss_fn = self._compiled()
         self.tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.ctx_len
         self.val_set = self.data.val_windows(cfg.val_batches * cfg.batch_size)  # [N, ctx_len + 1], fixed
         self.unigram_entropy = unigram_entropy(self.data.train_tokens, cfg.vocab_size)
@@ -158,6 +173,7 @@ class Trainer:
             old = read_config(self.resume_from)
             if cfg.init_from is not None:  # the model keys came from init_from when the run started
                 cfg = cfg.replace(**model_keys(old))
+            cfg = adopt_fitted_split(old, cfg)
             check_compatible(old, cfg, self.resume_from, MODEL_KEYS + list(ORDER_KEYS))
             return cfg, Tokenizer.load(self.resume_from / TOKENIZER_FILE), None
         if cfg.init_from is None:
@@ -173,27 +189,31 @@ class Trainer:
         keys = {k: v for k, v in model_keys(read_config(ckpt)).items() if k != "ctx_len"}
         return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
 
-    def _compiled(self) -> nn.Module:
-        """``torch.compile(model)``, tried once on a batch of the training shape; eager if that fails."""
+    def _compiled(self) -> tuple[nn.Module, LossFn]:
+        """The compiled loss module and loss, tried once on a batch of the training shape; eager if that fails.
+
+        With chunked cross-entropy the backbone is compiled, and so is each chunk's softmax-and-gradient.
+        """
         if not self.cfg.use_compile:
-            return self.model
-        compiled = torch.compile(self.model, mode=self.cfg.compile_mode)
+            return self.loss_model, self.loss_fn
+        compiled = torch.compile(self.loss_model, mode=self.cfg.compile_mode)
+        _, loss_fn = select_loss(self.model, self.cfg.chunked_ce, compiled=True)
         probe = torch.zeros(self.cfg.batch_size, self.cfg.ctx_len + 1, dtype=torch.long, device=self.device)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):  # the probe must not move the RNG (dropout)
                 with self.precision.ctx:
-                    loss, _ = self.loss_fn(compiled, probe)
+                    loss, _ = loss_fn(compiled, probe)
                 loss.backward()
         except Exception as e:  # compilation fails in many ways (no compiler, unsupported op, ...)
             why = (str(e).splitlines() or [type(e).__name__])[0][:200]
             warnings.warn(
                 f"torch.compile failed ({type(e).__name__}: {why}); training continues without it", stacklevel=2
             )
-            return self.model
+            return self.loss_model, self.loss_fn
         finally:
             self.optimizer.zero_grad(set_to_none=True)
-        return compiled
+        return compiled, loss_fn
 
     # --- one optimizer step ---
     def next_batches(self) -> list[torch.Tensor]:
@@ -213,7 +233,7 @@ class Trainer:
         scaler = self.precision.scaler
         loss_sum = torch.zeros((), device=self.device)
         for tokens in batches:
-            with self.precision.ctx:
+            with self.precision.ctx, self.offload():
                 sum_loss, _ = self.loss_fn(self.forward_model, tokens)
             loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
             scaler.scale(loss).backward()
@@ -228,6 +248,36 @@ class Trainer:
         scaler.update()  # with fp16, an overflow (inf gradients after unscale_) lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value, lr, applied
+
+    def fitted_step(self, batches: list[torch.Tensor], log: RunLog) -> tuple[float, float, float, bool]:
+        """:meth:`train_step`; with ``auto_fit``, retried after an out-of-memory error with the next remedy."""
+        rng = RngSnapshot(self.device)
+        while True:
+            try:
+                return self.train_step(batches)
+            except torch.OutOfMemoryError:
+                if not self.auto_fit:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                rng.restore()
+                batches = self._apply_remedy(batches, log)
+
+    def _apply_remedy(self, batches: list[torch.Tensor], log: RunLog) -> list[torch.Tensor]:
+        remedy = next_remedy(self.cfg)
+        if remedy is None:
+            raise OutOfMemory(give_up_message(self.cfg, self.device))
+        self.cfg = self.cfg.replace(**remedy)
+        if "use_gradient_checkpointing" in remedy:
+            checkpoint_blocks(self.model)
+        if "cpu_offload" in remedy:
+            self.offload = activation_offload(True, self.device)
+        log.info(
+            f"step {self.progress.step + 1}: out of memory; retrying with {remedy} "
+            f"(effective batch {self.cfg.effective_batch_size} unchanged)"
+        )
+        return resplit(batches, self.cfg.batch_size)
 
     # --- the loop ---
     def fit(self) -> Path | None:
@@ -245,7 +295,7 @@ class Trainer:
             try:
                 while not self._done():
                     started = time.perf_counter()
-                    loss, norm, lr, applied = self.train_step(self.next_batches())
+                    loss, norm, lr, applied = self.fitted_step(self.next_batches(), log)
                     self._after_step(log, loss, norm, lr, applied, time.perf_counter() - started)
                     fault_point("step_end", self.progress.step)
                     if stop.requested:
@@ -353,7 +403,7 @@ class Trainer:
         total, n = torch.zeros((), device=self.device), 0
         for chunk in self.val_set.split(self.cfg.batch_size):  # [<=batch_size, ctx_len + 1]
             with self.precision.ctx:
-                sum_loss, count = self.loss_fn(self.model, chunk.to(self.device))
+                sum_loss, count = self.loss_fn(self.loss_model, chunk.to(self.device))
             total += sum_loss
             n += count
         self.model.train()

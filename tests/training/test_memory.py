@@ -1,0 +1,68 @@
+"""Memory savers in the trainer change how a step is computed, never what is learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import tiny_config
+
+from muomni.training.trainer import Trainer
+
+
+def _train(cfg, steps: int = 3, fail_above: int | None = None) -> tuple[Trainer, list[float]]:  # noqa: ANN001
+    trainer = Trainer(cfg)
+    if fail_above is not None:  # a micro-batch larger than this "runs out of memory", as a GPU would
+        real_loss = trainer.loss_fn
+
+        def loss_fn(model, tokens):  # noqa: ANN001, ANN202
+            if tokens.shape[0] > fail_above:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return real_loss(model, tokens)
+
+        trainer.loss_fn = loss_fn
+    log = type("Log", (), {"info": lambda self, line: None})()
+    losses = [trainer.fitted_step(trainer.next_batches(), log)[0] for _ in range(steps)]
+    return trainer, losses
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_auto_fit_recovers_with_the_weights_of_the_smaller_micro_batch(corpus: Path, tmp_path: Path) -> None:
+    recovered, losses = _train(tiny_config(corpus, tmp_path / "a", batch_size=8, auto_fit=True), fail_above=2)
+    assert (recovered.cfg.batch_size, recovered.cfg.gradient_accumulation_steps) == (2, 4)
+    reference, ref_losses = _train(tiny_config(corpus, tmp_path / "b", batch_size=2, gradient_accumulation_steps=4))
+    assert losses == ref_losses
+    for (name, a), b in zip(_weights(recovered).items(), _weights(reference).values()):
+        assert torch.equal(a, b), name
+
+
+def test_auto_fit_then_checkpointing_then_gives_up(corpus: Path, tmp_path: Path) -> None:
+    trainer, _ = _train(tiny_config(corpus, tmp_path / "a", batch_size=2, auto_fit=True), steps=1, fail_above=1)
+    assert trainer.cfg.batch_size == 1 and trainer.cfg.gradient_accumulation_steps == 2
+    from muomni.training.autofit import OutOfMemory
+
+    with pytest.raises(OutOfMemory, match="lower ctx_len"):
+        _train(tiny_config(corpus, tmp_path / "b", batch_size=1, auto_fit=True), steps=1, fail_above=0)
+
+
+def test_without_auto_fit_the_error_propagates(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(torch.OutOfMemoryError):
+        _train(tiny_config(corpus, tmp_path / "a", batch_size=4, auto_fit=False), steps=1, fail_above=2)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"cpu_offload": "activations"}, {"cpu_offload": "optimizer"}, {"chunked_ce": False}]
+)
+def test_memory_savers_give_the_same_weights(corpus: Path, tmp_path: Path, setting: dict) -> None:
+    base, base_losses = _train(tiny_config(corpus, tmp_path / "a", dropout=0.0))
+    other, other_losses = _train(tiny_config(corpus, tmp_path / "b", dropout=0.0, **setting))
+    assert other_losses == pytest.approx(base_losses, rel=1e-5)
+    for (name, a), b in zip(_weights(base).items(), _weights(other).values()):
+        # Relative error of each tensor as a whole: the chunked loss sums in another order, and AdamW's
+        # division by sqrt(v) magnifies rounding in elements whose gradient is near zero.
+        rel = ((b - a).norm() / a.norm()).item()
+        assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
