@@ -36,7 +36,7 @@ def test_bf16_autocast_trains_on_cpu(corpus: Path, tmp_path: Path) -> None:
     assert t.model.lm_head.weight.dtype is torch.float32  # weights stay fp32
 
 
-@pytest.mark.parametrize("key", ["cpu_offload=optimizer", "distributed=ddp"])
+@pytest.mark.parametrize("key", ["distributed=ddp"])
 def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, key: str) -> None:
     name, value = key.split("=")
     cfg = tiny_config(corpus, tmp_path, **{name: value})
