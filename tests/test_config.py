@@ -24,7 +24,7 @@ BAD_CONFIGS = [
     ({"lr": -1e-3}, "lr"),
     ({"lr": 0}, "lr"),
     ({"lr": "fast"}, "lr"),
-    ({"n_heads": 3}, "n_heads"),
+    ({"d_model": 256, "n_heads": 3}, "n_heads"),
     ({"d_model": 96, "n_heads": 32}, "n_heads"),  # head_dim 3: RoPE needs it even
     ({"kv_groups": 3}, "kv_groups"),
     ({"kv_groups": 0}, "kv_groups"),

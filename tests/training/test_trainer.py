@@ -13,6 +13,7 @@ import torch
 from training_helpers import final_weights, overrides, read_metrics, step_losses, tiny_config, tiny_settings
 
 from muomni.cli import main
+from muomni.training import loss as loss_module
 from muomni.training import trainer as trainer_module
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, load_tensors
 from muomni.training.loss import lm_loss
@@ -110,9 +111,10 @@ def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(
                 loss = loss * math.nan
         return loss, n
 
-    monkeypatch.setattr(trainer_module, "lm_loss", poisoned)
+    monkeypatch.setattr(loss_module, "lm_loss", poisoned)  # the full-logits loss, chosen at setup
     save_dir = tmp_path / "run"
-    rc = main(["train", *overrides(tiny_settings(Path(str(tmp_path / "corpus.txt")), save_dir, max_nonfinite_steps=3))])
+    settings = tiny_settings(Path(str(tmp_path / "corpus.txt")), save_dir, max_nonfinite_steps=3, chunked_ce=False)
+    rc = main(["train", *overrides(settings)])
     err = capsys.readouterr().err
     assert rc == 2
     assert "training stopped at step 7: 3 steps in a row had a non-finite loss" in err
