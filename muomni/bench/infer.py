@@ -23,7 +23,7 @@ from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, rese
 from muomni.bench.report import GIB, write_results
 from muomni.config import load_config
 from muomni.inference.decode import DecodeSetup
-from muomni.inference.generate import _run, fit_to_context
+from muomni.inference.generate import fit_to_context, run_generation
 from muomni.inference.sampling import SamplingParams
 from muomni.inference.stats import GenerationStats
 from muomni.models.thinker import Thinker
@@ -53,7 +53,7 @@ def decode(model: Thinker, batch: int, new: int, cache: bool, compile: bool, gra
     stats = GenerationStats()
     chunk = 8 if compile and model.lm_head.weight.device.type == "cuda" else 1
     with grad_mode():
-        _run(setup, prompts, max_new, compile, chunk, stats, None)
+        run_generation(setup, prompts, max_new, compile, chunk, stats, None)
     return stats
 
 

@@ -143,7 +143,7 @@ def generate_tokens(
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     setup = DecodeSetup(model, params, pad_id, -1 if eos_id is None else eos_id, generator)
     with torch.inference_mode():
-        return _run(setup, prompts, max_new, compile, _chunk(decode_chunk, compile, device), stats, observer)
+        return run_generation(setup, prompts, max_new, compile, _chunk(decode_chunk, compile, device), stats, observer)
 
 
 def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
@@ -204,7 +204,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
     return tokens.to(device), valid.to(device)
 
 
-def _run(
+def run_generation(
     setup: DecodeSetup,
     prompts: list[list[int]],
     max_new: int,
@@ -213,6 +213,10 @@ def _run(
     stats: GenerationStats | None,
     observer: Observer | None,
 ) -> list[list[int]]:
+    """Generate for already-validated ``prompts`` (what :func:`generate_tokens` runs inside inference mode).
+
+    Public for the benchmarks, which run it under ``torch.no_grad`` too, to measure what inference mode buys.
+    """
     model, device = setup.model, setup.device
     if compile and not model.kv_cache_enabled:
         warnings.warn("compile applies to cached decoding; without the KV cache decoding runs eagerly", stacklevel=4)
