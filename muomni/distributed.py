@@ -1,28 +1,34 @@
-"""Rank, world size and model wrapping for torchrun; on one process every function here does nothing.
+"""Rank, world size, model wrapping and collectives for torchrun; on one process every function here does nothing.
 
-``distributed=ddp`` wraps the model in DistributedDataParallel and syncs gradients only on the last
-micro-step of an accumulation window. ``distributed=fsdp`` shards each block and the root with FSDP2
-(``fully_shard``), in the mixed precision the run uses. Checkpoints gather full state dicts through
-``torch.distributed.checkpoint.state_dict`` and are written by rank 0 as safetensors, so a run saved with
-N ranks resumes with M and nothing is pickled (DCP's own file format pickles its metadata).
+``distributed=ddp`` wraps the loss module (:class:`~muomni.training.loss.LossModule`, which holds the whole
+Thinker) in DistributedDataParallel and syncs gradients only on the last micro-step of an accumulation
+window. ``distributed=fsdp`` shards each block and the root with FSDP2 (``fully_shard``), in the mixed
+precision the run uses. Full state dicts for checkpoints are gathered in :mod:`muomni.training.dist_state`.
+
+A rank that fails must not leave the others waiting forever: collectives time out after
+``MUOMNI_DIST_TIMEOUT_S`` seconds (default 300), and a rank that raises destroys its process group on the
+way out, which breaks its peers' pending collectives at once (gloo) or after the timeout (NCCL).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from inspect import signature
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from muomni.errors import ConfigError
+from muomni.errors import ConfigError, UserError
 
-# A collective that waits longer than this means a peer died: fail instead of hanging forever.
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("MUOMNI_DIST_TIMEOUT_S", "300")))
+TIMEOUT_ENV = "MUOMNI_DIST_TIMEOUT_S"
+# Test hook: "<rank>:<step>[:<SIGNAL>]" makes that rank raise (or send itself SIGNAL) after that step.
+FAIL_ENV = "MUOMNI_TEST_FAIL_RANK"
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,22 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP with more than one process: parameters are DTensor shards."""
+        return self.enabled and self.mode == "fsdp"
+
 
 SINGLE = DistEnv()
+
+
+def collective_timeout() -> datetime.timedelta:
+    """A collective that waits longer than this means a peer died: fail instead of hanging forever."""
+    raw = os.environ.get(TIMEOUT_ENV, "300")
+    try:
+        return datetime.timedelta(seconds=float(raw))
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
 
 
 def setup(mode: str, device_type: str) -> DistEnv:
@@ -52,22 +72,31 @@ def setup(mode: str, device_type: str) -> DistEnv:
     if world == 1:
         return DistEnv(mode=mode)
     if mode == "none":
-        raise ConfigError(f"started by torchrun with {world} processes but distributed is none; set distributed=ddp")
+        raise ConfigError(
+            f"config key 'distributed': started by torchrun with {world} processes but distributed is none; "
+            "set distributed=ddp or distributed=fsdp"
+        )
     env = DistEnv(mode, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(backend=backend, timeout=collective_timeout())
     return env
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, ok: bool) -> None:
+    """Leave the process group; also after an error (``ok`` False), which ends the peers' pending collectives.
+
+    After success the ranks first meet at a barrier, so none exits while a peer still reads from it.
+    """
     if env.enabled and dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 
-def _fully_shard():  # noqa: ANN202
+def _fsdp_api():  # noqa: ANN202
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # torch >= 2.6
     except ImportError:
@@ -75,41 +104,74 @@ def _fully_shard():  # noqa: ANN202
     return fully_shard, MixedPrecisionPolicy
 
 
-def wrap_model(model: nn.Module, env: DistEnv, device: torch.device, param_dtype: torch.dtype | None) -> nn.Module:
-    """DDP or FSDP2 around ``model`` (already on ``device``); the model itself on one process."""
+def wrap(
+    module: nn.Module,
+    blocks: list[nn.Module],
+    env: DistEnv,
+    device: torch.device,
+    param_dtype: torch.dtype | None,
+    find_unused: bool = False,
+) -> nn.Module:
+    """DDP or FSDP2 around ``module`` (already on ``device``); ``module`` itself on one process.
+
+    Args:
+        module: the loss module: every parameter the loss uses must be inside it.
+        blocks: the transformer blocks, sharded one by one with FSDP (gathered and freed one at a time).
+        param_dtype: the autocast dtype (FSDP then gathers parameters in it and reduces gradients in fp32).
+        find_unused: DDP must look for parameters without a gradient (MoE experts no token chose).
+    """
     if not env.enabled:
-        return model
+        return module
     if env.mode == "ddp":
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    fully_shard, policy = _fully_shard()
+        # The buffers (RoPE tables, padding mask) are the same on every rank: no broadcast at each forward.
+        # (The argument was renamed in recent torch; the old name still works there, with a warning.)
+        ddp = nn.parallel.DistributedDataParallel
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in signature(ddp).parameters else "broadcast_buffers"
+        return ddp(module, device_ids=ids, find_unused_parameters=find_unused, **{no_sync: False})
+    fully_shard, policy = _fsdp_api()
     mp = policy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else policy()
-    for block in model.model.layers:
+    for block in blocks:
         fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
+    # The root holds the embedding, final norm and head: unsharded for the whole loss, chunked CE included.
+    fully_shard(module, mp_policy=mp)
+    return module
 
 
 @contextmanager
-def gradient_sync(model: nn.Module, env: DistEnv, sync: bool) -> Iterator[None]:
-    """Reduce gradients across ranks only when ``sync`` (the last micro-step of an accumulation window)."""
-    if not env.enabled or sync:
-        if env.mode == "fsdp" and env.enabled:
-            model.set_requires_gradient_sync(True)
+def gradient_sync(module: nn.Module, env: DistEnv, sync: bool) -> Iterator[None]:
+    """Reduce gradients across ranks only when ``sync`` (the last micro-step of an accumulation window).
+
+    Forward and backward of the micro-step both run inside this context.
+    """
+    if not env.enabled:
         yield
-    elif env.mode == "ddp":
-        with model.no_sync():
+    elif env.mode == "ddp" and not sync:
+        with module.no_sync():  # type: ignore[operator]
             yield
+    elif env.mode == "fsdp":
+        module.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        yield
     else:
-        model.set_requires_gradient_sync(False)
         yield
 
 
-def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum over ranks (in place); unchanged on one process."""
-    if env.enabled:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+def mean_over_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The mean over ranks (a non-finite value anywhere makes it non-finite everywhere); unchanged on one."""
+    if not env.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / env.world_size
+
+
+def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a stop signal, a failed probe)."""
+    if not env.enabled:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def barrier(env: DistEnv) -> None:
@@ -117,32 +179,61 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The Thinker inside a DDP wrapper or a compiled module."""
-    inner = getattr(model, "_orig_mod", model)
-    return getattr(inner, "module", inner)
+@contextmanager
+def main_first(env: DistEnv, device: torch.device, what: str) -> Iterator[None]:
+    """Run the body on rank 0, then on the others (which then read what rank 0 cached).
 
-
-def full_model_state(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor]:
-    """The whole (unsharded) model state on the CPU; on FSDP every rank must call it."""
-    if env.mode != "fsdp" or not env.enabled:
-        return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], env: DistEnv) -> None:
-    """Load a full state dict into a plain, DDP or FSDP model (each rank keeps its shard).
-
-    A checkpoint of a tied model has no ``lm_head.weight`` (it is the embedding); it is filled in here so the
-    load stays strict and a missing tensor is an error, not a silently random weight.
+    When rank 0 fails, the others stop with one line instead of waiting at the barrier.
     """
-    if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
-        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
-    if env.mode != "fsdp" or not env.enabled:
-        unwrap(model).load_state_dict(state, strict=True)
+    if not env.enabled:
+        yield
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    if env.is_main:
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            any_rank(failed, env, device)  # releases the others, telling them how it went
+        return
+    if any_rank(False, env, device):
+        raise UserError(f"rank 0 failed during {what}; see its error above")
+    yield
 
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+def inject_failure(env: DistEnv, step: int) -> None:
+    """Test hook: ``MUOMNI_TEST_FAIL_RANK=<rank>:<step>[:<SIGNAL>]`` fails that rank after that step."""
+    spec = os.environ.get(FAIL_ENV)
+    if not spec:
+        return
+    rank, at, sig = (spec.split(":") + [""])[:3]
+    if rank != str(env.rank) or at != str(step):
+        return
+    if sig:  # SIGKILL ends here; SIGTERM / SIGINT go to the stop handler, as torchrun's forwarded ones would
+        os.kill(os.getpid(), getattr(signal, sig))
+        return
+    raise RuntimeError(f"injected failure on rank {env.rank} at step {step} ({FAIL_ENV})")
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP's global gradient norm) as a plain tensor; any other tensor unchanged."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+__all__ = [
+    "FAIL_ENV",
+    "SINGLE",
+    "TIMEOUT_ENV",
+    "DistEnv",
+    "any_rank",
+    "barrier",
+    "collective_timeout",
+    "full_tensor",
+    "gradient_sync",
+    "inject_failure",
+    "main_first",
+    "mean_over_ranks",
+    "setup",
+    "teardown",
+    "wrap",
+]

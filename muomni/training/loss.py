@@ -1,15 +1,20 @@
 """The language-modelling loss, in its own module so a chunked cross-entropy can replace it.
 
-The trainer only calls ``loss_fn(model, tokens) -> (sum_loss, n_tokens)``: the *sum* of the per-token
+The loss functions are ``loss_fn(model, tokens) -> (sum_loss, n_tokens)``: the *sum* of the per-token
 losses, not the mean, so gradient accumulation can divide by the target tokens of the whole accumulation
 window and a batch of 8 x 1 gives the same update as 2 x 4. A chunked version (computing the head and
 the cross-entropy a slice of rows at a time, so the ``[B, T, V]`` logits are never all alive) must keep
 this signature: :func:`chunked_lm_loss` takes ``model.model`` (hidden states) and uses ``model.lm_head``.
+
+The trainer runs the loss through :class:`LossModule`, whose ``forward(tokens)`` is the loss: DDP and
+FSDP wrap that module, so the head the chunked loss reads directly is theirs too (wrapping the Thinker and
+calling its backbone would bypass the wrapper's forward and leave the head unsynchronised or sharded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -61,4 +66,52 @@ def select_loss(model: Thinker, chunked: bool, compiled: bool) -> tuple[nn.Modul
     return model.model, partial(chunked_lm_loss, head=model.lm_head, compiled=compiled)
 
 
-__all__ = ["LossFn", "chunked_lm_loss", "lm_loss", "select_loss"]
+class LossModule(nn.Module):
+    """``tokens [B, T+1] -> (sum_loss, n_tokens)`` of a Thinker, as one module for DDP / FSDP to wrap.
+
+    The Thinker is the only registered submodule. What the loss calls (the model, or its backbone with
+    chunked cross-entropy) may be swapped for its compiled version by :meth:`use_compiled`;
+    it is stored unregistered, so no parameter is registered twice.
+
+    Args:
+        model: the Thinker.
+        chunked: chunked linear cross-entropy (the backbone's hidden states and ``lm_head.weight``).
+    """
+
+    def __init__(self, model: Thinker, chunked: bool) -> None:
+        super().__init__()
+        self.thinker = model
+        self.chunked = chunked
+        self.compiled = False
+        target, loss_fn = select_loss(model, chunked, compiled=False)
+        object.__setattr__(self, "eager_target", target)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "loss_fn", loss_fn)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return self.loss_fn(self.target, tokens)
+
+    def use_compiled(self, compiled: Callable | None) -> None:
+        """Call ``compiled`` (the compiled target, with compiled chunks) instead; None goes back to eager."""
+        _, loss_fn = select_loss(self.thinker, self.chunked, compiled=compiled is not None)
+        object.__setattr__(self, "target", self.eager_target if compiled is None else compiled)
+        object.__setattr__(self, "loss_fn", loss_fn)
+        self.compiled = compiled is not None
+
+    @contextmanager
+    def eager(self) -> Iterator[None]:
+        """The eager target for a while (evaluation: its last, smaller batch would recompile)."""
+        target = self.target
+        object.__setattr__(self, "target", self.eager_target)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "target", target)
+
+
+def run_loss(module: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The trainer's ``loss_fn``: a (possibly wrapped) :class:`LossModule` on ``tokens``."""
+    return module(tokens)
+
+
+__all__ = ["LossFn", "LossModule", "chunked_lm_loss", "lm_loss", "run_loss", "select_loss"]

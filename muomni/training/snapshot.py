@@ -26,6 +26,7 @@ import torch
 
 from muomni.config import Config, load_config
 from muomni.data import Tokenizer, WindowStream
+from muomni.distributed import SINGLE, DistEnv, barrier
 from muomni.errors import CheckpointError
 from muomni.training.checkpoint import (
     CONFIG_FILE,
@@ -33,17 +34,30 @@ from muomni.training.checkpoint import (
     OPTIMIZER_FILE,
     STATE_FILE,
     TOKENIZER_FILE,
+    checkpoints_dir,
     latest_checkpoint,
     list_checkpoints,
     load_tensors,
-    model_state_for_saving,
     resolve_checkpoint,
     save_tensors,
+    step_dir_name,
     write_checkpoint,
+)
+from muomni.training.dist_state import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
 )
 from muomni.training.faults import fault_point
 from muomni.training.optim import Schedule
-from muomni.training.state import RNG_FILE, optimizer_from_files, optimizer_to_files, rng_state, set_rng_state
+from muomni.training.state import (
+    RNG_FILE,
+    optimizer_state_from_files,
+    optimizer_state_to_files,
+    rng_state,
+    set_rng_state,
+)
 
 MODEL_KEYS = [
     "vocab_size",
@@ -62,7 +76,10 @@ MODEL_KEYS = [
     "tie_embeddings",
 ]
 # Keys that fix the data a step sees or the optimizer state's layout: changing them breaks a resume.
-ORDER_KEYS = ("batch_size", "gradient_accumulation_steps", "train_text", "seed", "val_split", "optimizer")
+# The batch keys may change with the number of processes, as long as the global batch stays the same.
+BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
+DATA_KEYS = ("train_text", "seed", "val_split", "optimizer")
+ORDER_KEYS = BATCH_KEYS + DATA_KEYS
 STATE_FORMAT = 1
 
 
@@ -99,15 +116,24 @@ class TrainingState:
     stream: WindowStream
     schedule: Schedule
     progress: Progress
+    env: DistEnv = SINGLE
 
 
 def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: TrainingState) -> Path:
-    """Write a checkpoint of ``ts`` at its step and return its folder (pruning is the caller's)."""
+    """Write a checkpoint of ``ts`` at its step and return its folder (pruning is the caller's).
+
+    Every rank calls it (FSDP gathers the shards); rank 0 writes, the others wait until it has.
+    """
     step = ts.progress.step
-    opt_tensors, opt_meta = optimizer_to_files(ts.optimizer)
+    model_state = _model_state_for_saving(ts.model, full_model_state(ts.model, ts.env))
+    opt_tensors, opt_meta = optimizer_state_to_files(full_optimizer_state(ts.model, ts.optimizer, ts.env))
+    if not ts.env.is_main:
+        barrier(ts.env)
+        return checkpoints_dir(save_dir) / step_dir_name(step)
     rng_meta, rng_tensors = rng_state()
     state = {
         "format": STATE_FORMAT,
+        "world_size": ts.env.world_size,
         "progress": asdict(ts.progress),
         "sampler": ts.stream.state_dict(),
         "schedule": ts.schedule.state_dict(),
@@ -117,7 +143,7 @@ def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: Trainin
     }
 
     def write_model(path: Path) -> None:
-        save_tensors(model_state_for_saving(ts.model), path)
+        save_tensors(model_state, path)
         fault_point("ckpt_write", step)
 
     writers = {
@@ -128,7 +154,16 @@ def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: Trainin
         CONFIG_FILE: cfg.save,
         TOKENIZER_FILE: tokenizer.save,
     }
-    return write_checkpoint(save_dir, step, writers)
+    folder = write_checkpoint(save_dir, step, writers)
+    barrier(ts.env)
+    return folder
+
+
+def _model_state_for_saving(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state without the tied ``lm_head.weight`` (it is the embedding)."""
+    if getattr(getattr(model, "config", None), "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
 
 
 def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
@@ -143,8 +178,10 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
     device = next(ts.model.parameters()).device
-    load_model_state(ts.model, load_tensors(ckpt / MODEL_FILE, device), ckpt)
-    optimizer_from_files(ts.optimizer, load_tensors(ckpt / OPTIMIZER_FILE), state["optimizer"])
+    load_model_state(ts.model, load_tensors(ckpt / MODEL_FILE, device), ckpt, ts.env)
+    optimizer = optimizer_state_from_files(ts.optimizer, load_tensors(ckpt / OPTIMIZER_FILE), state["optimizer"])
+    # load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved).
+    load_full_optimizer_state(ts.model, ts.optimizer, optimizer, ts.env)
     if state["scaler"] and ts.scaler.is_enabled():
         ts.scaler.load_state_dict(state["scaler"])
     ts.stream.load_state_dict(state["sampler"])
@@ -152,8 +189,10 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
     ts.progress.__dict__.update(asdict(progress))
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """Load weights saved by :func:`model_state_for_saving` (a tied ``lm_head`` may be absent).
+def load_model_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str, env: DistEnv = SINGLE
+) -> None:
+    """Load weights saved by :func:`save_snapshot` (a tied ``lm_head`` may be absent); FSDP: into the shards.
 
     Raises:
         CheckpointError: a missing, unexpected or differently shaped tensor, named.
@@ -174,7 +213,9 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
             if items
         )
         raise CheckpointError(f"weights in {where} do not fit this model ({detail}); check the model keys")
-    model.load_state_dict(state, strict=False)
+    if tied and "lm_head.weight" not in state and env.sharded:  # the gathered load wants every name
+        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    load_full_model_state(model, state, env)
 
 
 def read_config(ckpt: Path) -> Config:
@@ -184,6 +225,36 @@ def read_config(ckpt: Path) -> Config:
         return load_config(data, warn_ignored=False)
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {ckpt}: {CONFIG_FILE} is unreadable ({e})")
+
+
+def saved_world_size(ckpt: Path) -> int:
+    """The number of processes that wrote a checkpoint (1 for checkpoints older than the field)."""
+    try:
+        return int(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")).get("world_size", 1))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
+
+
+def check_global_batch(old: Config, old_world: int, new: Config, new_world: int, ckpt: Path) -> None:
+    """Refuse a resume whose steps would see other windows: the global batch must stay the same.
+
+    With the same number of processes the split must stay too (auto_fit's is adopted before); with
+    another one, ``batch_size x accumulation x processes`` must match.
+
+    Raises:
+        CheckpointError: naming both batches and the way out.
+    """
+    if old_world == new_world:
+        check_compatible(old, new, ckpt, list(BATCH_KEYS))
+        return
+    was, now = old.effective_batch_size * old_world, new.effective_batch_size * new_world
+    if was != now:
+        raise CheckpointError(
+            f"cannot resume from {ckpt}: its global batch was {was} windows ({old.batch_size} x "
+            f"{old.gradient_accumulation_steps} accumulation x {old_world} processes) and is {now} now "
+            f"({new.batch_size} x {new.gradient_accumulation_steps} x {new_world}); set batch_size or "
+            "gradient_accumulation_steps so they match, or resume=never to start over"
+        )
 
 
 def find_resume(cfg: Config) -> Path | None:
@@ -228,11 +299,14 @@ def model_keys(cfg: Config) -> dict[str, Any]:
 
 
 __all__ = [
+    "BATCH_KEYS",
+    "DATA_KEYS",
     "MODEL_KEYS",
     "ORDER_KEYS",
     "Progress",
     "TrainingState",
     "check_compatible",
+    "check_global_batch",
     "find_resume",
     "load_model_state",
     "load_snapshot",
@@ -240,5 +314,6 @@ __all__ = [
     "read_config",
     "remove_stale",
     "save_snapshot",
+    "saved_world_size",
     "stale_checkpoints",
 ]

@@ -42,18 +42,26 @@ def _attention_line(t: Trainer) -> str:
 def _features_line(t: Trainer) -> str:
     cfg = t.cfg
     clip = f"clip at {cfg.max_grad_norm}" if cfg.max_grad_norm else "no clipping"
-    compiled = f"compiled ({cfg.compile_mode})" if t.forward_model is not t.loss_model else "eager"
+    compiled = f"compiled ({cfg.compile_mode})" if t.compiled else "eager"
     ckpt = "gradient checkpointing" if cfg.use_gradient_checkpointing else "no gradient checkpointing"
     loss = "chunked linear cross-entropy" if cfg.chunked_ce else "full-logits cross-entropy"
     offload = "" if cfg.cpu_offload == "none" else f", {cfg.cpu_offload} offloaded to CPU"
     return f"features: {compiled}, {ckpt}, {clip}, {loss}{offload}"
 
 
+def _processes(t: Trainer) -> str:
+    env = t.env
+    if not env.enabled:
+        return "1 process"
+    return f"{env.world_size} processes ({env.mode}, {'NCCL' if t.device.type == 'cuda' else 'gloo'})"
+
+
 def describe_run(t: Trainer) -> list[str]:
     """The startup lines of a trainer (see the module docstring)."""
     cfg, data, p = t.cfg, t.data, t.progress
     fused = " (fused)" if t.optimizer.defaults.get("fused") else ""
-    epochs = t.total_steps * cfg.effective_batch_size / data.n_train_windows
+    world = t.env.world_size
+    epochs = t.total_steps * cfg.effective_batch_size * world / data.n_train_windows
     start = f"resuming from {t.resume_from} at step {p.step}" if t.resume_from else "starting from scratch"
     if t.resume_from is None and cfg.init_from:
         start = f"starting from the weights of {cfg.init_from}"
@@ -64,8 +72,9 @@ def describe_run(t: Trainer) -> list[str]:
         f"without embeddings), {cfg.n_layers} layers, d_model {cfg.d_model}, ctx_len {cfg.ctx_len}",
         f"data: {cfg.train_text}, {len(data.train_tokens):,} training tokens ({data.n_train_windows:,} windows), "
         f"{len(t.val_set)} validation windows; unigram entropy {t.unigram_entropy:.4f} nats",
-        f"batch: effective batch {cfg.effective_batch_size} = {cfg.batch_size} x {cfg.gradient_accumulation_steps} "
-        f"accumulation x 1 process; {t.tokens_per_step:,} tokens per step",
+        f"batch: effective batch {cfg.effective_batch_size * world} = {cfg.batch_size} x "
+        f"{cfg.gradient_accumulation_steps} accumulation x {_processes(t)}; "
+        f"{t.global_tokens_per_step:,} tokens per step",
         _attention_line(t),
         _features_line(t),
         f"optimizer: {cfg.optimizer}{fused}, lr {cfg.lr:g}, {cfg.scheduler} schedule, {cfg.warmup_steps} warmup "

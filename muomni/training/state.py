@@ -29,7 +29,11 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     Returns:
         ``(tensors, meta)``; ``meta`` holds ``scalars`` (index -> name -> value) and ``param_groups``.
     """
-    sd = optimizer.state_dict()
+    return optimizer_state_to_files(optimizer.state_dict())
+
+
+def optimizer_state_to_files(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`optimizer_to_files` of a state dict in ``optimizer.state_dict()``'s layout (FSDP gathers one)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in sd["state"].items():
@@ -48,6 +52,18 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     Raises:
         CheckpointError: the saved state is for a different set of parameters.
     """
+    # load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved).
+    optimizer.load_state_dict(optimizer_state_from_files(optimizer, tensors, meta))
+
+
+def optimizer_state_from_files(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> dict[str, Any]:
+    """The state dict (``optimizer.state_dict()``'s layout, with the current ``param_groups``) of saved files.
+
+    Raises:
+        CheckpointError: the saved state is for a different set of parameters.
+    """
     current = optimizer.state_dict()
     saved_sizes = [len(g["params"]) for g in meta["param_groups"]]
     sizes = [len(g["params"]) for g in current["param_groups"]]
@@ -62,8 +78,7 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, to
         state.setdefault(int(index), {})[name] = tensor
     for index, values in meta["scalars"].items():
         state.setdefault(int(index), {}).update(values)
-    # load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved).
-    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    return {"state": state, "param_groups": current["param_groups"]}
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -91,4 +106,12 @@ def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Non
         torch.cuda.set_rng_state_all(cuda)
 
 
-__all__ = ["RNG_FILE", "optimizer_from_files", "optimizer_to_files", "rng_state", "set_rng_state"]
+__all__ = [
+    "RNG_FILE",
+    "optimizer_from_files",
+    "optimizer_state_from_files",
+    "optimizer_state_to_files",
+    "optimizer_to_files",
+    "rng_state",
+    "set_rng_state",
+]

@@ -2,64 +2,59 @@
 
 Every feature is decided once in :class:`Trainer`'s constructor (nanoGPT style): the autocast context and
 the loss scaler (:mod:`~muomni.training.precision`), compilation, gradient checkpointing, the optimizer and
-its decay groups, clipping or plain norm measurement, and the loss function. :meth:`Trainer.train_step`
-then reads the same whatever is switched on.
+its decay groups, clipping or plain norm measurement, the loss module and its DDP / FSDP wrapper
+(:mod:`muomni.distributed`). :meth:`Trainer.train_step` then reads the same whatever is switched on.
 
-One optimizer step is ``gradient_accumulation_steps`` micro-batches of ``batch_size`` windows; each
-micro-batch's summed token loss is divided by the target tokens of the whole step, so the gradient is
-the mean over the step whatever the split. There is one host synchronisation per step: the loss and the
-pre-clip gradient norm are read together to decide whether the step is applied (a non-finite one is
-skipped, counted and logged) and to log them.
+One optimizer step is ``gradient_accumulation_steps`` micro-batches of ``batch_size`` windows on each of
+the ``world_size`` processes; each micro-batch's summed token loss is divided by the rank's target tokens
+of the whole step, so the gradient is the mean over the step whatever the split (DDP and FSDP average the
+ranks' gradients). There is one host synchronisation per step: the loss and the pre-clip gradient norm
+(averaged over ranks, so every rank decides alike) are read together to decide whether the step is applied
+(a non-finite one is skipped, counted and logged) and to log them.
+
+Under torchrun only rank 0 prints, logs and writes the run folder and checkpoints. An out-of-memory error
+is not retried by ``auto_fit`` there: a retry on one rank would leave the others in another collective.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import random
 import signal
 import time
-import warnings
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
+from muomni import distributed
 from muomni.config import Config, load_config
-from muomni.data import TokenData, Tokenizer, WindowStream, check_vocab, prepare_tokenizer
-from muomni.errors import ConfigError, UserError
+from muomni.data import TokenData, WindowStream, check_vocab
+from muomni.errors import UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
 from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
-from muomni.training.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    TOKENIZER_FILE,
-    load_tensors,
-    prune_checkpoints,
-    resolve_checkpoint,
-)
+from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, prune_checkpoints
 from muomni.training.faults import StopSignals, fault_point
-from muomni.training.loss import LossFn, select_loss
+from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
+from muomni.training.loss import LossModule, run_loss
 from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr
 from muomni.training.precision import resolve_precision
 from muomni.training.runlog import RunLog, truncate_metrics
 from muomni.training.snapshot import (
-    MODEL_KEYS,
-    ORDER_KEYS,
     Progress,
     TrainingState,
-    check_compatible,
     find_resume,
     load_model_state,
     load_snapshot,
-    model_keys,
-    read_config,
     remove_stale,
     save_snapshot,
     stale_checkpoints,
+)
+from muomni.training.sources import (
+    initial_sources,
+    resolve_device,
+    resume_sources,
+    seed_everything,
 )
 from muomni.training.startup import describe_run, unigram_entropy
 
@@ -70,43 +65,10 @@ class TrainingDiverged(UserError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Raises ConfigError for ``cuda`` without a GPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device': cuda was asked for but no CUDA GPU is available; use device=cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
-
-
-def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of the gradients, as ``clip_grad_norm_`` computes it, without clipping."""
-    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
-def adopt_fitted_split(old: Config, cfg: Config) -> Config:
-    """On resume, keep the checkpoint's micro-batch split (and memory savers) when the effective batch is
-    the same: auto_fit may have changed them, and the same windows in the same order are what matter."""
-    if old.effective_batch_size != cfg.effective_batch_size or old.batch_size == cfg.batch_size:
-        return cfg
-    keys = ("batch_size", "gradient_accumulation_steps", "use_gradient_checkpointing", "cpu_offload")
-    return cfg.replace(**{k: getattr(old, k) for k in keys})
-
-
-def _refuse_unavailable(cfg: Config) -> None:
-    if cfg.distributed != "none":
-        raise ConfigError(f"config key 'distributed': {cfg.distributed} is not yet available in this version")
-
-
 class Trainer:
     """Trains a Thinker as a config says, resuming from the run folder's newest checkpoint by default.
+
+    Under torchrun (``distributed=ddp|fsdp``) every process builds one; see the module docstring.
 
     Args:
         cfg: the validated config (:func:`~muomni.load_config`).
@@ -117,49 +79,37 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         started = time.perf_counter()
-        _refuse_unavailable(cfg)
         self.device = resolve_device(cfg.device)
-        self.auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"
+        self.env = distributed.setup(cfg.distributed, self.device.type)
+        if self.env.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.env.local_rank)
+        auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"
+        self.auto_fit = auto_fit and not self.env.enabled  # a retry on one rank would desynchronise the ranks
         self.resume_from = find_resume(cfg)
-        self.cfg, self.tokenizer, init_state = self._sources(cfg)
+        init_state = self._prepare(cfg)
         cfg = self.cfg
-        check_vocab(self.tokenizer, cfg.vocab_size)
-        self.data = TokenData.build(cfg.train_text, self.tokenizer, cfg.ctx_len, cfg.val_split, cfg.seed)
         seed_everything(cfg.seed)
         model = Thinker(cfg)
         if init_state is not None:
             load_model_state(model, init_state, str(cfg.init_from))
         self.model = model.to(self.device)
         if cfg.use_gradient_checkpointing:
-            checkpoint_blocks(self.model)
+            checkpoint_blocks(self.model)  # before FSDP: each block is checkpointed inside its shard's hooks
         self.precision = resolve_precision(cfg, self.device)
-        if cfg.cpu_offload == "optimizer" and self.precision.scaler.is_enabled():
-            raise ConfigError(
-                "config key 'cpu_offload': optimizer offload needs bf16 or fp32, not fp16 loss scaling; "
-                "set amp_dtype=bf16 or use_amp=false"
-            )
+        refuse_unavailable(cfg, self.precision)
         self.offload = activation_offload(cfg.cpu_offload == "activations", self.device)
-        self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.grad_norm = (
-            partial(nn.utils.clip_grad_norm_, max_norm=cfg.max_grad_norm) if cfg.max_grad_norm else total_grad_norm
-        )
-        self.loss_model, self.loss_fn = select_loss(self.model, cfg.chunked_ce, compiled=False)
-        self.total_steps = planned_steps(cfg, self.data.n_train_windows)
+        self._build_step()
+        self.total_steps = planned_steps(cfg, self.data.n_train_windows / self.env.world_size)
         self.stream = WindowStream(self.data.n_train_windows, cfg.seed)
         self.progress = Progress()
-        self.state = TrainingState(
-            self.model,
-            self.optimizer,
-            self.precision.scaler,
-            self.stream,
-            make_schedule(cfg, self.total_steps),
-            self.progress,
-        )
+        schedule = make_schedule(cfg, self.total_steps)
+        args = (self.model, self.optimizer, self.precision.scaler, self.stream, schedule, self.progress)
+        self.state = TrainingState(*args, env=self.env)
         if self.resume_from is not None:
             load_snapshot(self.resume_from, self.state)
-        self.forward_model, self.loss_fn = self._compiled()
-        self.tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.ctx_len
+        self.compiled = self._compile()
+        self.tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.ctx_len  # this rank's
+        self.global_tokens_per_step = self.tokens_per_step * self.env.world_size
         self.val_set = self.data.val_windows(cfg.val_batches * cfg.batch_size)  # [N, ctx_len + 1], fixed
         self.unigram_entropy = unigram_entropy(self.data.train_tokens, cfg.vocab_size)
         self.stop_signal: int | None = None
@@ -167,60 +117,59 @@ class Trainer:
         self.setup_seconds = time.perf_counter() - started
 
     # --- setup ---
-    def _sources(self, cfg: Config) -> tuple[Config, Tokenizer, dict[str, torch.Tensor] | None]:
-        """The config, tokenizer and initial weights, from a resumed checkpoint, ``init_from`` or scratch."""
-        if self.resume_from is not None:
-            old = read_config(self.resume_from)
-            if cfg.init_from is not None:  # the model keys came from init_from when the run started
-                cfg = cfg.replace(**model_keys(old))
-            cfg = adopt_fitted_split(old, cfg)
-            check_compatible(old, cfg, self.resume_from, MODEL_KEYS + list(ORDER_KEYS))
-            return cfg, Tokenizer.load(self.resume_from / TOKENIZER_FILE), None
-        if cfg.init_from is None:
-            return cfg, prepare_tokenizer(cfg.train_text, cfg.vocab_size), None
-        if cfg.init_from.startswith("hf:"):
-            try:
-                from muomni.hf import load_for_training
-            except ModuleNotFoundError:
-                raise UserError("init_from hf: is not yet available in this version")
-            init = load_for_training(cfg.init_from, cfg)
-            return cfg.replace(**init.overrides), init.tokenizer, init.state
-        ckpt = resolve_checkpoint(cfg.init_from)
-        keys = {k: v for k, v in model_keys(read_config(ckpt)).items() if k != "ctx_len"}
-        return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
+    def _prepare(self, cfg: Config) -> dict[str, torch.Tensor] | None:
+        """Set the config, tokenizer and data (from a resumed checkpoint, ``init_from`` or scratch); return
+        the initial weights, if any. Rank 0 trains the tokenizer and writes the token cache first; the other
+        ranks then read both from the cache."""
+        with distributed.main_first(self.env, self.device, "data preparation"):
+            if self.resume_from is not None:
+                self.cfg, self.tokenizer, init_state = resume_sources(cfg, self.resume_from, self.env.world_size)
+            else:
+                self.cfg, self.tokenizer, init_state = initial_sources(cfg)
+            c = self.cfg
+            check_vocab(self.tokenizer, c.vocab_size)
+            self.data = TokenData.build(c.train_text, self.tokenizer, c.ctx_len, c.val_split, c.seed)
+        return init_state
 
-    def _compiled(self) -> tuple[nn.Module, LossFn]:
-        """The compiled loss module and loss, tried once on a batch of the training shape; eager if that fails.
+    def _build_step(self) -> None:
+        """The loss module, its DDP / FSDP wrapper, the optimizer (after sharding) and the gradient norm.
 
-        With chunked cross-entropy the backbone is compiled, and so is each chunk's softmax-and-gradient.
+        ``loss_fn(forward_model, tokens)`` is the step's loss: the wrapped :class:`LossModule`, so every
+        parameter the loss uses (the head read directly by chunked cross-entropy too) is DDP's or FSDP's.
         """
+        cfg = self.cfg
+        self.loss_module = LossModule(self.model, cfg.chunked_ce)
+        blocks = list(self.model.model.layers)
+        self.forward_model = distributed.wrap(
+            self.loss_module, blocks, self.env, self.device, self.precision.dtype, find_unused=cfg.use_moe
+        )
+        self.loss_fn = run_loss
+        # Under FSDP the optimizer must hold the sharded parameters, so it is built after wrapping.
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.grad_norm = grad_norm_fn(cfg.max_grad_norm, self.env)
+
+    def _compile(self) -> bool:
+        """Compile what the loss calls (eager when that fails on any rank); see :func:`try_compile`."""
         if not self.cfg.use_compile:
-            return self.loss_model, self.loss_fn
-        compiled = torch.compile(self.loss_model, mode=self.cfg.compile_mode)
-        _, loss_fn = select_loss(self.model, self.cfg.chunked_ce, compiled=True)
+            return False
+        # FSDP's probe runs through the root, which gathers the parameters; elsewhere it stays local.
+        probe_module = self.forward_model if self.env.sharded else self.loss_module
         probe = torch.zeros(self.cfg.batch_size, self.cfg.ctx_len + 1, dtype=torch.long, device=self.device)
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):  # the probe must not move the RNG (dropout)
-                with self.precision.ctx:
-                    loss, _ = loss_fn(compiled, probe)
-                loss.backward()
-        except Exception as e:  # compilation fails in many ways (no compiler, unsupported op, ...)
-            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            warnings.warn(
-                f"torch.compile failed ({type(e).__name__}: {why}); training continues without it", stacklevel=2
-            )
-            return self.loss_model, self.loss_fn
+            return try_compile(self.loss_module, probe_module, probe, self.precision, self.cfg.compile_mode, self.env)
         finally:
             self.optimizer.zero_grad(set_to_none=True)
-        return compiled, loss_fn
 
     # --- one optimizer step ---
     def next_batches(self) -> list[torch.Tensor]:
         """The micro-batches of the next step: ``gradient_accumulation_steps`` x [batch_size, ctx_len + 1]."""
         batches = []
+        size, rank = self.cfg.batch_size, self.env.rank
         for _ in range(self.cfg.gradient_accumulation_steps):
-            tokens = self.data.train_batch(self.stream.take(self.cfg.batch_size))
+            # Every rank draws the global micro-batch from the shared, seeded stream and keeps its slice.
+            windows = self.stream.take(size * self.env.world_size)[rank * size : (rank + 1) * size]
+            tokens = self.data.train_batch(windows)
             if self.device.type == "cuda":
                 tokens = tokens.pin_memory()
             batches.append(tokens.to(self.device, non_blocking=True))
@@ -232,16 +181,20 @@ class Trainer:
         set_lr(self.optimizer, lr)
         scaler = self.precision.scaler
         loss_sum = torch.zeros((), device=self.device)
-        for tokens in batches:
-            with self.precision.ctx, self.offload():
-                sum_loss, _ = self.loss_fn(self.forward_model, tokens)
-            loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
-            scaler.scale(loss).backward()
+        for i, tokens in enumerate(batches):
+            # Gradients are reduced across ranks once per step, in the last micro-batch's backward.
+            with distributed.gradient_sync(self.forward_model, self.env, sync=i == len(batches) - 1):
+                with self.precision.ctx, self.offload():
+                    sum_loss, _ = self.loss_fn(self.forward_model, tokens)
+                loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
+                scaler.scale(loss).backward()
             loss_sum += loss.detach()
         fault_point("mid_step", self.progress.step + 1)
         scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         norm = self.grad_norm(self.params)
-        loss_value, norm_value = torch.stack([loss_sum, norm.float()]).tolist()  # the step's one host sync
+        # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
+        stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
+        loss_value, norm_value = stats.tolist()  # the step's one host sync
         applied = math.isfinite(loss_value) and math.isfinite(norm_value)
         if applied:
             scaler.step(self.optimizer)
@@ -298,30 +251,40 @@ class Trainer:
                     loss, norm, lr, applied = self.fitted_step(self.next_batches(), log)
                     self._after_step(log, loss, norm, lr, applied, time.perf_counter() - started)
                     fault_point("step_end", self.progress.step)
-                    if stop.requested:
+                    distributed.inject_failure(self.env, self.progress.step)
+                    if self._stop_agreed(stop):
                         break
                     self._periodic(log)
-                self.stop_signal = stop.received
+                if not self.env.enabled:  # ranks act on a signal together, only once they agreed on it
+                    self.stop_signal = stop.received
                 return self._finish(log)
             finally:
                 log.close()
+
+    def _stop_agreed(self, stop: StopSignals) -> bool:
+        """Whether any rank received a stop signal (torchrun forwards one to every worker, not in step)."""
+        if not distributed.any_rank(stop.requested, self.env, self.device):
+            return False
+        self.stop_signal = stop.received or signal.SIGTERM
+        return True
 
     def _done(self) -> bool:
         max_epochs = self.cfg.max_epochs
         return self.progress.step >= self.total_steps or (max_epochs is not None and self.stream.epoch >= max_epochs)
 
     def _start(self) -> RunLog:
-        """Write the run folder's config and tokenizer, open the log, print the startup lines."""
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.save_dir / CONFIG_FILE)
-        self.tokenizer.save(self.save_dir / TOKENIZER_FILE)
+        """Write the run folder's config and tokenizer (rank 0), open the log, print the startup lines."""
         step = self.progress.step
-        truncate_metrics(self.save_dir / "metrics.jsonl", step)  # a resumed run rewrites what followed
+        if self.env.is_main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.save_dir / CONFIG_FILE)
+            self.tokenizer.save(self.save_dir / TOKENIZER_FILE)
+            truncate_metrics(self.save_dir / "metrics.jsonl", step)  # a resumed run rewrites what followed
         self._stale = stale_checkpoints(self.save_dir, step)
         self._last_ckpt: Path | None = self.resume_from
         # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint.
         self._last_ckpt_step = self._last_eval_step = step if self.resume_from is not None else -1
-        log = RunLog(self.save_dir, step, self.total_steps, self.cfg.print_freq)
+        log = RunLog(self.save_dir, step, self.total_steps, self.cfg.print_freq, enabled=self.env.is_main)
         for line in describe_run(self):
             log.info(line)
         return log
@@ -329,14 +292,14 @@ class Trainer:
     def _after_step(self, log: RunLog, loss: float, norm: float, lr: float, applied: bool, seconds: float) -> None:
         p = self.progress
         p.step += 1
-        p.tokens += self.tokens_per_step
+        p.tokens += self.global_tokens_per_step
         record = {
             "step": p.step,
             "loss": loss,
             "lr": lr,
             "grad_norm": norm,
-            "tokens_per_s": self.tokens_per_step / max(seconds, 1e-9),
-            "effective_batch": self.cfg.effective_batch_size,
+            "tokens_per_s": self.global_tokens_per_step / max(seconds, 1e-9),
+            "effective_batch": self.cfg.effective_batch_size * self.env.world_size,
             "epoch": self.stream.epoch,
         }
         if self.device.type == "cuda":
@@ -394,18 +357,22 @@ class Trainer:
         log.info(f"done at step {step}: val loss {val_text} vs unigram entropy {self.unigram_entropy:.4f} nats")
         return self._last_ckpt
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP's gathered parameters are reused by later training steps
     def evaluate(self) -> float | None:
-        """Mean token loss over the fixed validation windows (None without validation data)."""
+        """Mean token loss over the fixed validation windows (None without validation data).
+
+        Every rank evaluates all of them (FSDP needs every rank to gather the parameters anyway).
+        """
         if len(self.val_set) == 0:
             return None
         self.model.eval()
         total, n = torch.zeros((), device=self.device), 0
-        for chunk in self.val_set.split(self.cfg.batch_size):  # [<=batch_size, ctx_len + 1]
-            with self.precision.ctx:
-                sum_loss, count = self.loss_fn(self.loss_model, chunk.to(self.device))
-            total += sum_loss
-            n += count
+        with self.loss_module.eager():  # the last, smaller chunk would recompile the compiled one
+            for chunk in self.val_set.split(self.cfg.batch_size):  # [<=batch_size, ctx_len + 1]
+                with self.precision.ctx:
+                    sum_loss, count = self.loss_fn(self.forward_model, chunk.to(self.device))
+                total += sum_loss
+                n += count
         self.model.train()
         return total.item() / n
 
@@ -422,8 +389,9 @@ class Trainer:
     def _checkpoint(self, log: RunLog) -> None:
         step = self.progress.step
         folder = save_snapshot(self.save_dir, self.cfg, self.tokenizer, self.state)
-        remove_stale(self._stale, folder)  # before pruning, which keeps the highest step numbers
-        prune_checkpoints(self.save_dir, self.cfg.keep_checkpoints)
+        if self.env.is_main:
+            remove_stale(self._stale, folder)  # before pruning, which keeps the highest step numbers
+            prune_checkpoints(self.save_dir, self.cfg.keep_checkpoints)
         self._last_ckpt, self._last_ckpt_step = folder, step
         log.info(f"step {step}: checkpoint {folder}")
         fault_point("after_ckpt", step)
@@ -433,8 +401,22 @@ def run_train(args: argparse.Namespace) -> int:
     """``muomni train``: load the config (errors before any work), train, return the exit code."""
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg)
-    trainer.fit()
+    ok = False
+    try:
+        trainer.fit()
+        ok = True
+    finally:
+        # Also after an error: leaving the group ends the peers' pending collectives instead of their timeout.
+        distributed.teardown(trainer.env, ok)
     return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
 
 
-__all__ = ["Trainer", "TrainingDiverged", "resolve_device", "run_train", "total_grad_norm"]
+__all__ = [
+    "Trainer",
+    "TrainingDiverged",
+    "grad_norm_fn",
+    "resolve_device",
+    "run_train",
+    "seed_everything",
+    "total_grad_norm",
+]

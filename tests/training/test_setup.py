@@ -36,11 +36,16 @@ def test_bf16_autocast_trains_on_cpu(corpus: Path, tmp_path: Path) -> None:
     assert t.model.lm_head.weight.dtype is torch.float32  # weights stay fp32
 
 
-@pytest.mark.parametrize("key", ["distributed=ddp"])
-def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, key: str) -> None:
-    name, value = key.split("=")
-    cfg = tiny_config(corpus, tmp_path, **{name: value})
-    with pytest.raises(ConfigError, match=f"'{name}'"):
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"distributed": "fsdp", "cpu_offload": "optimizer"}, "cpu_offload"),
+        ({"distributed": "fsdp", "use_amp": True, "amp_dtype": "fp16", "device": "cuda"}, "device|amp_dtype"),
+    ],
+)
+def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, keys: dict, named: str) -> None:
+    cfg = tiny_config(corpus, tmp_path, **keys)
+    with pytest.raises(ConfigError, match=f"'({named})'"):
         Trainer(cfg)
 
 

@@ -1,0 +1,88 @@
+"""Where a run starts from: the device, the seed, and the config, tokenizer and weights to begin with.
+
+A run starts from a resumed checkpoint (its config's model keys, its tokenizer, and a global batch that
+must stay the same, see :func:`~muomni.training.snapshot.check_global_batch`), from ``init_from`` (a
+muomni checkpoint's or a Hugging Face model's weights), or from scratch (a tokenizer trained on the corpus,
+or read from the cache).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from muomni.config import Config
+from muomni.data import Tokenizer, prepare_tokenizer
+from muomni.errors import ConfigError, UserError
+from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
+from muomni.training.snapshot import (
+    DATA_KEYS,
+    MODEL_KEYS,
+    check_compatible,
+    check_global_batch,
+    model_keys,
+    read_config,
+    saved_world_size,
+)
+
+Sources = tuple[Config, Tokenizer, dict[str, torch.Tensor] | None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Raises ConfigError for ``cuda`` without a GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device': cuda was asked for but no CUDA GPU is available; use device=cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def adopt_fitted_split(old: Config, cfg: Config) -> Config:
+    """On resume, keep the checkpoint's micro-batch split (and memory savers) when the effective batch is
+    the same: auto_fit may have changed them, and the same windows in the same order are what matter."""
+    if old.effective_batch_size != cfg.effective_batch_size or old.batch_size == cfg.batch_size:
+        return cfg
+    keys = ("batch_size", "gradient_accumulation_steps", "use_gradient_checkpointing", "cpu_offload")
+    return cfg.replace(**{k: getattr(old, k) for k in keys})
+
+
+def resume_sources(cfg: Config, ckpt: Path, world_size: int) -> Sources:
+    """The config and tokenizer of a resumed run, after checking it may continue from ``ckpt``."""
+    old = read_config(ckpt)
+    if cfg.init_from is not None:  # the model keys came from init_from when the run started
+        cfg = cfg.replace(**model_keys(old))
+    old_world = saved_world_size(ckpt)
+    if old_world == world_size:
+        cfg = adopt_fitted_split(old, cfg)
+    check_compatible(old, cfg, ckpt, MODEL_KEYS)
+    check_global_batch(old, old_world, cfg, world_size, ckpt)
+    check_compatible(old, cfg, ckpt, list(DATA_KEYS))
+    return cfg, Tokenizer.load(ckpt / TOKENIZER_FILE), None
+
+
+def initial_sources(cfg: Config) -> Sources:
+    """The config, tokenizer and initial weights of a new run: ``init_from`` or scratch."""
+    if cfg.init_from is None:
+        return cfg, prepare_tokenizer(cfg.train_text, cfg.vocab_size), None
+    if cfg.init_from.startswith("hf:"):
+        try:
+            from muomni.hf import load_for_training
+        except ModuleNotFoundError:
+            raise UserError("init_from hf: is not yet available in this version")
+        init = load_for_training(cfg.init_from, cfg)
+        return cfg.replace(**init.overrides), init.tokenizer, init.state
+    ckpt = resolve_checkpoint(cfg.init_from)
+    keys = {k: v for k, v in model_keys(read_config(ckpt)).items() if k != "ctx_len"}
+    return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
+
+
+__all__ = ["adopt_fitted_split", "initial_sources", "resolve_device", "resume_sources", "seed_everything"]

@@ -1,0 +1,129 @@
+"""torchrun with 2 CPU processes (gloo): DDP and FSDP learn what one process learns from the same windows.
+
+2 ranks x batch 2 read exactly the windows 1 process x batch 4 reads, so after a few steps the weights must
+match (fp32, dropout off); an FSDP checkpoint written by 2 ranks resumes on 1 rank and on 2; and a rank that
+fails ends the whole job with an error in bounded time, after which the run resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from training_helpers import ROOT, final_weights, overrides, tiny_settings, write_corpus
+
+from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, load_tensors
+
+STEPS = 4
+TOLERANCE = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args: list[str], cache: Path, procs: int, env: dict[str, str] | None = None, timeout: float = 120):
+    """``muomni train`` on one process, or under torchrun on ``procs`` (a CompletedProcess, text output)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MUOMNI_TEST_")}
+    full_env = {**base, "MUOMNI_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    launcher = [sys.executable]
+    if procs > 1:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(_free_port())]
+    cmd = [*launcher, "-m", "muomni", "train", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def _train(work: Path, name: str, procs: int, env: dict[str, str] | None = None, **changes: Any):
+    settings = tiny_settings(
+        work / "corpus.txt",
+        work / name,
+        dropout=0.0,
+        batch_size=4 // procs,
+        max_steps=STEPS,
+        checkpoint_freq=2,
+        val_freq=2,
+        keep_checkpoints=5,
+        **changes,
+    )
+    result = _run(overrides(settings), work / "cache", procs, env)
+    return result
+
+
+def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert sorted(got) == sorted(want)
+    errors = {k: ((got[k] - want[k]).norm() / want[k].norm()).item() for k in want}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < TOLERANCE, f"{worst}: relative error {errors[worst]:.2e}"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference run (1 process, batch 4), a DDP run and an FSDP run (2 processes x batch 2)."""
+    root = tmp_path_factory.mktemp("dist")
+    write_corpus(root / "corpus.txt")
+    for name, procs, keys in (
+        ("single", 1, {}),
+        ("ddp", 2, {"distributed": "ddp"}),
+        ("fsdp", 2, {"distributed": "fsdp"}),
+    ):
+        result = _train(root, name, procs, **keys)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+    return root
+
+
+def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
+    out = (work / "ddp" / "metrics.jsonl").read_text()
+    assert out.count('"step"') >= STEPS
+    _assert_close(final_weights(work / "ddp"), final_weights(work / "single"))
+
+
+def test_fsdp_matches_one_process_and_writes_a_plain_checkpoint(work: Path) -> None:
+    _assert_close(final_weights(work / "fsdp"), final_weights(work / "single"))
+    # The same single-process format: the same tensor names and optimizer keys as the reference's.
+    names = ("optimizer.safetensors", MODEL_FILE)
+    for name in names:
+        got = load_tensors(checkpoints_dir(work / "fsdp") / "step_00000002" / name)
+        want = load_tensors(checkpoints_dir(work / "single") / "step_00000002" / name)
+        assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_a_two_rank_fsdp_checkpoint_resumes_on_one_rank_and_on_two(work: Path, procs: int) -> None:
+    ckpt = checkpoints_dir(work / "fsdp") / "step_00000002"
+    result = _train(work, f"resumed_{procs}", procs, distributed="fsdp", resume=str(ckpt))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+    assert f"resuming from {ckpt} at step 2" in result.stdout
+    _assert_close(final_weights(work / f"resumed_{procs}"), final_weights(work / "fsdp"))
+
+
+@pytest.mark.parametrize(("mode", "how"), [("ddp", ""), ("fsdp", ":SIGKILL")])
+def test_a_failing_rank_ends_the_job_in_bounded_time_and_the_run_resumes(work: Path, mode: str, how: str) -> None:
+    name = f"failed_{mode}"
+    env = {"MUOMNI_TEST_FAIL_RANK": f"1:3{how}", "MUOMNI_DIST_TIMEOUT_S": "20"}
+    started = time.monotonic()
+    result = _train(work, name, 2, env=env, distributed=mode)
+    assert time.monotonic() - started < 90
+    assert result.returncode != 0
+    if not how:
+        assert "injected failure on rank 1 at step 3" in result.stderr
+    assert "step 3: checkpoint" not in result.stdout
+    resumed = _train(work, name, 2, distributed=mode)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-8000:]
+    assert "at step 2" in resumed.stdout
+    _assert_close(final_weights(work / name), final_weights(work / mode))
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(work: Path) -> None:
+    result = _train(work, "stopped", 2, env={"MUOMNI_TEST_FAIL_RANK": "1:1:SIGTERM"}, distributed="ddp")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+    assert "stopped by SIGTERM after step 1" in result.stdout
+    assert [p.name for p in checkpoints_dir(work / "stopped").iterdir()] == ["step_00000001"]
