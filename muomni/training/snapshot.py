@@ -180,7 +180,8 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
     device = next(ts.model.parameters()).device
     load_model_state(ts.model, load_tensors(ckpt / MODEL_FILE, device), ckpt, ts.env)
     optimizer = optimizer_state_from_files(ts.optimizer, load_tensors(ckpt / OPTIMIZER_FILE), state["optimizer"])
-    # load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved).
+    # Plain load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved);
+    # under FSDP each rank keeps its shard of them.
     load_full_optimizer_state(ts.model, ts.optimizer, optimizer, ts.env)
     if state["scaler"] and ts.scaler.is_enabled():
         ts.scaler.load_state_dict(state["scaler"])
