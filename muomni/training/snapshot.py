@@ -105,6 +105,15 @@ class Progress:
     tokens: int = 0
     val_loss: float | None = None
 
+    def skip(self, overflow: bool) -> str:
+        """Count a skipped step (an fp16 overflow, or a non-finite loss or norm); return its kind."""
+        if overflow:
+            self.overflow_skips += 1
+        else:
+            self.nonfinite_skips += 1
+        self.nonfinite_in_row += 1
+        return "overflow" if overflow else "nonfinite"
+
 
 @dataclass
 class TrainingState:

@@ -50,12 +50,7 @@ from muomni.training.snapshot import (
     save_snapshot,
     stale_checkpoints,
 )
-from muomni.training.sources import (
-    initial_sources,
-    resolve_device,
-    resume_sources,
-    seed_everything,
-)
+from muomni.training.sources import initial_sources, resolve_device, resume_sources, seed_everything
 from muomni.training.startup import describe_run, unigram_entropy
 
 EXIT_INTERRUPTED = 130
@@ -307,8 +302,12 @@ class Trainer:
         if applied:
             p.applied_steps += 1
             p.nonfinite_in_row = 0
-        else:
-            self._skipped(log, record, loss, norm)
+        else:  # with fp16, a finite loss with infinite gradients is the scaler's overflow
+            record["skipped"] = p.skip(overflow=self.precision.scaler.is_enabled() and math.isfinite(loss))
+            log.info(
+                f"step {p.step} skipped ({record['skipped']}: loss {loss}, grad norm {norm}); {p.nonfinite_in_row} "
+                f"in a row, {p.overflow_skips} overflow and {p.nonfinite_skips} non-finite in all"
+            )
         log.step(record)
         if p.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
             self._checkpoint(log)
@@ -317,21 +316,6 @@ class Trainer:
                 f"gradient norm; {self._last_ckpt} holds the last good weights; lower lr, keep max_grad_norm on, "
                 "or use bf16/fp32 (amp_dtype=bf16 or use_amp=false)"
             )
-
-    def _skipped(self, log: RunLog, record: dict, loss: float, norm: float) -> None:
-        """Count a skipped step. With fp16, finite loss + infinite gradients is the scaler's overflow."""
-        p = self.progress
-        overflow = self.precision.scaler.is_enabled() and math.isfinite(loss)
-        if overflow:
-            p.overflow_skips += 1
-        else:
-            p.nonfinite_skips += 1
-        p.nonfinite_in_row += 1
-        record["skipped"] = "overflow" if overflow else "nonfinite"
-        log.info(
-            f"step {p.step} skipped ({record['skipped']}: loss {loss}, grad norm {norm}); "
-            f"{p.nonfinite_in_row} in a row, {p.overflow_skips} overflow and {p.nonfinite_skips} non-finite in all"
-        )
 
     def _periodic(self, log: RunLog) -> None:
         step = self.progress.step
@@ -411,12 +395,5 @@ def run_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
 
 
-__all__ = [
-    "Trainer",
-    "TrainingDiverged",
-    "grad_norm_fn",
-    "resolve_device",
-    "run_train",
-    "seed_everything",
-    "total_grad_norm",
-]
+# resolve_device, seed_everything and total_grad_norm are re-exported: they were first defined here.
+__all__ = ["Trainer", "TrainingDiverged", "resolve_device", "run_train", "seed_everything", "total_grad_norm"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from training_helpers import ROOT, final_weights, overrides, tiny_settings, write_corpus
+from training_helpers import ROOT, final_weights, overrides, read_metrics, tiny_settings, write_corpus
 
 from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, load_tensors
 
@@ -77,13 +77,18 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ):
         result = _train(root, name, procs, **keys)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+        (root / f"{name}.out").write_text(result.stdout)
     return root
 
 
 def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
-    out = (work / "ddp" / "metrics.jsonl").read_text()
-    assert out.count('"step"') >= STEPS
     _assert_close(final_weights(work / "ddp"), final_weights(work / "single"))
+    out = (work / "ddp.out").read_text()
+    assert out.count("muomni: device:") == 1  # only rank 0 prints
+    assert "effective batch 4 = 2 x 1 accumulation x 2 processes (ddp, gloo); 128 tokens per step" in out
+    losses = [m["loss"] for m in read_metrics(work / "ddp") if "loss" in m]
+    want = [m["loss"] for m in read_metrics(work / "single") if "loss" in m]
+    assert len(losses) == STEPS and losses == pytest.approx(want, rel=1e-5)  # the mean over ranks is logged
 
 
 def test_fsdp_matches_one_process_and_writes_a_plain_checkpoint(work: Path) -> None:
@@ -127,3 +132,14 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(work: Pa
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
     assert "stopped by SIGTERM after step 1" in result.stdout
     assert [p.name for p in checkpoints_dir(work / "stopped").iterdir()] == ["step_00000001"]
+
+
+def test_a_resume_with_another_global_batch_is_refused(work: Path) -> None:
+    ckpt = checkpoints_dir(work / "fsdp") / "step_00000002"
+    result = _run(
+        overrides(tiny_settings(work / "corpus.txt", work / "refused", resume=str(ckpt), batch_size=2)),
+        work / "cache",
+        1,
+    )
+    assert result.returncode == 2
+    assert "global batch was 4 windows (2 x 1 accumulation x 2 processes) and is 2 now" in result.stderr
