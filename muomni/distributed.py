@@ -7,7 +7,13 @@ precision the run uses. Full state dicts for checkpoints are gathered in :mod:`m
 
 A rank that fails must not leave the others waiting forever: collectives time out after
 ``MUOMNI_DIST_TIMEOUT_S`` seconds (default 300), and a rank that raises destroys its process group on the
-way out, which breaks its peers' pending collectives at once (gloo) or after the timeout (NCCL).
+way out, which breaks its peers' pending collectives at once (gloo) or after the timeout (NCCL); torchrun
+also stops the other workers when one exits with an error or is killed.
+
+Several nodes: torchrun's usual rendezvous arguments (``--nnodes``, ``--node_rank``, ``--rdzv_endpoint``...).
+``save_dir`` and ``MUOMNI_CACHE`` must then be on a filesystem every node sees: rank 0 writes checkpoints
+and every rank reads them on resume; rank 0 trains the tokenizer and tokenizes the corpus, then the other
+ranks read both from the cache (a node with its own, empty cache would train its own tokenizer).
 """
 
 from __future__ import annotations
