@@ -137,6 +137,23 @@ class Config:
 
 
 KEYS = tuple(f.name for f in fields(Config))
+# The keys that fix the model's shape: a checkpoint's weights fit only a config with the same values.
+MODEL_KEYS = (
+    "vocab_size",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "use_gqa",
+    "kv_groups",
+    "d_ff",
+    "ctx_len",
+    "rope_theta",
+    "use_swiglu",
+    "use_moe",
+    "num_experts",
+    "num_experts_per_tok",
+    "tie_embeddings",
+)
 
 
 def _field_types() -> dict[str, Any]:
@@ -361,4 +378,4 @@ def load_config(
     return Config(**data)
 
 
-__all__ = ["Config", "KEYS", "PRESETS", "load_config", "parse_override", "preset_path"]
+__all__ = ["Config", "KEYS", "MODEL_KEYS", "PRESETS", "load_config", "parse_override", "preset_path"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from muomni.config import MODEL_KEYS as CONFIG_MODEL_KEYS
 from muomni.config import Config
 from muomni.errors import CheckpointError
 from muomni.models.layers import RMS_NORM_EPS
@@ -23,21 +24,9 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 _DEFAULT_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768}
 _DEFAULT_RMS_NORM_EPS = 1e-6
 
-# The Config keys that an imported model decides (everything else stays the user's).
-MODEL_KEYS = (
-    "vocab_size",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "use_gqa",
-    "kv_groups",
-    "d_ff",
-    "ctx_len",
-    "rope_theta",
-    "use_swiglu",
-    "use_moe",
-    "tie_embeddings",
-)
+# The Config keys that an imported model decides (everything else stays the user's); a Llama or Qwen2
+# model is dense, so the expert counts are not among them.
+MODEL_KEYS = tuple(k for k in CONFIG_MODEL_KEYS if k not in ("num_experts", "num_experts_per_tok"))
 
 
 def check_exportable(cfg: Config) -> None:

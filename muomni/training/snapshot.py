@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from muomni.config import Config, load_config
+from muomni.config import MODEL_KEYS, Config, load_config
 from muomni.data import Tokenizer, WindowStream
 from muomni.distributed import SINGLE, DistEnv, barrier
 from muomni.errors import CheckpointError
@@ -59,22 +59,6 @@ from muomni.training.state import (
     set_rng_state,
 )
 
-MODEL_KEYS = [
-    "vocab_size",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "use_gqa",
-    "kv_groups",
-    "d_ff",
-    "ctx_len",
-    "rope_theta",
-    "use_swiglu",
-    "use_moe",
-    "num_experts",
-    "num_experts_per_tok",
-    "tie_embeddings",
-]
 # Keys that fix the data a step sees or the optimizer state's layout: changing them breaks a resume.
 # The batch keys may change with the number of processes, as long as the global batch stays the same.
 BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
