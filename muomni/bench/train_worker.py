@@ -56,10 +56,15 @@ def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
     trainer = Trainer(cfg)
     device = trainer.device
+
+    def step() -> None:
+        applied = trainer.train_step(trainer.next_batches())[3]
+        # The loop's bookkeeping (fit() does it after logging): the schedule follows the applied steps.
+        trainer.progress.step += 1
+        trainer.progress.applied_steps += int(applied)
+
     reset_peak_memory(device)
-    times, warm_s = _time_steps(
-        lambda: trainer.train_step(trainer.next_batches()), device, spec["warmup"], spec["steps"]
-    )
+    times, warm_s = _time_steps(step, device, spec["warmup"], spec["steps"])
     peak = peak_memory_bytes(device)
     return {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": trainer.evaluate()}
 

@@ -43,6 +43,7 @@ def test_bench_train_table(tmp_path: Path, corpus: Path) -> None:
         "2",
         "--rows",
         "+flash,+chunked_ce",
+        "--vs-hf",
         "--out",
         str(out),
         f"train_text={corpus}",
@@ -51,7 +52,16 @@ def test_bench_train_table(tmp_path: Path, corpus: Path) -> None:
     )
     assert "| baseline |" in proc.stdout and "| +flash |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in results["rows"]] == ["baseline", "+flash", "+chunked_ce"]
+    names = [(r["framework"], r["name"]) for r in results["rows"]]
+    assert names == [
+        ("muomni", "baseline"),
+        ("hf", "fp32 eager"),
+        ("muomni", "+flash"),
+        ("hf", "bf16 sdpa"),
+        ("muomni", "+chunked_ce"),
+    ]
+    # Same initial weights, data order, optimizer and schedule: the fp32 rows must learn the same thing.
+    assert results["rows"][0]["val_loss"] == pytest.approx(results["rows"][1]["val_loss"], rel=1e-4)
     for row in results["rows"]:
         assert "error" not in row, row
         assert _positive(row["tokens_per_s"]) and _positive(row["peak_memory_bytes"])
