@@ -114,14 +114,10 @@ def infer_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
 
 def hf_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
     """Hugging Face ``generate`` on the same weights: dynamic cache and static cache, greedy, batch 1."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from muomni.bench.hf_twin import llama_twin
 
-    from muomni.hf.mapping import llama_config
-
-    device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
-    hf = LlamaForCausalLM(LlamaConfig(**llama_config(model.config, 1, 2, 0, dtype)))
-    hf.load_state_dict(model.state_dict(), strict=False)
-    hf.to(device=device, dtype=dtype).eval()
+    device = model.lm_head.weight.device
+    hf = llama_twin(model).eval()
     prompt = torch.randint(3, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
     new = min(new, model.config.ctx_len - PROMPT_TOKENS)
     out = []

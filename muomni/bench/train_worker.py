@@ -70,19 +70,12 @@ def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hf_model(cfg: Config, spec: dict[str, Any], device: torch.device):  # noqa: ANN202
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from muomni.hf.mapping import llama_config
+    from muomni.bench.hf_twin import llama_twin
     from muomni.models.thinker import Thinker
     from muomni.training.trainer import seed_everything
 
     seed_everything(cfg.seed)
-    state = Thinker(cfg).state_dict()  # the same initial weights as the muomni rows
-    hf_cfg = LlamaConfig(**llama_config(cfg, 1, 2, 0, torch.float32))
-    hf_cfg._attn_implementation = spec["hf_attn"]
-    model = LlamaForCausalLM(hf_cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    model = llama_twin(Thinker(cfg), spec["hf_attn"])  # the same initial weights as the muomni rows
     model.to(device).train()
     if spec.get("hf_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

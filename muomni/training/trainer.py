@@ -199,12 +199,12 @@ class Trainer:
 
     def fitted_step(self, batches: list[torch.Tensor], log: RunLog) -> tuple[float, float, float, bool]:
         """:meth:`train_step`; with ``auto_fit``, retried after an out-of-memory error with the next remedy."""
-        rng = RngSnapshot(self.device)
+        rng = RngSnapshot(self.device) if self.auto_fit else None  # only a retry needs it
         while True:
             try:
                 return self.train_step(batches)
             except torch.OutOfMemoryError:
-                if not self.auto_fit:
+                if rng is None:
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
@@ -219,6 +219,8 @@ class Trainer:
         self.cfg = self.cfg.replace(**remedy)
         if "use_gradient_checkpointing" in remedy:
             checkpoint_blocks(self.model)
+            if self.loss_module.compiled:  # the compiled graph was traced without checkpointing
+                self.loss_module.use_compiled(torch.compile(self.loss_module.eager_target, mode=self.cfg.compile_mode))
         if "cpu_offload" in remedy:
             self.offload = activation_offload(True, self.device)
         log.info(
