@@ -28,6 +28,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _split_note(r: dict[str, Any]) -> str:
+    """What a row ran under that its name does not say: a memory budget, a split auto_fit changed."""
+    notes = []
+    if r.get("memory_budget_gib"):
+        notes.append(f"budget {r['memory_budget_gib']:.2f} GiB")
+    if r.get("batch_size") and r["batch_size"] != r["config"]["batch_size"]:
+        notes.append(f"ran {r['batch_size']} x {r['accumulation']}")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def train_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of training rows: speed, memory, MFU and quality relative to the baseline row."""
     ok = [r for r in rows if not r.get("error")]
@@ -48,7 +58,7 @@ def train_table(rows: list[dict[str, Any]]) -> str:
             quality = 100.0 * (r["val_loss"] - base["val_loss"]) / base["val_loss"]
         peer = hf.get(r.get("hf_row", ""))
         lines.append(
-            f"| {r['name']} | {_fmt_rate(r['tokens_per_s'])} | {_fmt(speed, '.2f', 'x')} "
+            f"| {r['name']}{_split_note(r)} | {_fmt_rate(r['tokens_per_s'])} | {_fmt(speed, '.2f', 'x')} "
             f"| {r['peak_memory_bytes'] / GIB:.2f} GiB | {_fmt(mem, '.2f', 'x')} "
             f"| {_fmt(r.get('mfu') and 100 * r['mfu'], '.1f', '%')} | {_fmt(r.get('val_loss'), '.4f')} "
             f"| {_fmt(quality, '+.2f', '%')} | {_fmt_rate(peer and peer['tokens_per_s'])} "

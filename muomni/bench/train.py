@@ -35,6 +35,8 @@ class Row:
     keys: dict[str, Any]
     hf: dict[str, Any] | None = None
     hf_name: str | None = None
+    # Run under a memory budget of this fraction of the named row's measured peak (the auto_fit row).
+    budget_of: tuple[str, float] | None = None
 
 
 def rows_for(device: torch.device) -> list[Row]:
@@ -66,10 +68,18 @@ def rows_for(device: torch.device) -> list[Row]:
         Row("+chunked_ce", chunked),
         Row("+offload_activations", {**chunked, "cpu_offload": "activations"}),
         Row("+offload_optimizer", {**chunked, "cpu_offload": "optimizer"}),
+    ]
+    if cuda:
+        # A full-logits row again, in half its memory: auto_fit must find a split that fits, and learn the same.
+        full_logits = "+bf16" if bf16 else "+flash"  # the row with the same keys, which needs the most memory
+        rows.append(Row("+auto_fit", {**lowp, "auto_fit": True}, budget_of=(full_logits, 0.5)))
+    # On CPUs compiled bf16 is slower than compiled fp32 (measured): the fastest there is fp32. On GPUs the
+    # compiled step is replayed as CUDA graphs, which removes the launch cost of its hundreds of kernels.
+    fastest = {"compile_mode": "reduce-overhead"} if cuda else {"use_amp": False}
+    rows += [
         Row(
             "+all",
-            # On CPUs compiled bf16 is slower than compiled fp32 (measured): the fastest there is fp32.
-            {**chunked, "use_compile": True, **({} if cuda else {"use_amp": False})},
+            {**chunked, "use_compile": True, **fastest},
             {"amp": best_dtype, "attn": "sdpa", "compile": True},
             f"{best_dtype} sdpa + compile",
         ),
@@ -118,7 +128,8 @@ def select_rows(rows: list[Row], names: str | None) -> list[Row]:
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ConfigError(f"unknown bench row {unknown[0]!r}; rows here: {', '.join(r.name for r in rows)}")
-    return [r for r in rows if r.name in wanted or r.name == "baseline"]
+    needed = {"baseline"} | {r.budget_of[0] for r in rows if r.name in wanted and r.budget_of}
+    return [r for r in rows if r.name in wanted or r.name in needed]
 
 
 def _warm_data_cache(cfg: Config) -> None:
@@ -129,6 +140,12 @@ def _warm_data_cache(cfg: Config) -> None:
     TokenData.build(cfg.train_text, tokenizer, cfg.ctx_len, cfg.val_split, cfg.seed)
 
 
+def _budget(results: list[dict[str, Any]], name: str, fraction: float) -> float | None:
+    """``fraction`` of the peak memory the muomni row ``name`` measured, in GiB (None if it has none)."""
+    peaks = [r.get("peak_memory_bytes") for r in results if r["name"] == name and r["framework"] == "muomni"]
+    return fraction * peaks[0] / 2**30 if peaks and peaks[0] else None
+
+
 def bench_train(
     config: str, overrides: list[str], steps: int | None, out: str | None, vs_hf: bool, rows: str | None
 ) -> list[dict[str, Any]]:
@@ -137,7 +154,9 @@ def bench_train(
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     steps = steps or (20 if device.type == "cuda" else 3)
     warmup = 3 if device.type == "cuda" else 1
-    cfg = cfg.replace(max_steps=warmup + steps, val_freq=10**6, checkpoint_freq=10**6)
+    # A short warmup, so that the few steps move the loss and the quality column compares learning, not init.
+    total = warmup + steps
+    cfg = cfg.replace(max_steps=total, warmup_steps=max(1, total // 10), val_freq=10**6, checkpoint_freq=10**6)
     if vs_hf:
         try:
             import transformers  # noqa: F401
@@ -152,9 +171,18 @@ def bench_train(
                 label = row.name if fw == "muomni" else row.hf_name
                 print(f"bench train: {fw} {label} ...", file=sys.stderr, flush=True)
                 spec = _spec(cfg, row, fw, warmup, steps)
+                if row.budget_of:
+                    spec["memory_budget_gib"] = _budget(results, *row.budget_of)
                 result = run_spec(spec, Path(tmp), f"{fw}-{len(results)}")
                 results.append(
-                    {"name": label, "framework": fw, "hf_row": row.hf_name, **result, "config": spec["config"]}
+                    {
+                        "name": label,
+                        "framework": fw,
+                        "hf_row": row.hf_name,
+                        **result,
+                        "config": spec["config"],
+                        "memory_budget_gib": spec.get("memory_budget_gib"),
+                    }
                 )
     info = describe(device)
     table = train_table(results)

@@ -52,13 +52,17 @@ def _time_steps(step: Callable[[], None], device: torch.device, warmup: int, ste
 
 
 def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
+    from muomni.training.runlog import RunLog
     from muomni.training.trainer import Trainer
 
     trainer = Trainer(cfg)
     device = trainer.device
+    Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
+    log = RunLog(Path(cfg.save_dir), 0, cfg.max_steps, cfg.print_freq)  # auto_fit says what it changed here
 
     def step() -> None:
-        applied = trainer.train_step(trainer.next_batches())[3]
+        # The loop's step, with auto_fit's out-of-memory recovery when it is on.
+        applied = trainer.fitted_step(trainer.next_batches(), log)[3]
         # The loop's bookkeeping (fit() does it after logging): the schedule follows the applied steps.
         trainer.progress.step += 1
         trainer.progress.applied_steps += int(applied)
@@ -66,7 +70,10 @@ def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     reset_peak_memory(device)
     times, warm_s = _time_steps(step, device, spec["warmup"], spec["steps"])
     peak = peak_memory_bytes(device)
-    return {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": trainer.evaluate()}
+    log.close()
+    result = {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": trainer.evaluate()}
+    # The split the step ran with (auto_fit may have changed it; the effective batch stays the same).
+    return {**result, "batch_size": trainer.cfg.batch_size, "accumulation": trainer.cfg.gradient_accumulation_steps}
 
 
 def _hf_model(cfg: Config, spec: dict[str, Any], device: torch.device):  # noqa: ANN202

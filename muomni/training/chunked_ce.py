@@ -47,11 +47,14 @@ def chunk_loss_and_grads(
 _compiled_chunk = None
 
 
-def compiled_chunk_fn():  # noqa: ANN201
-    """``chunk_loss_and_grads`` compiled once per process (static shapes: the last chunk compiles once more)."""
+def chunk_fn(compiled: bool):  # noqa: ANN201
+    """The per-chunk function: traced inline when the caller is itself being compiled (the whole loss then
+    becomes one graph), else ``chunk_loss_and_grads``, compiled once per process if ``compiled``."""
     global _compiled_chunk
+    if not compiled or torch.compiler.is_compiling():
+        return chunk_loss_and_grads
     if _compiled_chunk is None:
-        _compiled_chunk = torch.compile(chunk_loss_and_grads, dynamic=False)
+        _compiled_chunk = torch.compile(chunk_loss_and_grads, dynamic=False)  # the last chunk compiles once more
     return _compiled_chunk
 
 
@@ -64,7 +67,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         chunk_size: int,
         ignore_index: int,
-        chunk_fn,  # noqa: ANN001
+        compiled: bool,
     ) -> torch.Tensor:
         """hidden [N, D], weight [V, D], targets [N] -> summed loss over targets != ignore_index (fp32)."""
         dtype = _compute_dtype(hidden)
@@ -72,9 +75,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        fn = chunk_fn(compiled)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size].to(dtype)  # [n, D]
-            loss, grad_h, grad_w = chunk_fn(h, w, targets[start : start + chunk_size], ignore_index)
+            loss, grad_h, grad_w = fn(h, w, targets[start : start + chunk_size], ignore_index)
             total += loss
             grad_hidden[start : start + chunk_size] = grad_h.to(hidden.dtype)
             grad_weight += grad_w.float()
@@ -111,6 +115,7 @@ def chunked_linear_cross_entropy(
         targets: token ids [...] matching ``hidden``'s leading shape; ``ignore_index`` entries count for nothing.
         chunk_size: tokens per chunk; memory is about ``chunk_size x V x 4`` bytes per live chunk.
         compiled: run each chunk through ``torch.compile`` (fused softmax/loss/gradient: much faster on GPUs).
+            Inside a compiled caller the chunks are traced into the caller's graph instead.
 
     Returns:
         The summed loss, an fp32 scalar; divide by the number of counted targets for the mean.
@@ -121,5 +126,5 @@ def chunked_linear_cross_entropy(
         targets.reshape(-1),
         chunk_size,
         ignore_index,
-        compiled_chunk_fn() if compiled else chunk_loss_and_grads,
+        compiled,
     )

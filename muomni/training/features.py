@@ -70,14 +70,14 @@ def try_compile(
 ) -> bool:
     """Compile what the loss calls, tried once on a batch of the training shape; eager if that fails.
 
-    With chunked cross-entropy the backbone is compiled, and so is each chunk's softmax-and-gradient.
+    The whole loss is one compiled function (see :meth:`LossModule.use_compiled`).
     The probe (a forward and backward of ``probe_module`` on ``probe``) leaves gradients behind for the
     caller to clear, and does not move the RNG. All ranks then agree on the outcome.
 
     Returns:
         Whether the compiled version is used.
     """
-    loss_module.use_compiled(torch.compile(loss_module.eager_target, mode=mode))
+    loss_module.use_compiled(mode)
     device = probe.device
     devices = [device.index or 0] if device.type == "cuda" else []
     error: Exception | None = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -55,23 +54,13 @@ def chunked_lm_loss(
     return chunked_linear_cross_entropy(hidden, head.weight, targets, compiled=compiled), targets.numel()
 
 
-def select_loss(model: Thinker, chunked: bool, compiled: bool) -> tuple[nn.Module, LossFn]:
-    """The module the loss calls (whole model, or its backbone when chunked) and the loss function.
-
-    The returned module is what ``torch.compile`` should wrap: with chunked cross-entropy the head never
-    runs as a module, so compiling the whole model would compile nothing that the loss uses.
-    """
-    if not chunked:
-        return model, lm_loss
-    return model.model, partial(chunked_lm_loss, head=model.lm_head, compiled=compiled)
-
-
 class LossModule(nn.Module):
     """``tokens [B, T+1] -> (sum_loss, n_tokens)`` of a Thinker, as one module for DDP / FSDP to wrap.
 
-    The Thinker is the only registered submodule. What the loss calls (the model, or its backbone with
-    chunked cross-entropy) may be swapped for its compiled version by :meth:`use_compiled`;
-    it is stored unregistered, so no parameter is registered twice.
+    The Thinker is the only registered submodule. :meth:`use_compiled` compiles the whole loss, backbone,
+    head and cross-entropy together: with chunked cross-entropy the chunk loop is traced into the same
+    graph, so a step is one forward and one backward graph (and, in ``reduce-overhead`` mode, one CUDA
+    graph each) instead of a graph per chunk with Python in between.
 
     Args:
         model: the Thinker.
@@ -83,30 +72,31 @@ class LossModule(nn.Module):
         self.thinker = model
         self.chunked = chunked
         self.compiled = False
-        target, loss_fn = select_loss(model, chunked, compiled=False)
-        object.__setattr__(self, "eager_target", target)
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "loss_fn", loss_fn)
+        object.__setattr__(self, "loss", self.eager_loss)  # unregistered: a compiled wrapper is no submodule
+
+    def eager_loss(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.chunked:
+            # Outside a compiled graph (evaluation) each chunk still runs compiled when the loss is.
+            return chunked_lm_loss(self.thinker.model, tokens, self.thinker.lm_head, compiled=self.compiled)
+        return lm_loss(self.thinker, tokens)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return self.loss_fn(self.target, tokens)
+        return self.loss(tokens)
 
-    def use_compiled(self, compiled: Callable | None) -> None:
-        """Call ``compiled`` (the compiled target, with compiled chunks) instead; None goes back to eager."""
-        _, loss_fn = select_loss(self.thinker, self.chunked, compiled=compiled is not None)
-        object.__setattr__(self, "target", self.eager_target if compiled is None else compiled)
-        object.__setattr__(self, "loss_fn", loss_fn)
-        self.compiled = compiled is not None
+    def use_compiled(self, mode: str | None) -> None:
+        """Compile the loss with ``torch.compile`` in ``mode``; None goes back to eager."""
+        self.compiled = mode is not None
+        object.__setattr__(self, "loss", self.eager_loss if mode is None else torch.compile(self.eager_loss, mode=mode))
 
     @contextmanager
     def eager(self) -> Iterator[None]:
-        """The eager target for a while (evaluation: its last, smaller batch would recompile)."""
-        target = self.target
-        object.__setattr__(self, "target", self.eager_target)
+        """The eager loss for a while (evaluation: its last, smaller batch would recompile the graph)."""
+        loss = self.loss
+        object.__setattr__(self, "loss", self.eager_loss)
         try:
             yield
         finally:
-            object.__setattr__(self, "target", target)
+            object.__setattr__(self, "loss", loss)
 
 
 def run_loss(module: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -114,4 +104,4 @@ def run_loss(module: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int
     return module(tokens)
 
 
-__all__ = ["LossFn", "LossModule", "chunked_lm_loss", "lm_loss", "run_loss", "select_loss"]
+__all__ = ["LossFn", "LossModule", "chunked_lm_loss", "lm_loss", "run_loss"]

@@ -184,6 +184,8 @@ class Trainer:
                 loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
+            if i == 0 and len(batches) > 1 and self.cuda_graphs:
+                own_gradients(self.params)
         fault_point("mid_step", self.progress.step + 1)
         scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         norm = self.grad_norm(self.params)
@@ -220,7 +222,7 @@ class Trainer:
         if "use_gradient_checkpointing" in remedy:
             checkpoint_blocks(self.model)
             if self.loss_module.compiled:  # the compiled graph was traced without checkpointing
-                self.loss_module.use_compiled(torch.compile(self.loss_module.eager_target, mode=self.cfg.compile_mode))
+                self.loss_module.use_compiled(self.cfg.compile_mode)
         if "cpu_offload" in remedy:
             self.offload = activation_offload(True, self.device)
         log.info(
@@ -228,6 +230,11 @@ class Trainer:
             f"(effective batch {self.cfg.effective_batch_size} unchanged)"
         )
         return resplit(batches, self.cfg.batch_size)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled loss replays CUDA graphs (``compile_mode=reduce-overhead`` on a GPU)."""
+        return self.loss_module.compiled and self.device.type == "cuda" and self.cfg.compile_mode == "reduce-overhead"
 
     # --- the loop ---
     def fit(self) -> Path | None:
@@ -381,6 +388,18 @@ class Trainer:
         self._last_ckpt, self._last_ckpt_step = folder, step
         log.info(f"step {step}: checkpoint {folder}")
         fault_point("after_ckpt", step)
+
+
+def own_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Move gradients out of the CUDA graphs' memory pool.
+
+    A first backward hands its graph's outputs to ``.grad`` as they are; the next micro-batch's forward
+    starts a new graph generation, which reclaims that memory. Later micro-batches add into ``.grad`` in
+    place, so one copy after the first keeps the accumulated gradient in memory of its own.
+    """
+    for p in params:
+        if p.grad is not None:
+            p.grad = p.grad.clone()
 
 
 def run_train(args: argparse.Namespace) -> int:
