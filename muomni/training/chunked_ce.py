@@ -72,16 +72,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         """hidden [N, D], weight [V, D], targets [N] -> summed loss over targets != ignore_index (fp32)."""
         dtype = _compute_dtype(hidden)
         w = weight.to(dtype)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         fn = chunk_fn(compiled)
+        # Out of place (lists, then one sum and one cat): TorchDynamo traces this into the caller's graph,
+        # and in-place writes into buffers made here were traced wrongly by some PyTorch releases.
+        losses, grads_h, grad_weight = [], [], None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size].to(dtype)  # [n, D]
             loss, grad_h, grad_w = fn(h, w, targets[start : start + chunk_size], ignore_index)
-            total += loss
-            grad_hidden[start : start + chunk_size] = grad_h.to(hidden.dtype)
-            grad_weight += grad_w.float()
+            losses.append(loss)
+            grads_h.append(grad_h.to(hidden.dtype))
+            grad_weight = grad_w.float() if grad_weight is None else grad_weight + grad_w.float()
+        total = torch.stack(losses).sum()
+        grad_hidden = torch.cat(grads_h)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total
 

@@ -60,6 +60,35 @@ def refuse_unavailable(cfg: Config, precision: Precision) -> None:
         )
 
 
+# How far the compiled loss may be from the eager one on the probe batch (autocast's rounding differs
+# between the two; a mis-compiled gradient is off by far more).
+LOSS_TOLERANCE, NORM_TOLERANCE = 2e-2, 5e-2
+
+
+def _probe(
+    module: nn.Module, probe: torch.Tensor, precision: Precision, params: list[nn.Parameter], measure: bool
+) -> list[float]:
+    """One forward and backward on ``probe``; its loss and gradient norm if ``measure``, else nothing.
+    The gradients of ``params`` are cleared after, and the RNG is not moved."""
+    device = probe.device
+    try:
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            with precision.ctx:
+                loss, _ = module(probe)
+            loss.backward()
+        return [loss.item(), total_grad_norm(params).item()] if measure else []
+    finally:
+        for p in params:
+            p.grad = None
+
+
+def _mismatch(eager: list[float], compiled: list[float]) -> str | None:
+    for what, e, c, tol in zip(("loss", "gradient norm"), eager, compiled, (LOSS_TOLERANCE, NORM_TOLERANCE)):
+        if not abs(c - e) <= tol * abs(e):
+            return f"its {what} on a probe batch is {c:.6g}, eager gives {e:.6g}"
+    return None
+
+
 def try_compile(
     loss_module: LossModule,
     probe_module: nn.Module,
@@ -67,33 +96,40 @@ def try_compile(
     precision: Precision,
     mode: str,
     env: distributed.DistEnv,
+    check: bool,
 ) -> bool:
-    """Compile what the loss calls, tried once on a batch of the training shape; eager if that fails.
+    """Compile the loss, tried on a batch of the training shape and, with ``check``, compared with eager.
 
-    The whole loss is one compiled function (see :meth:`LossModule.use_compiled`).
-    The probe (a forward and backward of ``probe_module`` on ``probe``) leaves gradients behind for the
-    caller to clear, and does not move the RNG. All ranks then agree on the outcome.
+    The whole loss is one compiled function (see :meth:`LossModule.use_compiled`). If that fails, or
+    gives another loss or gradient norm than eager on the probe (``check``: only without dropout, whose
+    random masks differ between the two), chunked cross-entropy is tried outside the graph, then eager.
+    All ranks agree on the outcome. The probe leaves no gradients and does not move the RNG.
 
     Returns:
-        Whether the compiled version is used.
+        Whether a compiled version is used.
     """
-    loss_module.use_compiled(mode)
-    device = probe.device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    error: Exception | None = None
-    try:
-        with torch.random.fork_rng(devices=devices):  # the probe must not move the RNG (dropout)
-            with precision.ctx:
-                loss, _ = probe_module(probe)
-            loss.backward()
-    except Exception as e:  # compilation fails in many ways (no compiler, unsupported op, ...)
-        error = e
-    if not distributed.any_rank(error is not None, env, device):
-        return True
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    reference = None
+    if check:
+        try:
+            reference = _probe(probe_module, probe, precision, params, measure=True)
+        except torch.OutOfMemoryError:  # auto_fit will find a smaller split; the check is skipped
+            torch.cuda.empty_cache()
+    for in_graph in (True, False) if loss_module.chunked else (True,):
+        loss_module.use_compiled(mode, chunks_in_graph=in_graph)
+        problem: str | None = None
+        try:
+            got = _probe(probe_module, probe, precision, params, measure=reference is not None)
+            problem = _mismatch(reference, got) if reference else None
+        except Exception as e:  # compilation fails in many ways (no compiler, unsupported op, ...)
+            problem = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        if not distributed.any_rank(problem is not None, env, probe.device):
+            return True
+        what = "the compiled loss" if in_graph else "the compiled backbone"
+        why = problem or "it failed on another rank"
+        fallback = "chunked cross-entropy outside the graph" if in_graph and loss_module.chunked else "no compile"
+        warnings.warn(f"torch.compile: {what} is not used ({why}); training continues with {fallback}", stacklevel=3)
     loss_module.use_compiled(None)
-    name = "error" if error is None else type(error).__name__
-    why = "it failed on another rank" if error is None else (str(error).splitlines() or [""])[0][:200]
-    warnings.warn(f"torch.compile failed ({name}: {why}); training continues without it", stacklevel=3)
     return False
 
 

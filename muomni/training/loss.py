@@ -44,14 +44,21 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     return loss, targets.numel()
 
 
+# The chunked loss kept out of a compiled caller's graph: the caller's graph ends at the hidden states and
+# each chunk runs through its own compiled function (the fallback when the traced loss is not trusted).
+_chunked_ce_outside_graph = torch.compiler.disable(chunked_linear_cross_entropy)
+
+
 def chunked_lm_loss(
-    backbone: nn.Module, tokens: torch.Tensor, head: nn.Linear, compiled: bool = False
+    backbone: nn.Module, tokens: torch.Tensor, head: nn.Linear, compiled: bool = False, in_graph: bool = True
 ) -> tuple[torch.Tensor, int]:
     """:func:`lm_loss` without the full logits: ``backbone`` gives hidden states, the head and the
-    cross-entropy run a chunk of tokens at a time (:mod:`~muomni.training.chunked_ce`)."""
+    cross-entropy run a chunk of tokens at a time (:mod:`~muomni.training.chunked_ce`). ``in_graph=False``
+    keeps the chunks out of a compiled caller's graph."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden = backbone(inputs)  # [B, T, D]
-    return chunked_linear_cross_entropy(hidden, head.weight, targets, compiled=compiled), targets.numel()
+    ce = chunked_linear_cross_entropy if in_graph else _chunked_ce_outside_graph
+    return ce(hidden, head.weight, targets, compiled=compiled), targets.numel()
 
 
 class LossModule(nn.Module):
@@ -72,20 +79,24 @@ class LossModule(nn.Module):
         self.thinker = model
         self.chunked = chunked
         self.compiled = False
+        self.chunks_in_graph = True
         object.__setattr__(self, "loss", self.eager_loss)  # unregistered: a compiled wrapper is no submodule
 
     def eager_loss(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         if self.chunked:
             # Outside a compiled graph (evaluation) each chunk still runs compiled when the loss is.
-            return chunked_lm_loss(self.thinker.model, tokens, self.thinker.lm_head, compiled=self.compiled)
+            head = self.thinker.lm_head
+            return chunked_lm_loss(self.thinker.model, tokens, head, self.compiled, self.chunks_in_graph)
         return lm_loss(self.thinker, tokens)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         return self.loss(tokens)
 
-    def use_compiled(self, mode: str | None) -> None:
-        """Compile the loss with ``torch.compile`` in ``mode``; None goes back to eager."""
+    def use_compiled(self, mode: str | None, chunks_in_graph: bool = True) -> None:
+        """Compile the loss with ``torch.compile`` in ``mode`` (None goes back to eager); with
+        ``chunks_in_graph=False`` the chunked cross-entropy stays out of the graph."""
         self.compiled = mode is not None
+        self.chunks_in_graph = chunks_in_graph
         object.__setattr__(self, "loss", self.eager_loss if mode is None else torch.compile(self.eager_loss, mode=mode))
 
     @contextmanager

@@ -150,11 +150,14 @@ class Trainer:
             return False
         # FSDP's probe runs through the root, which gathers the parameters; elsewhere it stays local.
         probe_module = self.forward_model if self.env.sharded else self.loss_module
-        probe = torch.zeros(self.cfg.batch_size, self.cfg.ctx_len + 1, dtype=torch.long, device=self.device)
-        try:
-            return try_compile(self.loss_module, probe_module, probe, self.precision, self.cfg.compile_mode, self.env)
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
+        # Random tokens from a generator of its own: the training RNG stays where it was.
+        generator = torch.Generator(self.device).manual_seed(0)
+        shape = (self.cfg.batch_size, self.cfg.ctx_len + 1)
+        probe = torch.randint(0, self.cfg.vocab_size, shape, generator=generator, device=self.device)
+        # With dropout, eager and compiled draw different masks; FSDP's gradients are shards.
+        check = self.cfg.dropout == 0 and not self.env.sharded
+        mode = self.cfg.compile_mode
+        return try_compile(self.loss_module, probe_module, probe, self.precision, mode, self.env, check)
 
     # --- one optimizer step ---
     def next_batches(self) -> list[torch.Tensor]:

@@ -53,3 +53,30 @@ def test_cuda_graph_steps_with_accumulation_match_eager(corpus: Path, tmp_path: 
     eager = weights_after_steps(corpus, tmp_path / "a", 4, **common)
     graphs = weights_after_steps(corpus, tmp_path / "b", 4, use_compile=True, compile_mode="reduce-overhead", **common)
     assert_close_weights(eager, graphs, 1e-4)
+
+
+def test_a_miscompiled_loss_falls_back_to_chunks_outside_the_graph_then_eager(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for a compiler bug: the "compiled" loss doubles the loss (and so the gradients).
+    broken = {"in_graph": True, "outside": False}
+
+    def fake_compile(fn, **options):  # noqa: ANN001, ANN003, ANN202, ARG001
+        module = getattr(fn, "__self__", None)  # the loss module's eager_loss; the chunk function stays as it is
+        if module is None or not broken["in_graph" if module.chunks_in_graph else "outside"]:
+            return fn
+        return lambda tokens: (lambda loss, n: (2 * loss, n))(*fn(tokens))
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    with pytest.warns(UserWarning, match="compiled loss is not used .*loss on a probe batch"):
+        t = Trainer(tiny_config(corpus, tmp_path / "a", dropout=0.0, chunked_ce=True, use_compile=True))
+    assert t.compiled and not t.loss_module.chunks_in_graph
+    assert all(p.grad is None for p in t.model.parameters())  # the probes left nothing behind
+
+    broken["outside"] = True
+    with pytest.warns(UserWarning) as warned:
+        t = Trainer(tiny_config(corpus, tmp_path / "b", dropout=0.0, chunked_ce=True, use_compile=True))
+    messages = [str(w.message) for w in warned]
+    assert any("compiled loss is not used" in m for m in messages), messages
+    assert any("compiled backbone is not used" in m and "with no compile" in m for m in messages), messages
+    assert not t.compiled and not t.loss_module.compiled
