@@ -22,6 +22,7 @@ import torch
 from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, reset_peak_memory, synchronize
 from muomni.bench.report import GIB, write_results
 from muomni.config import load_config
+from muomni.errors import ConfigError
 from muomni.inference.decode import DecodeSetup
 from muomni.inference.generate import fit_to_context, run_generation
 from muomni.inference.sampling import SamplingParams
@@ -99,17 +100,23 @@ def _row(
     }
 
 
-def infer_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
+def infer_rows(model: Thinker, new: int, names: str | None = None) -> list[dict[str, Any]]:
+    """The rows (``names``: a comma-separated selection, default all), each measured as it comes."""
     cuda = model.lm_head.weight.device.type == "cuda"
-    rows = [
-        _row(model, "no KV cache", 1, new, cache=False, repeats=1),
-        _row(model, "KV cache", 1, new),
-        _row(model, "KV cache, no_grad", 1, new, grad_mode=torch.no_grad),
-        _row(model, "KV cache + compile", 1, new, compile=True),
+    specs: list[tuple[str, dict[str, Any]]] = [
+        ("no KV cache", {"batch": 1, "cache": False, "repeats": 1}),
+        ("KV cache", {"batch": 1}),
+        ("KV cache + no_grad", {"batch": 1, "grad_mode": torch.no_grad}),
+        ("KV cache + compile", {"batch": 1, "compile": True}),
     ]
-    for batch in (4, 16, 64):
-        rows.append(_row(model, f"batch {batch}" + (" + compile" if cuda else ""), batch, new, compile=cuda))
-    return rows
+    specs += [(f"batch {b}" + (" + compile" if cuda else ""), {"batch": b, "compile": cuda}) for b in (4, 16, 64)]
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in dict(specs)]
+        if unknown:
+            raise ConfigError(f"unknown bench row {unknown[0]!r}; rows here: {', '.join(n for n, _ in specs)}")
+        specs = [(n, kw) for n, kw in specs if n in wanted]
+    return [_row(model, name, new=new, **kw) for name, kw in specs]
 
 
 def hf_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
@@ -172,7 +179,7 @@ def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = model.lm_head.weight.device
     # 512 new tokens where the context has room for them after the prompt (tiny's 512 leaves 496).
     new = min(args.steps or (512 if device.type == "cuda" else 32), model.config.ctx_len - PROMPT_TOKENS)
-    rows = [{"framework": "muomni", **r} for r in infer_rows(model, new)]
+    rows = [{"framework": "muomni", **r} for r in infer_rows(model, new, args.rows)]
     if args.vs_hf:
         rows += hf_rows(model, new)
     table = infer_table(rows)

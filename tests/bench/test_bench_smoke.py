@@ -75,10 +75,20 @@ def test_bench_infer_table(tmp_path: Path) -> None:
     proc = _muomni("bench", "infer", "--config", "debug", "--steps", "6", "--out", str(out), "device=cpu", cwd=tmp_path)
     rows = json.loads((out / "results.json").read_text())["rows"]
     names = [r["name"] for r in rows]
-    assert names[:4] == ["no KV cache", "KV cache", "KV cache, no_grad", "KV cache + compile"]
+    assert names[:4] == ["no KV cache", "KV cache", "KV cache + no_grad", "KV cache + compile"]
     assert "batch 64" in names and "| KV cache |" in proc.stdout
     for row in rows:
         assert _positive(row["tokens_per_s_total"]) and _positive(row["ms_per_step"])
+
+
+def test_bench_infer_runs_only_the_rows_asked_for(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "infer", "--config", "debug", "--steps", "4", "--out", str(out), "device=cpu"]
+    _muomni(*args, "--rows", "KV cache,batch 4", cwd=tmp_path)
+    assert [r["name"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["KV cache", "batch 4"]
+    cmd = [sys.executable, "-m", "muomni", *args, "--rows", "KV cache,warp"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown bench row 'warp'" in bad.stderr
 
 
 def test_profile_writes_trace(tmp_path: Path, corpus: Path) -> None:
