@@ -45,7 +45,8 @@ def measure(cfg: Config, keys: dict[str, Any], budget_gib: float, workdir: Path,
         "warmup": 1,
         "steps": PLAN_STEPS,
         "memory_budget_gib": budget_gib,
-        "config": {**cfg.to_dict(), **keys, "max_steps": PLAN_STEPS + 1},
+        # auto_fit off: a candidate that does not fit must fail, not quietly run as another candidate.
+        "config": {**cfg.to_dict(), **keys, "max_steps": PLAN_STEPS + 1, "auto_fit": False},
     }
     result = run_spec(spec, workdir, f"plan-{n}")
     peak = result.get("peak_memory_bytes")
