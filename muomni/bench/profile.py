@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from muomni.config import load_config
@@ -49,18 +50,25 @@ def labelled(model: torch.nn.Module) -> Iterator[None]:
             h.remove()
 
 
-def _shares(prof: profile, cuda: bool) -> dict[str, float]:
-    """Time inside each labelled region as a fraction of the profiled steps' time."""
-    events = {e.key: e for e in prof.key_averages()}
-    attr = "device_time_total" if cuda else "cpu_time_total"
+def _shares(prof: profile, cuda: bool) -> dict[str, float | None]:
+    """Time inside each labelled region as a fraction of the profiled steps' time (None: not labelled).
 
-    def total(key: str) -> float:
-        e = events.get(key)
-        return float(getattr(e, attr, 0.0) or getattr(e, "cuda_time_total", 0.0)) if e else 0.0
-
-    step = total("train_step") or 1.0
-    shares = {name: total(name) / step for name in REGIONS}
-    shares["loss"] = max(total("forward") - total("backbone"), 0.0) / step  # output head + cross-entropy
+    Summed over the CPU-side ranges only: on CUDA their device time is that of the kernels launched inside
+    them (the GPU-side copies of the same ranges, which key_averages would merge in, span idle gaps too).
+    Inside a compiled graph the forward hooks' ranges are dropped, so attention and MLP read None there.
+    """
+    totals: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU:
+            continue
+        value = float(getattr(e, "device_time_total", 0.0) or 0.0) if cuda else float(e.cpu_time_total)
+        totals[e.name] = totals.get(e.name, 0.0) + value
+    step = totals.get("train_step") or 1.0
+    shares: dict[str, float | None] = {name: totals[name] / step if name in totals else None for name in REGIONS}
+    if "forward" in totals and "backbone" in totals:  # the output head and the cross-entropy
+        shares["loss"] = max(totals["forward"] - totals["backbone"], 0.0) / step
+    else:
+        shares["loss"] = None
     return shares
 
 
@@ -90,13 +98,14 @@ def _step(trainer, batches: list[torch.Tensor]) -> None:  # noqa: ANN001
         trainer.optimizer.zero_grad(set_to_none=True)
 
 
-def _print_tables(prof: profile, cuda: bool, shares: dict[str, float]) -> None:
+def _print_tables(prof: profile, cuda: bool, shares: dict[str, float | None]) -> None:
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=15))
     mem_sort = "self_cuda_memory_usage" if cuda else "self_cpu_memory_usage"
     print(prof.key_averages().table(sort_by=mem_sort, row_limit=10))
-    print("share of step time: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
-    print("(attention and mlp are forward only; backward holds both directions' gradients)")
+    parts = [f"{k} {'n/a' if v is None else f'{100 * v:.1f}%'}" for k, v in shares.items()]
+    print("share of step time: " + ", ".join(parts))
+    print("(attention and mlp: forward only, backward holds both directions' gradients; n/a: inside a compiled graph)")
 
 
 def run_profile(args: argparse.Namespace) -> int:
