@@ -166,9 +166,10 @@ def infer_table(rows: list[dict[str, Any]]) -> str:
         ttft = r.get("time_to_first_token_s")
         mem = r.get("peak_memory_bytes")
         frac = r.get("bandwidth_fraction")
+        gib = f"{mem / GIB:.2f} GiB" if mem else "-"
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['tokens_per_s_total']:,.0f} | {r['tokens_per_s_per_seq']:,.0f} "
-            f"| {fmt(ttft and 1e3 * ttft, '.1f')} | {r['ms_per_step']:.3f} | {fmt(mem and mem / GIB, '.2f')}{' GiB' if mem else ''} "
+            f"| {fmt(ttft and 1e3 * ttft, '.1f')} | {r['ms_per_step']:.3f} | {gib} "
             f"| {fmt(frac and 100 * frac, '.1f')}{'%' if frac else ''} |"
         )
     return "\n".join(lines)
