@@ -42,7 +42,7 @@ def _run(args: list[str], cache: Path, procs: int, env: dict[str, str] | None = 
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def _train(work: Path, name: str, procs: int, env: dict[str, str] | None = None, **changes: Any):
+def _train(work: Path, name: str, procs: int, env: dict[str, str] | None = None, timeout: float = 120, **changes: Any):
     settings = tiny_settings(
         work / "corpus.txt",
         work / name,
@@ -54,7 +54,7 @@ def _train(work: Path, name: str, procs: int, env: dict[str, str] | None = None,
         keep_checkpoints=5,
         **changes,
     )
-    result = _run(overrides(settings), work / "cache", procs, env)
+    result = _run(overrides(settings), work / "cache", procs, env, timeout)
     return result
 
 
@@ -74,10 +74,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("single", 1, {}),
         ("ddp", 2, {"distributed": "ddp"}),
         ("fsdp", 2, {"distributed": "fsdp"}),
+        ("ddp_compiled", 2, {"distributed": "ddp", "use_compile": True}),
+        ("fsdp_compiled", 2, {"distributed": "fsdp", "use_compile": True}),
     ):
-        result = _train(root, name, procs, **keys)
+        result = _train(root, name, procs, timeout=600, **keys)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
         (root / f"{name}.out").write_text(result.stdout)
+        (root / f"{name}.err").write_text(result.stderr)
     return root
 
 
@@ -89,6 +92,13 @@ def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
     losses = [m["loss"] for m in read_metrics(work / "ddp") if "loss" in m]
     want = [m["loss"] for m in read_metrics(work / "single") if "loss" in m]
     assert len(losses) == STEPS and losses == pytest.approx(want, rel=1e-5)  # the mean over ranks is logged
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_compiled_ranks_match_one_eager_process(work: Path, mode: str) -> None:
+    # The compiled loss (chunked cross-entropy in the graph) under the wrapper: the head is synced or sharded too.
+    assert "is not used" not in (work / f"{mode}_compiled.err").read_text()  # no fallback to eager
+    _assert_close(final_weights(work / f"{mode}_compiled"), final_weights(work / "single"))
 
 
 def test_fsdp_matches_one_process_and_writes_a_plain_checkpoint(work: Path) -> None:
