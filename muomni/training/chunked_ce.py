@@ -74,7 +74,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         fn = chunk_fn(compiled)
         # Out of place (lists, then one sum and one cat): TorchDynamo traces this into the caller's graph,
-        # and in-place writes into buffers made here were traced wrongly by some PyTorch releases.
+        # and PyTorch 2.11 compiled an earlier version, which wrote into buffers made here, to wrong gradients.
         losses, grads_h, grad_weight = [], [], None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size].to(dtype)  # [n, D]

@@ -225,7 +225,7 @@ class Trainer:
         if "use_gradient_checkpointing" in remedy:
             checkpoint_blocks(self.model)
             if self.loss_module.compiled:  # the compiled graph was traced without checkpointing
-                self.loss_module.use_compiled(self.cfg.compile_mode)
+                self.loss_module.use_compiled(self.cfg.compile_mode, self.loss_module.chunks_in_graph)
         if "cpu_offload" in remedy:
             self.offload = activation_offload(True, self.device)
         log.info(
