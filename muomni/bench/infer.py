@@ -10,9 +10,11 @@ the fastest it could be.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -100,7 +102,7 @@ def _row(
     }
 
 
-def infer_rows(model: Thinker, new: int, names: str | None = None) -> list[dict[str, Any]]:
+def infer_rows(model: Thinker, new: int, names: str | None = None) -> Iterator[dict[str, Any]]:
     """The rows (``names``: a comma-separated selection, default all), each measured as it comes."""
     cuda = model.lm_head.weight.device.type == "cuda"
     specs: list[tuple[str, dict[str, Any]]] = [
@@ -116,10 +118,11 @@ def infer_rows(model: Thinker, new: int, names: str | None = None) -> list[dict[
         if unknown:
             raise ConfigError(f"unknown bench row {unknown[0]!r}; rows here: {', '.join(n for n, _ in specs)}")
         specs = [(n, kw) for n, kw in specs if n in wanted]
-    return [_row(model, name, new=new, **kw) for name, kw in specs]
+    for name, kw in specs:
+        yield _row(model, name, new=new, **kw)
 
 
-def hf_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
+def hf_rows(model: Thinker, new: int) -> Iterator[dict[str, Any]]:
     """Hugging Face ``generate`` on the same weights: dynamic cache and static cache, greedy, batch 1."""
     from muomni.bench.hf_twin import llama_twin
 
@@ -127,7 +130,6 @@ def hf_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
     hf = llama_twin(model).eval()
     prompt = torch.randint(3, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
     new = min(new, model.config.ctx_len - PROMPT_TOKENS)
-    out = []
     for cache in ("dynamic", "static"):
         kwargs = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
         if cache == "static":
@@ -140,18 +142,15 @@ def hf_rows(model: Thinker, new: int) -> list[dict[str, Any]]:
             synchronize(device)
             times.append(time.perf_counter() - t0)
         seconds = statistics.median(times[1:])
-        out.append(
-            {
-                "name": f"HF generate, {cache} cache",
-                "batch": 1,
-                "new_tokens": new,
-                "tokens_per_s_total": new / seconds,
-                "tokens_per_s_per_seq": new / seconds,
-                "ms_per_step": 1e3 * seconds / new,
-                "framework": "hf",
-            }
-        )
-    return out
+        yield {
+            "name": f"HF generate, {cache} cache",
+            "batch": 1,
+            "new_tokens": new,
+            "tokens_per_s_total": new / seconds,
+            "tokens_per_s_per_seq": new / seconds,
+            "ms_per_step": 1e3 * seconds / new,
+            "framework": "hf",
+        }
 
 
 def infer_table(rows: list[dict[str, Any]]) -> str:
@@ -180,14 +179,19 @@ def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = model.lm_head.weight.device
     # 512 new tokens where the context has room for them after the prompt (tiny's 512 leaves 496).
     new = min(args.steps or (512 if device.type == "cuda" else 32), model.config.ctx_len - PROMPT_TOKENS)
-    rows = [{"framework": "muomni", **r} for r in infer_rows(model, new, args.rows)]
+    info = {**describe(device), "params": model.num_params(), "dtype": str(model.lm_head.weight.dtype)}
+    out = Path(args.out or "bench-out/infer")
+    measured: Iterator[dict[str, Any]] = infer_rows(model, new, args.rows)
     if args.vs_hf:
-        rows += hf_rows(model, new)
+        measured = itertools.chain(measured, hf_rows(model, new))
+    rows: list[dict[str, Any]] = []
+    for row in measured:
+        row = {"framework": "muomni", **row}
+        row.setdefault("tokens_per_s", row["tokens_per_s_total"])
+        row.setdefault("peak_memory_bytes", 0)
+        rows.append(row)
+        write_results(out, "infer", info, rows, infer_table(rows), draw=False)
     table = infer_table(rows)
     print(table)
-    info = {**describe(device), "params": model.num_params(), "dtype": str(model.lm_head.weight.dtype)}
-    for r in rows:
-        r.setdefault("tokens_per_s", r["tokens_per_s_total"])
-        r.setdefault("peak_memory_bytes", 0)
-    write_results(Path(args.out or "bench-out/infer"), "infer", info, rows, table)
+    write_results(out, "infer", info, rows, table)
     return rows

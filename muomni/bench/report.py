@@ -74,14 +74,18 @@ def train_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, kind: str, info: dict[str, Any], rows: list[dict[str, Any]], table: str) -> None:
-    """results.json (every raw number), results.md (the table with its command and versions), chart.png."""
+def write_results(
+    out: Path, kind: str, info: dict[str, Any], rows: list[dict[str, Any]], table: str, draw: bool = True
+) -> None:
+    """results.json (every raw number), results.md (the table with its command and versions) and, with
+    ``draw``, chart.png. Written after every row too, so a run cut short keeps the rows it measured."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"kind": kind, "info": info, "rows": rows}, indent=2) + "\n")
     header = [f"# muomni bench {kind}", ""]
     header += [f"- {key}: {value}" for key, value in info.items() if not isinstance(value, dict)]
     (out / "results.md").write_text("\n".join([*header, "", table, ""]), encoding="utf-8")
-    chart(out / "chart.png", kind, rows)
+    if draw:
+        chart(out / "chart.png", kind, rows)
 
 
 def chart(path: Path, kind: str, rows: list[dict[str, Any]]) -> bool:

@@ -164,7 +164,8 @@ def bench_train(
         except ImportError:
             raise ConfigError("--vs-hf needs transformers: pip install 'muomni[hf]'")
     _warm_data_cache(cfg)
-    results = []
+    results: list[dict[str, Any]] = []
+    info, out_dir = describe(device), Path(out or "bench-out/train")
     with tempfile.TemporaryDirectory() as tmp:
         for row in select_rows(rows_for(device), rows):
             frameworks = ["muomni"] + (["hf"] if vs_hf and row.hf else [])
@@ -185,8 +186,8 @@ def bench_train(
                         "memory_budget_gib": spec.get("memory_budget_gib"),
                     }
                 )
-    info = describe(device)
+                write_results(out_dir, "train", info, results, train_table(results), draw=False)
     table = train_table(results)
     print(table)
-    write_results(Path(out or "bench-out/train"), "train", info, results, table)
+    write_results(out_dir, "train", info, results, table)
     return results

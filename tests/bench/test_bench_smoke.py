@@ -154,3 +154,25 @@ def test_plan_nothing_fits_is_a_user_error(tmp_path: Path, corpus: Path) -> None
     )
     assert proc.returncode == 2
     assert "nothing fits in 0.001 GiB" in proc.stderr and "smallest candidate needed" in proc.stderr
+
+
+def test_bench_infer_keeps_the_rows_measured_before_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from muomni.bench import infer
+
+    real_row = infer._row
+
+    def row_or_fail(model, name, **kw):  # noqa: ANN001, ANN003, ANN202
+        if name == "batch 4":
+            raise RuntimeError("the machine went away")
+        return real_row(model, name, **kw)
+
+    monkeypatch.setattr(infer, "_row", row_or_fail)
+    out = tmp_path / "out"
+    args = argparse.Namespace(
+        config="debug", overrides=["device=cpu"], ckpt=None, steps=2, out=str(out), rows="KV cache,batch 4", vs_hf=False
+    )
+    with pytest.raises(RuntimeError):
+        infer.bench_infer(args)
+    assert [r["name"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["KV cache"]
