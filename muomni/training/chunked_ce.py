@@ -38,10 +38,12 @@ def chunk_loss_and_grads(
     safe_t = torch.where(keep, t, torch.zeros_like(t))
     lse = torch.logsumexp(logits, dim=-1)  # [n]
     loss = ((lse - logits.gather(1, safe_t[:, None]).squeeze(1)) * keep).sum()
-    # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows; in place, the logits are done
+    # d(sum of losses)/d(logits) = softmax - one_hot; in place, the logits are done
     grad = logits.sub_(lse[:, None]).exp_().scatter_add_(1, safe_t[:, None], -torch.ones_like(lse[:, None]))
-    grad = grad.mul_(keep[:, None]).to(h.dtype)  # [n, V]
-    return loss, grad @ w, grad.t() @ h
+    grad = grad.to(h.dtype)  # [n, V]
+    # Ignored rows count for nothing: zeroed in the [n, D] factors, not with another pass over [n, V].
+    k = keep[:, None].to(h.dtype)
+    return loss, (grad @ w) * k, grad.t() @ (h * k)
 
 
 _compiled_chunk = None
