@@ -78,7 +78,9 @@ def search(cfg: Config, budget_gib: float, workdir: Path) -> list[dict[str, Any]
     fitting = [r for r in tried if r["fits"]]
     if fitting and cuda:
         best = max(fitting, key=lambda r: r["tokens_per_s"])
-        tried.append(measure(cfg, {**best["keys"], "use_compile": True}, budget_gib, workdir, len(tried)))
+        for mode in ("default", "reduce-overhead"):  # plain compile, then with CUDA graphs
+            keys = {**best["keys"], "use_compile": True, "compile_mode": mode}
+            tried.append(measure(cfg, keys, budget_gib, workdir, len(tried)))
     return tried
 
 
@@ -92,7 +94,7 @@ def plan_table(tried: list[dict[str, Any]]) -> str:
         peak = r.get("peak_memory_bytes")
         lines.append(
             f"| {k['batch_size']} x {k['gradient_accumulation_steps']} | {k.get('use_gradient_checkpointing', False)} "
-            f"| {k.get('cpu_offload', 'none')} | {k.get('use_compile', False)} "
+            f"| {k.get('cpu_offload', 'none')} | {k.get('compile_mode', 'default') if k.get('use_compile') else False} "
             f"| {r.get('tokens_per_s', 0):,.0f} | {'-' if peak is None else f'{peak / GIB:.2f} GiB'} "
             f"| {'yes' if r['fits'] else r.get('error') or 'no'} |"
         )
