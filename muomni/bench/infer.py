@@ -23,8 +23,8 @@ import torch
 
 from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, reset_peak_memory, synchronize
 from muomni.bench.report import GIB, write_results
+from muomni.bench.selection import wanted_rows
 from muomni.config import load_config
-from muomni.errors import ConfigError
 from muomni.inference.decode import DecodeSetup
 from muomni.inference.generate import fit_to_context, run_generation
 from muomni.inference.sampling import SamplingParams
@@ -112,14 +112,8 @@ def infer_rows(model: Thinker, new: int, names: str | None = None) -> Iterator[d
         ("KV cache + compile", {"batch": 1, "compile": True}),
     ]
     specs += [(f"batch {b}" + (" + compile" if cuda else ""), {"batch": b, "compile": cuda}) for b in (4, 16, 64)]
-    if names:
-        wanted = [n.strip() for n in names.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in dict(specs)]
-        if unknown:
-            raise ConfigError(f"unknown bench row {unknown[0]!r}; rows here: {', '.join(n for n, _ in specs)}")
-        specs = [(n, kw) for n, kw in specs if n in wanted]
-    for name, kw in specs:
-        yield _row(model, name, new=new, **kw)
+    wanted = wanted_rows(names, [n for n, _ in specs])  # checked now, before any row runs
+    return (_row(model, name, new=new, **kw) for name, kw in specs if name in wanted)
 
 
 def hf_rows(model: Thinker, new: int) -> Iterator[dict[str, Any]]:

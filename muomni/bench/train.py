@@ -21,6 +21,7 @@ import torch
 
 from muomni.bench.hardware import describe
 from muomni.bench.report import train_table, write_results
+from muomni.bench.selection import wanted_rows
 from muomni.config import Config, load_config
 from muomni.errors import ConfigError
 
@@ -122,13 +123,7 @@ def run_spec(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
 
 
 def select_rows(rows: list[Row], names: str | None) -> list[Row]:
-    if not names:
-        return rows
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    known = {r.name for r in rows}
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown bench row {unknown[0]!r}; rows here: {', '.join(r.name for r in rows)}")
+    wanted = wanted_rows(names, [r.name for r in rows])
     needed = {"baseline"} | {r.budget_of[0] for r in rows if r.name in wanted and r.budget_of}
     return [r for r in rows if r.name in wanted or r.name in needed]
 
