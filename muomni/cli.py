@@ -32,6 +32,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true", help="recompute every past token at each step")
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
+    p.add_argument(
+        "--tune", action="store_true", help="--compile and, on GPU, tune its kernels (faster; minutes to compile)"
+    )
     p.add_argument("--stats", action="store_true", help="print token counts, time to first token, tokens/s")
     p.add_argument("--truncate", action="store_true", help="keep the end of a prompt longer than the context")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

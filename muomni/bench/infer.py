@@ -46,7 +46,9 @@ def _model(args: argparse.Namespace) -> Thinker:
     return model.to(torch.bfloat16) if device.type == "cuda" else model
 
 
-def decode(model: Thinker, batch: int, new: int, cache: bool, compile: bool, grad_mode: type) -> GenerationStats:
+def decode(
+    model: Thinker, batch: int, new: int, cache: bool, compile: bool, grad_mode: type, tune: bool = False
+) -> GenerationStats:
     """One greedy generation of ``new`` tokens for ``batch`` random prompts, under ``grad_mode``."""
     model.enable_kv_cache(cache)
     gen = torch.Generator().manual_seed(0)
@@ -56,7 +58,7 @@ def decode(model: Thinker, batch: int, new: int, cache: bool, compile: bool, gra
     stats = GenerationStats()
     chunk = 8 if compile and model.lm_head.weight.device.type == "cuda" else 1
     with grad_mode():
-        run_generation(setup, prompts, max_new, compile, chunk, stats, None)
+        run_generation(setup, prompts, max_new, compile, chunk, stats, None, tune)
     return stats
 
 
@@ -69,14 +71,15 @@ def _row(
     compile: bool = False,
     grad_mode: type[AbstractContextManager] = torch.inference_mode,
     repeats: int = 3,
+    tune: bool = False,
 ) -> dict[str, Any]:
     device = model.lm_head.weight.device
     print(f"bench infer: {name} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    warm = decode(model, batch, new, cache, compile, grad_mode)  # compiles, captures graphs, warms caches
+    warm = decode(model, batch, new, cache, compile, grad_mode, tune)  # compiles, captures graphs, warms caches
     warm_s = time.perf_counter() - started
     reset_peak_memory(device)
-    runs = [decode(model, batch, new, cache, compile, grad_mode) for _ in range(repeats)]
+    runs = [decode(model, batch, new, cache, compile, grad_mode, tune) for _ in range(repeats)]
     synchronize(device)
     median = sorted(runs, key=lambda s: s.decode_tokens_per_s)[len(runs) // 2]
     decoded_steps = max(median.generated_tokens // batch - 1, 1)
@@ -89,6 +92,7 @@ def _row(
         "new_tokens": median.generated_tokens // batch,
         "kv_cache": cache,
         "compiled": compile,
+        "tuned": tune,
         "grad_mode": grad_mode.__name__,
         "tokens_per_s_total": median.decode_tokens_per_s,
         "tokens_per_s_per_seq": median.decode_tokens_per_s / batch,
@@ -111,6 +115,8 @@ def infer_rows(model: Thinker, new: int, names: str | None = None) -> Iterator[d
         ("KV cache + no_grad", {"batch": 1, "grad_mode": torch.no_grad}),
         ("KV cache + compile", {"batch": 1, "compile": True}),
     ]
+    if cuda:  # kernel tuning is a CUDA (Triton) setting
+        specs.append(("KV cache + compile + tune", {"batch": 1, "compile": True, "tune": True}))
     specs += [(f"batch {b}" + (" + compile" if cuda else ""), {"batch": b, "compile": cuda}) for b in (4, 16, 64)]
     wanted = wanted_rows(names, [n for n, _ in specs])  # checked now, before any row runs
     return (_row(model, name, new=new, **kw) for name, kw in specs if name in wanted)
@@ -152,9 +158,10 @@ def infer_table(rows: list[dict[str, Any]]) -> str:
         return "-" if x is None else format(x, spec)
 
     head = (
-        "| row | batch | tokens/s total | tokens/s per sequence | TTFT ms | ms/step | peak memory | bandwidth bound |"
+        "| row | batch | tokens/s total | tokens/s per sequence | TTFT ms | ms/step | peak memory | bandwidth bound "
+        "| compile s |"
     )
-    lines = [head, "|---" * 8 + "|"]
+    lines = [head, "|---" * 9 + "|"]
     for r in rows:
         ttft = r.get("time_to_first_token_s")
         mem = r.get("peak_memory_bytes")
@@ -163,7 +170,7 @@ def infer_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['tokens_per_s_total']:,.0f} | {r['tokens_per_s_per_seq']:,.0f} "
             f"| {fmt(ttft and 1e3 * ttft, '.1f')} | {r['ms_per_step']:.3f} | {gib} "
-            f"| {fmt(frac and 100 * frac, '.1f')}{'%' if frac else ''} |"
+            f"| {fmt(frac and 100 * frac, '.1f')}{'%' if frac else ''} | {fmt(r.get('compile_s'), '.0f')} |"
         )
     return "\n".join(lines)
 

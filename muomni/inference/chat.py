@@ -84,7 +84,7 @@ def chat(
         seed: seeds each reply (turn ``i`` uses ``seed + i``), so a session can be replayed.
         read: reads one line after printing its prompt; raises EOFError at the end of input.
         out: where replies go (standard output by default).
-        sampling: ``temperature``, ``top_k``, ``top_p``, ``compile``, ``decode_chunk`` for generation.
+        sampling: ``temperature``, ``top_k``, ``top_p``, ``compile``, ``tune``, ``decode_chunk`` for generation.
     """
     out = out or sys.stdout
     ctx_len = model.config.ctx_len

@@ -111,25 +111,34 @@ class DecodeFunction:
 COMPILE_BACKEND: str | Callable | None = None
 
 
-def compile_options(model: Thinker) -> dict:
-    """CUDA graphs on GPU (they remove the per-kernel launch cost that dominates small-batch decoding)."""
-    options = {
+def compile_options(model: Thinker, tune: bool = False) -> dict:
+    """CUDA graphs on GPU (they remove the per-kernel launch cost that dominates small-batch decoding).
+
+    ``tune`` turns on Inductor's coordinate-descent tuning of every Triton kernel (CUDA only). Under it
+    Inductor also writes a matrix-vector product (one decoded token per row) as a product and a sum that
+    fuses with the RMSNorm before it. On an H200 it made batch-1 decoding of the tiny preset 1.34x faster
+    and its first compile 2.7x longer (docs/BENCHMARKS.md), hence opt-in.
+    """
+    options: dict = {
         # Routing tokens to experts has data-dependent shapes, so a mixture of experts cannot be one graph.
         "fullgraph": not model.config.use_moe,
         "dynamic": False,  # static shapes: a new batch size compiles anew rather than into a slower dynamic graph
     }
     if COMPILE_BACKEND is not None:
         return {**options, "backend": COMPILE_BACKEND}
-    return {**options, "mode": "reduce-overhead" if model.lm_head.weight.device.type == "cuda" else "default"}
+    if model.lm_head.weight.device.type != "cuda":
+        return options
+    # mode="reduce-overhead" is exactly triton.cudagraphs; torch.compile takes a mode or options, not both.
+    return {**options, "options": {"triton.cudagraphs": True, "coordinate_descent_tuning": tune}}
 
 
-def compiled_decode_steps(setup: DecodeSetup, steps: int) -> DecodeFunction:
+def compiled_decode_steps(setup: DecodeSetup, steps: int, tune: bool = False) -> DecodeFunction:
     """The compiled decode function for this model and setting, made once and kept on the model."""
     cache: dict[tuple, DecodeFunction] = setup.model.__dict__.setdefault("_muomni_compiled_decode", {})
-    key = (setup.params, steps, setup.pad_id, setup.eos_id)
+    key = (setup.params, steps, setup.pad_id, setup.eos_id, tune)
     if key not in cache:
         fn = _own_code(make_decode_steps(setup, steps))
-        cache[key] = DecodeFunction(torch.compile(fn, **compile_options(setup.model)), steps)
+        cache[key] = DecodeFunction(torch.compile(fn, **compile_options(setup.model, tune)), steps)
     return cache[key]
 
 
@@ -163,13 +172,14 @@ class CachedDecoder:
         setup: the model and sampling setting.
         chunk: tokens per call of the decode function; more means fewer launches and EOS checks.
         compile: compile the decode function (and warm it up before the prompts run).
+        tune: with ``compile``, tune the compiled kernels (see :func:`compile_options`).
     """
 
-    def __init__(self, setup: DecodeSetup, chunk: int = 1, compile: bool = False) -> None:
+    def __init__(self, setup: DecodeSetup, chunk: int = 1, compile: bool = False, tune: bool = False) -> None:
         self.setup, self.chunk, self.compiled = setup, chunk, compile
         sizes = {chunk, 1}
         if compile:
-            self.fns = {n: compiled_decode_steps(setup, n) for n in sizes}
+            self.fns = {n: compiled_decode_steps(setup, n, tune) for n in sizes}
         else:
             self.fns = {n: DecodeFunction(make_decode_steps(setup, n), n) for n in sizes}
         self.token = self.pos = torch.empty(0)

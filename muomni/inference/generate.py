@@ -57,6 +57,7 @@ def generate(
     *,
     decode_chunk: int | None = None,
     stop: Sequence[str] = (),
+    tune: bool = False,
 ) -> list[str]:
     """Complete each prompt; all prompts run as one batch.
 
@@ -75,6 +76,8 @@ def generate(
         stats: a :class:`GenerationStats` to fill in with token counts and timings.
         decode_chunk: decode steps per call of the decode function; None: 4 when compiled on CUDA, else 1.
         stop: strings that end a completion (not included in it), e.g. ``["\\nUser:"]``.
+        tune: with ``compile`` on CUDA, tune the compiled kernels: faster decoding after a first compile
+            that takes minutes rather than one (Inductor keeps the result on disk for the next run).
 
     Returns:
         The completions, without their prompts, in the order of ``prompts``.
@@ -101,6 +104,7 @@ def generate(
         stats=stats,
         decode_chunk=decode_chunk,
         observer=text_stream,
+        tune=tune,
     )
     if text_stream is not None:
         return text_stream.close()
@@ -123,6 +127,7 @@ def generate_tokens(
     stats: GenerationStats | None = None,
     decode_chunk: int | None = None,
     observer: Observer | None = None,
+    tune: bool = False,
 ) -> list[list[int]]:
     """Token-level :func:`generate`: complete each list of ids; all rows run as one batch.
 
@@ -143,7 +148,8 @@ def generate_tokens(
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     setup = DecodeSetup(model, params, pad_id, -1 if eos_id is None else eos_id, generator)
     with torch.inference_mode():
-        return run_generation(setup, prompts, max_new, compile, _chunk(decode_chunk, compile, device), stats, observer)
+        chunk = _chunk(decode_chunk, compile, device)
+        return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune)
 
 
 def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
@@ -212,6 +218,7 @@ def run_generation(
     chunk: int,
     stats: GenerationStats | None,
     observer: Observer | None,
+    tune: bool = False,
 ) -> list[list[int]]:
     """Generate for already-validated ``prompts`` (what :func:`generate_tokens` runs inside inference mode).
 
@@ -228,7 +235,7 @@ def run_generation(
     # compiled step's guards expect the same kind of tensor every time.
     with torch.inference_mode(False):
         model.setup_caches(batch, slots)
-    decoder = CachedDecoder(setup, chunk, compile) if model.kv_cache_enabled else UncachedDecoder(setup)
+    decoder = CachedDecoder(setup, chunk, compile, tune) if model.kv_cache_enabled else UncachedDecoder(setup)
     compile_s = decoder.warm_up(batch)
     clock = (lambda: synced_time(device)) if stats is not None else (lambda: 0.0)
     start = clock()

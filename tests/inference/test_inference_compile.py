@@ -96,3 +96,10 @@ def test_inductor_compiled_decoding_equals_eager() -> None:
         want = generate_tokens(model, [prompt], 12, temperature=0.0)
         assert generate_tokens(model, [prompt], 12, temperature=0.0, compile=True) == want
     assert graphs["unique_graphs"] - before == 1
+
+
+def test_inductor_compiled_padded_batch_equals_eager() -> None:
+    """Left-padded prompts of three lengths in one compiled batch: the decode step's masked attention."""
+    model = tiny_model(n_layers=1)
+    want = generate_tokens(model, PROMPTS, 10, temperature=0.0)
+    assert generate_tokens(model, PROMPTS, 10, temperature=0.0, compile=True) == want

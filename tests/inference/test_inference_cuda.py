@@ -42,6 +42,13 @@ def test_cuda_graphs_decode_what_eager_decodes(chunk: int) -> None:
     )
 
 
+def test_cuda_tuned_kernels_decode_what_eager_decodes() -> None:
+    """Coordinate-descent tuning rewrites the one-token matmuls as fused reductions: same greedy tokens."""
+    model = _cuda_model()
+    eager = generate_tokens(model, PROMPTS, 30, temperature=0.0)
+    assert generate_tokens(model, PROMPTS, 30, temperature=0.0, compile=True, tune=True) == eager
+
+
 def test_cuda_bf16_generation_runs_and_seeds_repeat() -> None:
     model = _cuda_model(torch.bfloat16)
     a = generate_tokens(model, PROMPTS, 20, temperature=1.0, seed=9, compile=True)

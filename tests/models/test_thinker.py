@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from muomni.config import load_config
 from muomni.models import Thinker, checkpoint_blocks
-from muomni.models.layers import MoE, RMSNorm, apply_rope, math_attention, rope_tables, sdpa_attention
+from muomni.models.layers import (
+    MoE,
+    RMSNorm,
+    apply_rope,
+    math_attention,
+    one_query_attention,
+    rope_tables,
+    sdpa_attention,
+)
 
 
 def tiny(**overrides) -> Thinker:
@@ -54,6 +62,19 @@ def test_masked_sdpa_folds_groups_like_math() -> None:
     mask = torch.rand(2, 1, 5, 9) > 0.3
     mask[..., 0] = True  # keep every row's softmax finite
     assert torch.allclose(sdpa_attention(q, k, v, mask, 0.0), math_attention(q, k, v, mask, 0.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_one_query_attention_matches_math(groups: int) -> None:
+    """The decode step's written-out attention: one query per row over a masked cache, GQA folded."""
+    torch.manual_seed(5)
+    q, k, v = torch.randn(3, 4, 1, 8), torch.randn(3, 4 // groups, 11, 8), torch.randn(3, 4 // groups, 11, 8)
+    mask = torch.rand(3, 1, 1, 11) > 0.4
+    mask[..., 0] = True
+    want = math_attention(q, k, v, mask, 0.0)
+    assert torch.allclose(one_query_attention(q, k, v, mask), want, atol=1e-6)
+    low = one_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), want, atol=3e-2)
 
 
 def test_math_attention_is_causal() -> None:
