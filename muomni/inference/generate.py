@@ -76,8 +76,8 @@ def generate(
         stats: a :class:`GenerationStats` to fill in with token counts and timings.
         decode_chunk: decode steps per call of the decode function; None: 4 when compiled on CUDA, else 1.
         stop: strings that end a completion (not included in it), e.g. ``["\\nUser:"]``.
-        tune: with ``compile`` on CUDA, tune the compiled kernels: faster decoding after a first compile
-            that takes minutes rather than one (Inductor keeps the result on disk for the next run).
+        tune: compile (as ``compile``) and, on CUDA, tune the compiled kernels: faster decoding after a
+            first compile that takes minutes rather than one (Inductor keeps the result on disk).
 
     Returns:
         The completions, without their prompts, in the order of ``prompts``.
@@ -148,6 +148,7 @@ def generate_tokens(
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     setup = DecodeSetup(model, params, pad_id, -1 if eos_id is None else eos_id, generator)
     with torch.inference_mode():
+        compile = compile or tune
         chunk = _chunk(decode_chunk, compile, device)
         return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune)
 

@@ -41,6 +41,17 @@ def test_generate_batch_no_cache_and_stats(run_dir: Path, capsys: pytest.Capture
     assert code == 0 and "[stats] prompt tokens" in out and "tok/s" in out and "time to first token" in out
 
 
+def test_tune_compiles_and_decodes_what_eager_decodes(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--tune`` implies ``--compile`` (tuning itself is a CUDA setting; on a CPU it compiles plainly)."""
+    args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--temperature", "0", "--max-new-tokens", "8"]
+    code, eager, _ = _run(capsys, *args)
+    assert code == 0
+    code, out, _ = _run(capsys, *args, "--tune", "--stats")
+    stats = [line for line in out.splitlines() if line.startswith("[stats]")]
+    assert code == 0 and any("compile " in line for line in stats)
+    assert [line for line in out.splitlines() if not line.startswith("[stats]")] == eager.splitlines()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
