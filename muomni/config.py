@@ -53,6 +53,8 @@ class Config:
     num_experts: int = 4
     num_experts_per_tok: int = 2
     tie_embeddings: bool = False
+    rms_norm_eps: float = 1e-5
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2); the other linear layers have none
 
     # --- training (μOmni keys) ---
     batch_size: int = 32
@@ -153,6 +155,8 @@ MODEL_KEYS = (
     "num_experts",
     "num_experts_per_tok",
     "tie_embeddings",
+    "rms_norm_eps",
+    "qkv_bias",
 )
 
 
@@ -250,6 +254,7 @@ def _validate(c: Config) -> None:
         _check(c.n_heads % c.kv_groups == 0, "kv_groups", c.kv_groups, f"must divide n_heads ({c.n_heads})")
     _check(0.0 <= c.dropout < 1.0, "dropout", c.dropout, "must be in [0, 1)")
     _check(c.rope_theta > 0, "rope_theta", c.rope_theta, "must be positive")
+    _check(c.rms_norm_eps > 0, "rms_norm_eps", c.rms_norm_eps, "must be positive")
     if c.use_moe:
         _check(c.num_experts >= 2, "num_experts", c.num_experts, "a mixture of experts needs at least 2")
         _check(

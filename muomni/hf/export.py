@@ -1,4 +1,4 @@
-"""Export a muomni checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
+"""Export a muomni checkpoint as a Hugging Face ``LlamaForCausalLM`` (with q/k/v biases: ``Qwen2ForCausalLM``) folder.
 
 The folder is plain JSON + safetensors written without importing transformers, so ``muomni export``
 works with the core dependencies only. It loads with ``AutoModelForCausalLM.from_pretrained(out)`` and
@@ -23,7 +23,7 @@ from muomni import __version__
 from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
-from muomni.hf.mapping import check_exportable, check_state, llama_config
+from muomni.hf.mapping import check_exportable, check_state, hf_config
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -85,7 +85,8 @@ def run_export(args: argparse.Namespace) -> int:
     out = export_hf(args.ckpt, args.out)
     with safe_open(str(out / MODEL_FILE), framework="pt") as f:
         n_params = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118 (not a dict)
-    print(f"wrote {out}: LlamaForCausalLM, {n_params:,} parameters; load it with AutoModelForCausalLM.from_pretrained")
+    architecture = json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    print(f"wrote {out}: {architecture}, {n_params:,} parameters; load it with AutoModelForCausalLM.from_pretrained")
     return 0
 
 
@@ -98,7 +99,7 @@ def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokeni
     _check_out_dir(out)
     dtype = state["model.embed_tokens.weight"].dtype
     ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-    config = llama_config(cfg, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, dtype)
+    config = hf_config(cfg, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, dtype)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

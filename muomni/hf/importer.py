@@ -2,12 +2,10 @@
 
 Reads safetensors only (``model.safetensors`` or a sharded ``model.safetensors.index.json``): pickle
 ``.bin`` files can run code when loaded, so a folder that holds only those is refused. Transformers is
-not imported. Every feature the Thinker does not compute (RoPE scaling, sliding windows, biases, another
-norm eps or activation) is refused with a message naming it, so an imported model is the same function
-as the original, not an approximation.
-
-Qwen2 has q/k/v biases, which the Thinker's attention lacks: a Qwen2 checkpoint is accepted only when
-all of them are zero (then dropping them changes nothing), and refused otherwise.
+not imported. Every feature the Thinker does not compute (RoPE scaling, sliding windows, biases other
+than Qwen2's q/k/v ones, another activation) is refused with a message naming it, so an imported model
+is the same function as the original, not an approximation. A Qwen2 model keeps its q/k/v biases
+(``qkv_bias``) and every model its RMSNorm eps (``rms_norm_eps``).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
 HF_PREFIX = "hf:"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_ATTENTION_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
 
 
 class HFInit(NamedTuple):
@@ -135,14 +132,13 @@ def load_hf_state(folder: Path, cfg: Config) -> dict[str, torch.Tensor]:
     """The weights of ``folder`` as a strict Thinker state dict (see :attr:`HFInit.state`).
 
     Hugging Face names are the Thinker's, so the map only drops what carries no information: RoPE
-    ``inv_freq`` buffers some old checkpoints saved, all-zero q/k/v biases (Qwen2), and a tied
-    ``lm_head.weight`` (Hugging Face overwrites it with the embedding when tying).
+    ``inv_freq`` buffers some old checkpoints saved, and a tied ``lm_head.weight`` (Hugging Face
+    overwrites it with the embedding when tying).
     """
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(folder):
         state.update(load_tensors(file))
     state = {name: t for name, t in state.items() if not name.endswith("rotary_emb.inv_freq")}
-    _drop_zero_biases(state, folder)
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     check_state(state, cfg, folder)
@@ -223,18 +219,6 @@ def _weight_files(folder: Path) -> list[Path]:
             f"import AutoModelForCausalLM as M; M.from_pretrained('{folder}').save_pretrained('{folder}-st')\""
         )
     raise CheckpointError(f"{folder} holds no {MODEL_FILE} or {INDEX_FILE}; give a Hugging Face model folder")
-
-
-def _drop_zero_biases(state: dict[str, torch.Tensor], folder: Path) -> None:
-    """Remove q/k/v biases that are all zero (adding zero is the identity); refuse any other."""
-    for name in [n for n in state if n.endswith(_ATTENTION_BIASES)]:
-        bias = state.pop(name)
-        if bias.count_nonzero():
-            raise CheckpointError(
-                f"{folder}: attention bias {name} is non-zero (max |b| = {bias.abs().max().item():.3g}); "
-                "muomni's attention has no bias terms, so it cannot represent this model (trained Qwen2 "
-                "checkpoints have such biases; only ones whose q/k/v biases are all zero can be imported)"
-            )
 
 
 def _config(keys: dict[str, Any], folder: Path) -> Config:

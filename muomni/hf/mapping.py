@@ -3,7 +3,8 @@ weight names and shapes, and what cannot be represented.
 
 The Thinker's module names are Llama's, so the weight map is the identity; what this module owns is the
 config translation in both directions and the checks that a Hugging Face config describes exactly the
-computation the Thinker performs (RMSNorm eps 1e-5, plain RoPE, full causal attention, SiLU-gated MLP).
+computation the Thinker performs (plain RoPE, full causal attention, SiLU-gated MLP, no biases but
+Qwen2's on q/k/v). A Thinker with q/k/v biases (``qkv_bias``) is a Qwen2 model; every other one a Llama.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from muomni.config import MODEL_KEYS as CONFIG_MODEL_KEYS
 from muomni.config import Config
 from muomni.errors import CheckpointError
-from muomni.models.layers import RMS_NORM_EPS
 
 # model_type -> the architecture name its config.json lists.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -47,14 +47,32 @@ def check_exportable(cfg: Config) -> None:
         )
 
 
-def llama_config(cfg: Config, bos_id: int, eos_id: int, pad_id: int, dtype: torch.dtype) -> dict[str, Any]:
-    """The ``config.json`` of the ``LlamaForCausalLM`` that computes what a Thinker with ``cfg`` computes.
+def hf_config(cfg: Config, bos_id: int, eos_id: int, pad_id: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The ``config.json`` of the Hugging Face model that computes what a Thinker with ``cfg`` computes.
 
-    ``rope_theta`` and ``torch_dtype`` are the transformers 4.x spellings; 5.x reads both (as
-    ``rope_parameters`` and ``dtype``), so one file serves every supported version.
+    ``LlamaForCausalLM``, or ``Qwen2ForCausalLM`` when ``cfg.qkv_bias`` (Llama's ``attention_bias`` would
+    add one to the output projection too). ``rope_theta`` and ``torch_dtype`` are the transformers 4.x
+    spellings; 5.x reads both (as ``rope_parameters`` and ``dtype``), so one file serves every version.
     """
+    config = llama_config(cfg, bos_id, eos_id, pad_id, dtype)
+    if not cfg.qkv_bias:
+        return config
+    for llama_only in ("attention_bias", "mlp_bias", "head_dim"):
+        del config[llama_only]
     return {
-        "architectures": ["LlamaForCausalLM"],
+        **config,
+        "architectures": [ARCHITECTURES["qwen2"]],
+        "model_type": "qwen2",
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": cfg.n_layers,
+    }
+
+
+def llama_config(cfg: Config, bos_id: int, eos_id: int, pad_id: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The ``LlamaForCausalLM`` config.json of ``cfg``, leaving out any q/k/v biases (see :func:`hf_config`)."""
+    return {
+        "architectures": [ARCHITECTURES["llama"]],
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
@@ -66,7 +84,7 @@ def llama_config(cfg: Config, bos_id: int, eos_id: int, pad_id: int, dtype: torc
         "hidden_act": "silu",
         "max_position_embeddings": cfg.ctx_len,
         "rope_theta": cfg.rope_theta,
-        "rms_norm_eps": RMS_NORM_EPS,
+        "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "attention_dropout": 0.0,
@@ -118,12 +136,6 @@ def _refuse_unsupported(hf: dict[str, Any], where: str) -> None:
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key, False):
             raise CheckpointError(f"{where}: {key}=true is not supported; muomni's linear layers have no bias")
-    eps = hf.get("rms_norm_eps", _DEFAULT_RMS_NORM_EPS)
-    if eps != RMS_NORM_EPS:
-        raise CheckpointError(
-            f"{where}: rms_norm_eps {eps} is not supported; muomni's RMSNorm uses eps {RMS_NORM_EPS}, "
-            "and a different eps changes every layer's output"
-        )
     if _sliding_window_in_use(hf):
         raise CheckpointError(
             f"{where}: sliding-window attention (window {hf.get('sliding_window')}) is not supported; "
@@ -168,6 +180,8 @@ def model_keys_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
         "use_swiglu": True,
         "use_moe": False,
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "rms_norm_eps": float(hf.get("rms_norm_eps", _DEFAULT_RMS_NORM_EPS)),
+        "qkv_bias": hf["model_type"] == "qwen2",  # Qwen2's attention always has q/k/v biases
     }
 
 

@@ -111,13 +111,15 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads, RoPE, and an optional static KV cache."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, dropout: float, use_flash: bool) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, n_kv_heads: int, dropout: float, use_flash: bool, qkv_bias: bool = False
+    ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
         self.attend: AttentionFn = sdpa_attention if use_flash else math_attention
         self.kv_cache: KVCache | None = None

@@ -30,9 +30,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.d_model)
-        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.dropout, cfg.use_flash)
-        self.post_attention_layernorm = RMSNorm(cfg.d_model)
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.dropout, cfg.use_flash, cfg.qkv_bias)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         if cfg.use_moe:
             self.mlp: nn.Module = MoE(cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.num_experts_per_tok, cfg.use_swiglu)
         else:
@@ -58,7 +58,7 @@ class ThinkerModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         cos, sin = rope_tables(cfg.head_dim, cfg.ctx_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # [ctx_len, Dh]
@@ -117,6 +117,8 @@ class Thinker(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; ``input_pos`` [T] gives the cache slots of cached decoding."""

@@ -33,6 +33,8 @@ SHAPES = {
     "gqa-tied": {"d_model": 96, "n_heads": 6, "kv_groups": 2, "tie_embeddings": True, "vocab_size": 512},
     "kv1-untied": {"d_model": 48, "n_heads": 6, "kv_groups": 1, "d_ff": 72, "rope_theta": 500.0},
     "mha-tied-3layers": {"d_model": 64, "n_heads": 4, "use_gqa": False, "n_layers": 3, "tie_embeddings": True},
+    # q/k/v biases and Qwen2's eps: exported as a Qwen2ForCausalLM
+    "qwen2-bias": {"d_model": 48, "n_heads": 6, "kv_groups": 2, "qkv_bias": True, "rms_norm_eps": 1e-6},
 }
 
 
@@ -46,6 +48,9 @@ def test_exported_logits_and_greedy_tokens_match(shape: str, make_checkpoint: Ca
     out = export_hf(make_checkpoint(seed=7, **SHAPES[shape]), tmp_path / "hf")
     model = random_thinker(tiny_config(**SHAPES[shape]), seed=7)  # the model the checkpoint holds
     reference = load_hf_reference(out)
+    architecture = json.loads((out / "config.json").read_text())["architectures"]
+    assert architecture == ["Qwen2ForCausalLM" if model.config.qkv_bias else "LlamaForCausalLM"]
+    assert type(reference).__name__ == architecture[0]
 
     x = _prompts(model.config.vocab_size)
     with torch.inference_mode():
@@ -144,7 +149,7 @@ def test_hf_tokenizer_matches_muomni(make_checkpoint: Callable, tmp_path: Path, 
 
 
 def test_export_import_export_is_identical(make_checkpoint: Callable, tmp_path: Path) -> None:
-    for shape in ("gqa-tied", "kv1-untied"):
+    for shape in ("gqa-tied", "kv1-untied", "qwen2-bias"):
         run = make_checkpoint(name=shape, **SHAPES[shape])
         first = export_hf(run, tmp_path / f"{shape}-1")
         model, tokenizer = load_hf(first)

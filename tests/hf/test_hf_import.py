@@ -76,6 +76,7 @@ def _assert_same_logits(model: Thinker, reference: Any) -> None:
         {"tie_word_embeddings": True},
         {"num_key_value_heads": 6, "num_attention_heads": 6},  # MHA
         {"num_key_value_heads": 1, "hidden_size": 96, "num_attention_heads": 6},  # head width 16, one kv head
+        {"rms_norm_eps": 1e-6},
     ],
 )
 def test_llama_import_matches_transformers(config: dict, tmp_path: Path, tokenizer: Tokenizer) -> None:
@@ -89,6 +90,7 @@ def test_llama_import_matches_transformers(config: dict, tmp_path: Path, tokeniz
     )
     assert cfg.use_gqa == (cfg.n_kv_heads < cfg.n_heads)
     assert (cfg.ctx_len, cfg.rope_theta, cfg.tie_embeddings) == (64, 5000.0, reference.config.tie_word_embeddings)
+    assert cfg.rms_norm_eps == reference.config.rms_norm_eps and not cfg.qkv_bias
     assert (loaded_tokenizer.pad_id, loaded_tokenizer.bos_id, loaded_tokenizer.eos_id) == (0, 1, 2)
     _assert_same_logits(model, reference)
 
@@ -106,10 +108,13 @@ def test_qwen2_with_zero_biases_imports(tmp_path: Path, tokenizer: Tokenizer) ->
     _assert_same_logits(model, reference)
 
 
-def test_qwen2_with_biases_is_refused(tmp_path: Path, tokenizer: Tokenizer) -> None:
-    _save_hf_model("qwen2", tmp_path, tokenizer, zero_biases=False)
-    with pytest.raises(CheckpointError, match=r"attention bias model\.layers\.0\.self_attn\.\w_proj\.bias is non-zero"):
-        load_hf(tmp_path)
+def test_qwen2_with_biases_and_its_eps_imports(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    """A trained Qwen2 has non-zero q/k/v biases and eps 1e-6: both kept, the same logits."""
+    reference = _save_hf_model("qwen2", tmp_path, tokenizer, zero_biases=False, rms_norm_eps=1e-6)
+    assert reference.model.layers[0].self_attn.q_proj.bias.abs().max() > 0.05
+    model, _ = load_hf(tmp_path)
+    assert model.config.qkv_bias and model.config.rms_norm_eps == 1e-6
+    _assert_same_logits(model, reference)
 
 
 def test_load_for_training(tmp_path: Path, tokenizer: Tokenizer) -> None:
@@ -161,7 +166,6 @@ def _edit_json(path: Path, **changes: Any) -> None:
     [
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope scaling .* is not supported"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "rope scaling"),
-        ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06 is not supported; muomni's RMSNorm uses eps 1e-05"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
         ({"mlp_bias": True}, "mlp_bias=true is not supported"),
         ({"attention_bias": True}, "attention_bias=true is not supported"),
@@ -182,10 +186,19 @@ def test_refuses_what_the_thinker_does_not_compute(hf_folder: Path, changes: dic
         load_hf(hf_folder)
 
 
-def test_inactive_sliding_window_is_accepted(hf_folder: Path) -> None:
+def test_inactive_sliding_window_is_accepted(make_checkpoint: Callable, tmp_path: Path) -> None:
     # Qwen2's usual config: a window size is set but use_sliding_window is false, so no layer uses it.
-    _edit_json(hf_folder / "config.json", model_type="qwen2", use_sliding_window=False, sliding_window=4096)
-    assert load_hf(hf_folder)[0].config.ctx_len == 64
+    folder = export_hf(make_checkpoint(qkv_bias=True), tmp_path / "qwen2")
+    _edit_json(folder / "config.json", use_sliding_window=False, sliding_window=4096)
+    assert load_hf(folder)[0].config.ctx_len == 64
+
+
+def test_a_llama_folder_with_qkv_biases_is_refused(make_checkpoint: Callable, tmp_path: Path) -> None:
+    """Llama's attention has no q/k/v biases (only attention_bias, which adds one to o_proj too)."""
+    folder = export_hf(make_checkpoint(qkv_bias=True), tmp_path / "qwen2")
+    _edit_json(folder / "config.json", model_type="llama")
+    with pytest.raises(CheckpointError, match=r"unexpected weight model\.layers\.0\.self_attn\.\w_proj\.bias"):
+        load_hf(folder)
 
 
 def test_pickle_only_folder_is_refused_without_reading_it(hf_folder: Path) -> None:
