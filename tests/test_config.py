@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -147,3 +148,39 @@ def test_cli_reports_config_error_with_exit_2(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "batch_size" in lines[0]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def _readme_defaults() -> list[tuple[str, str]]:
+    """(key, default as written) for every row of the README's table of config keys."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| key | default |", 1)[1].split("\n\n", 1)[0]
+    pairs = []
+    for row in table.splitlines()[2:]:
+        keys_cell, default_cell = row.split("|")[1:3]
+        keys = re.findall(r"`(\w+)`", keys_cell)
+        defaults = re.split(r",\s*(?![^\[]*\])", re.sub(r"\(.*?\)", "", default_cell).strip())  # not inside [...]
+        assert len(keys) == len(defaults), row
+        pairs += zip(keys, (d.strip() for d in defaults))
+    return pairs
+
+
+def _as_written(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_written(v) for v in value) + "]"
+    return str(value)
+
+
+def test_readme_table_gives_the_config_defaults() -> None:
+    pairs = _readme_defaults()
+    assert len(pairs) > 40
+    default = Config()
+    for key, written in pairs:
+        value = getattr(default, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert float(written) == value, f"README says {key} = {written}, Config has {value}"
+        else:
+            assert written == _as_written(value), f"README says {key} = {written}, Config has {value}"
