@@ -26,7 +26,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "top_k": args.top_k,
         "top_p": args.top_p,
         "seed": args.seed,
-        "compile": args.compile or args.tune,
+        "compile": args.compile,
         "tune": args.tune,
         "decode_chunk": getattr(args, "decode_chunk", None),
     }
