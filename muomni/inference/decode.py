@@ -7,13 +7,15 @@ so the loop in :mod:`muomni.inference.generate` reads the same whatever is switc
 
 Compiled decoding follows gpt-fast: only the decode step is compiled, with static shapes (the cache has a
 power-of-two number of slots and only grows, the position is a one-element tensor), so it compiles once
-per batch size and sampling setting, never per token or prompt length. On CUDA, ``mode="reduce-overhead"`` captures
-it as a CUDA graph; ``decode_chunk > 1`` unrolls several steps into one graph, so the host launches one
-graph per ``decode_chunk`` tokens and checks for end of sequence only between graphs.
+per batch size and sampling setting, never per token or prompt length. On CUDA the compiled step is
+replayed ``decode_chunk`` times inside one CUDA graph captured by hand (:class:`GraphedDecodeFunction`),
+so the host launches one graph per ``decode_chunk`` tokens and checks for end of sequence only between
+graphs; elsewhere the ``decode_chunk`` steps are unrolled into one compiled function.
 """
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,11 +102,100 @@ def make_decode_steps(setup: DecodeSetup, steps: int) -> StepFn:
 
 
 class DecodeFunction:
-    """A decode function (compiled or not), its steps per call, and the cache shapes it was warmed up for."""
+    """A decode function of ``steps`` tokens per call (compiled or not) and the setups it is ready for."""
 
     def __init__(self, fn: StepFn, steps: int) -> None:
         self.fn, self.steps = fn, steps
-        self.warm: set[tuple] = set()
+        self.warm: dict[int, tuple] = {}  # batch size -> what it was prepared for (see _warm_key)
+
+    def prepare(
+        self, token: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor, noise: torch.Tensor | None
+    ) -> None:
+        """Run once on these (junk) inputs, so that compiling happens now rather than in the timed loop."""
+        self.fn(token, input_pos, done, noise)
+
+    def __call__(
+        self, token: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fn(token, input_pos, done, noise)
+
+
+class GraphedDecodeFunction(DecodeFunction):
+    """``steps`` calls of a compiled one-token step, captured by hand as one CUDA graph per batch size.
+
+    A replay launches the whole chunk with one host call, so the host's work per token (Python, Dynamo's
+    guards, kernel launches) is gone. Inductor's own CUDA graphs (``mode="reduce-overhead"``) would need
+    the ``steps`` tokens unrolled into one compiled function, and Inductor's time grows with the graph:
+    8 unrolled steps of the small preset took 142 s to compile, and with ``tune`` did not finish in
+    5 minutes. Here the one step is compiled (and tuned) once and the chunk is captured in well under
+    a second. The graph reads the weights, KV cache and padding table at the addresses they had when it
+    was captured: the warm-up key holds those addresses, so a reallocated cache or a moved model is
+    captured anew, while weights updated in place (training, ``load_state_dict``) are read as they are.
+    """
+
+    def __init__(self, step: DecodeFunction, steps: int) -> None:
+        super().__init__(step.fn, steps)
+        self.graphs: dict[int, _CapturedSteps] = {}  # by batch size
+
+    def prepare(
+        self, token: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor, noise: torch.Tensor | None
+    ) -> None:
+        self.graphs.pop(token.shape[0], None)  # free the stale graph's memory before capturing anew
+        self.graphs[token.shape[0]] = _CapturedSteps(self.fn, self.steps, token, input_pos, done, noise)
+
+    def __call__(
+        self, token: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.graphs[token.shape[0]].replay(token, input_pos, done, noise)
+
+
+class _CapturedSteps:
+    """One CUDA graph of ``steps`` decode steps, with the static buffers it reads its inputs from."""
+
+    def __init__(
+        self,
+        step: StepFn,
+        steps: int,
+        token: torch.Tensor,
+        input_pos: torch.Tensor,
+        done: torch.Tensor,
+        noise: torch.Tensor | None,
+    ) -> None:
+        self.step, self.steps = step, steps
+        # Plain tensors, not inference tensors: a replay under no_grad must still be able to refill them.
+        with torch.inference_mode(False):
+            self.token, self.input_pos, self.done = token.clone(), input_pos.clone(), done.clone()
+            self.noise = None if noise is None else noise.clone()  # [steps, B, V]
+        # The step compiles (and tunes, timing kernels) on its first call, which a capture must not contain;
+        # a side stream keeps the warm-up's allocations out of the graph's pool (as PyTorch's docs advise).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self._run()
+
+    def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        token, done, out = self.token, self.done, []
+        for i in range(self.steps):
+            noise = None if self.noise is None else self.noise[i : i + 1]  # [1, B, V]
+            token, done = self.step(token, self.input_pos + i, done, noise)  # token [B, 1]
+            out.append(token)
+        return torch.cat(out, dim=1), done  # [B, steps], [B]
+
+    def replay(
+        self, token: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs live in the graph's memory and are overwritten by the next replay: copy what is kept."""
+        self.token.copy_(token)
+        self.input_pos.copy_(input_pos)
+        self.done.copy_(done)
+        if self.noise is not None and noise is not None:
+            self.noise.copy_(noise)
+        self.graph.replay()
+        return self.outputs
 
 
 # The torch.compile backend; None is TorchInductor. Tests put a backend here that counts compilations.
@@ -112,7 +203,7 @@ COMPILE_BACKEND: str | Callable | None = None
 
 
 def compile_options(model: Thinker, tune: bool = False) -> dict:
-    """CUDA graphs on GPU (they remove the per-kernel launch cost that dominates small-batch decoding).
+    """How the decode step is compiled: the whole step as one static-shape graph.
 
     ``tune`` turns on Inductor's coordinate-descent tuning of every Triton kernel (CUDA only). Under it
     Inductor also writes a matrix-vector product (one decoded token per row) as a product and a sum that
@@ -126,20 +217,39 @@ def compile_options(model: Thinker, tune: bool = False) -> dict:
     }
     if COMPILE_BACKEND is not None:
         return {**options, "backend": COMPILE_BACKEND}
-    if model.lm_head.weight.device.type != "cuda":
-        return options
-    # mode="reduce-overhead" is exactly triton.cudagraphs; torch.compile takes a mode or options, not both.
-    return {**options, "options": {"triton.cudagraphs": True, "coordinate_descent_tuning": tune}}
+    if tune and model.lm_head.weight.device.type == "cuda":
+        return {**options, "options": {"coordinate_descent_tuning": True}}
+    return options
 
 
 def compiled_decode_steps(setup: DecodeSetup, steps: int, tune: bool = False) -> DecodeFunction:
-    """The compiled decode function for this model and setting, made once and kept on the model."""
-    cache: dict[tuple, DecodeFunction] = setup.model.__dict__.setdefault("_muomni_compiled_decode", {})
-    key = (setup.params, steps, setup.pad_id, setup.eos_id, tune)
-    if key not in cache:
+    """The compiled decode function for this model and setting, made once and kept on the model.
+
+    On CUDA it is one compiled step replayed ``steps`` times in a CUDA graph (:class:`GraphedDecodeFunction`);
+    elsewhere the ``steps`` tokens are unrolled into one compiled function.
+    """
+    if setup.device.type == "cuda" and COMPILE_BACKEND is None:
+        return _kept(setup, ("graphed", steps, tune), lambda: GraphedDecodeFunction(_compiled(setup, 1, tune), steps))
+    return _compiled(setup, steps, tune)
+
+
+def _compiled(setup: DecodeSetup, steps: int, tune: bool) -> DecodeFunction:
+    """``steps`` decode steps unrolled into one compiled function."""
+
+    def make() -> DecodeFunction:
         fn = _own_code(make_decode_steps(setup, steps))
-        cache[key] = DecodeFunction(torch.compile(fn, **compile_options(setup.model, tune)), steps)
-    return cache[key]
+        return DecodeFunction(torch.compile(fn, **compile_options(setup.model, tune)), steps)
+
+    return _kept(setup, ("unrolled", steps, tune), make)
+
+
+def _kept(setup: DecodeSetup, kind: tuple, make: Callable[[], DecodeFunction]) -> DecodeFunction:
+    """The decode function of this ``kind`` and sampling setting kept on the model, made on first use."""
+    kept: dict[tuple, DecodeFunction] = setup.model.__dict__.setdefault("_muomni_compiled_decode", {})
+    key = (setup.params, setup.pad_id, setup.eos_id, *kind)
+    if key not in kept:
+        kept[key] = make()
+    return kept[key]
 
 
 def _own_code(fn: StepFn) -> StepFn:
@@ -153,16 +263,16 @@ def _own_code(fn: StepFn) -> StepFn:
     return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-def _cache_signature(model: Thinker, batch: int) -> tuple:
-    """What a compiled step's shapes depend on: the batch and the sizes of the buffers it reads."""
+def _warm_key(model: Thinker, batch: int) -> tuple:
+    """What a decode function is prepared for: the batch, and the shapes and addresses of what it reads.
+
+    Shapes decide what is compiled; addresses decide what a CUDA graph reads (see
+    :class:`GraphedDecodeFunction`). Reading ~100 addresses costs microseconds, once per generation.
+    """
     cache = model.attentions[0].kv_cache
-    return batch, tuple(model.model.key_valid.shape), None if cache is None else tuple(cache.k.shape)
-
-
-def _mark_step(device: torch.device) -> None:
-    """Tell CUDA graph trees that the outputs of the previous replay are no longer read (they were copied)."""
-    if device.type == "cuda":
-        torch.compiler.cudagraph_mark_step_begin()
+    shapes = tuple(model.model.key_valid.shape), None if cache is None else tuple(cache.k.shape)
+    addresses = tuple(t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers()))
+    return batch, shapes, addresses
 
 
 class CachedDecoder:
@@ -193,8 +303,8 @@ class CachedDecoder:
         if not self.compiled:
             return None
         device = self.setup.device
-        key = _cache_signature(self.setup.model, batch)
-        todo = [c for c in self.fns.values() if key not in c.warm]
+        key = _warm_key(self.setup.model, batch)
+        todo = [c for c in self.fns.values() if c.warm.get(batch) != key]
         if not todo:
             return None
         start = synced_time(device)
@@ -202,10 +312,8 @@ class CachedDecoder:
             token = torch.zeros(batch, 1, dtype=torch.long, device=device)
             done = torch.zeros(batch, dtype=torch.bool, device=device)
             noise = None if self.setup.params.greedy else torch.ones(c.steps, batch, self.vocab, device=device)
-            for _ in range(3):  # CUDA graph trees record on the second call and replay from the third
-                _mark_step(device)
-                c.fn(token, torch.zeros(1, dtype=torch.long, device=device), done, noise)
-            c.warm.add(key)
+            c.prepare(token, torch.zeros(1, dtype=torch.long, device=device), done, noise)
+            c.warm[batch] = key
         return synced_time(device) - start
 
     @property
@@ -220,8 +328,7 @@ class CachedDecoder:
 
     def step(self, n: int, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``n`` tokens [B, n] (``n`` is ``chunk`` or 1) and the updated ``done`` [B]."""
-        _mark_step(self.setup.device)
-        tokens, done = self.fns[n].fn(self.token, self.pos, done, self.setup.noise(n, done.shape[0]))
+        tokens, done = self.fns[n](self.token, self.pos, done, self.setup.noise(n, done.shape[0]))
         # A CUDA graph's outputs live in its memory pool and are overwritten by the next replay: copy them.
         tokens, done = tokens.clone(), done.clone()
         self.token.copy_(tokens[:, -1:])

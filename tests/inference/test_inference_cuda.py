@@ -54,3 +54,18 @@ def test_cuda_bf16_generation_runs_and_seeds_repeat() -> None:
     a = generate_tokens(model, PROMPTS, 20, temperature=1.0, seed=9, compile=True)
     assert a == generate_tokens(model, PROMPTS, 20, temperature=1.0, seed=9, compile=True)
     assert model.attentions[0].kv_cache.k.dtype == torch.bfloat16
+
+
+def test_cuda_graphs_follow_a_grown_cache_and_weights_changed_in_place() -> None:
+    """A captured graph reads fixed addresses: a reallocated cache must be captured anew, and weights
+    loaded in place must be read as they are now (a stale graph would decode the old cache or weights)."""
+    model = _cuda_model(ctx_len=512)
+    long_prompt = [list(range(3, 290))]  # 287 tokens + 30 new: the cache grows from 256 slots to 512
+    for prompts in (PROMPTS, long_prompt, PROMPTS):
+        eager = generate_tokens(model, prompts, 30, temperature=0.0)
+        assert generate_tokens(model, prompts, 30, temperature=0.0, compile=True, decode_chunk=4) == eager
+    before = eager
+    model.load_state_dict(_cuda_model(ctx_len=512, seed=1).state_dict())
+    eager = generate_tokens(model, PROMPTS, 30, temperature=0.0)
+    assert eager != before  # the new weights decode something else ...
+    assert generate_tokens(model, PROMPTS, 30, temperature=0.0, compile=True, decode_chunk=4) == eager  # ... here too
