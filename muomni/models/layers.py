@@ -108,6 +108,31 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return y.to(v.dtype).reshape(b, h, 1, dh)
 
 
+@torch.library.custom_op("muomni::split_kv_attention", mutates_args=())
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """One-token attention over the KV cache by the Triton kernels of :mod:`muomni.models.triton_decode`.
+
+    q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S] -> [B, H, 1, Dh]. A custom op, so that a compiled
+    decode step calls the kernels as they are (CUDA only: Triton is imported on the first call).
+    """
+    from muomni.models.triton_decode import split_kv_attention as kernels
+
+    return kernels(q, k, v, valid)
+
+
+@split_kv_attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return q.new_empty(q.shape)  # contiguous, as the kernels write it
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of a compiled cached decode step (one token per row): split-KV Triton kernels on CUDA,
+    :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]."""
+    if q.is_cuda:
+        return split_kv_attention(q, k, v, mask.reshape(mask.shape[0], mask.shape[-1]))
+    return one_query_attention(q, k, v, mask)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads, RoPE, and an optional static KV cache."""
 
@@ -141,7 +166,7 @@ class Attention(nn.Module):
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]
         if t == 1 and mask is not None and torch.compiler.is_compiling():
-            y = one_query_attention(q, k, v, mask)  # a cached decode step (see there why)
+            y = decode_attention(q, k, v, mask)  # a compiled cached decode step (see one_query_attention)
         else:
             y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))

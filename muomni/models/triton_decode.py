@@ -1,0 +1,121 @@
+"""Split-KV attention of one new token over the KV cache, in Triton (flash-decoding, Dao et al. 2023).
+
+At batch 1 a decode step has one query per head: the fused SDPA kernels spread such work over batch x
+heads only (cuDNN took 10 us per layer on an H200), and Inductor's reduction over the cache slots ran in
+one program per head (8 us per layer of the small preset, 14 us tuned). Here the cache slots are split
+over many programs, each computing a partial softmax of its slots for all query heads of one key/value
+head, and a second kernel merges the parts. Slots masked out (padding, and the slots beyond the position,
+not written yet) count for nothing, whatever they hold. Used by the compiled decode step on CUDA only,
+through the custom op in :mod:`muomni.models.layers`; everything here runs in fp32 whatever the cache's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 32  # cache slots per loop iteration of one program
+MAX_SPLITS = 128  # more programs than that buy nothing on one GPU and cost the merge registers
+
+
+@triton.jit
+def _partial_attention(
+    q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr,
+    stride_qb, stride_qh, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    stride_valid_b, stride_valid_s,
+    slots, slots_per_split, n_splits, scale,
+    KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots.
+    row, split = tl.program_id(0), tl.program_id(1)
+    b, kv = row // KV_HEADS, row % KV_HEADS
+    g, d = tl.arange(0, GROUP_PAD), tl.arange(0, DIM_PAD)
+    g_ok, d_ok = g < GROUP, d < HEAD_DIM
+    q_at = q_ptr + b * stride_qb + (kv * GROUP + g)[:, None] * stride_qh + d[None, :] * stride_qd
+    q = tl.load(q_at, mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32) * scale  # [G, D]
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
+    start = split * slots_per_split
+    for offset in range(0, slots_per_split, BLOCK_S):
+        s = start + offset + tl.arange(0, BLOCK_S)
+        # The key, value and validity loads do not wait on each other: one memory latency, not two.
+        in_cache = (s < slots)[:, None] & d_ok[None, :]
+        keep = tl.load(valid_ptr + b * stride_valid_b + s * stride_valid_s, mask=s < slots, other=0) != 0
+        k_at = k_ptr + b * stride_kb + kv * stride_kh + s[:, None] * stride_ks + d[None, :] * stride_kd
+        k = tl.load(k_at, mask=in_cache, other=0.0).to(tl.float32)  # [S, D]
+        v_at = v_ptr + b * stride_vb + kv * stride_vh + s[:, None] * stride_vs + d[None, :] * stride_vd
+        v = tl.load(v_at, mask=in_cache, other=0.0).to(tl.float32)  # [S, D]
+        v = tl.where(keep[:, None], v, 0.0)  # a slot not yet written may hold anything, even NaN
+        scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [G, S]
+        scores = tl.where(keep[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no kept slot yet: exp() gives 0, not NaN
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(scores - m_safe[:, None])  # [G, S]
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+    part = (row * n_splits + split) * GROUP_PAD + g  # [G] into m/l [rows, splits, G_PAD]
+    tl.store(m_ptr + part, m_i)
+    tl.store(l_ptr + part, l_i)
+    tl.store(acc_ptr + part[:, None] * DIM_PAD + d[None, :], acc)
+
+
+@triton.jit
+def _merge_splits(
+    m_ptr, l_ptr, acc_ptr, out_ptr,
+    stride_ob, stride_oh, stride_od,
+    n_splits,
+    KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):  # fmt: skip
+    # Program b * H + h: rescale every split's partial result to the common max and normalize.
+    head = tl.program_id(0)
+    b, h = head // (KV_HEADS * GROUP), head % (KV_HEADS * GROUP)
+    row, g = b * KV_HEADS + h // GROUP, h % GROUP
+    sp, d = tl.arange(0, SPLITS_PAD), tl.arange(0, DIM_PAD)
+    sp_ok = sp < n_splits
+    part = (row * n_splits + sp) * GROUP_PAD + g  # [splits]
+    m = tl.load(m_ptr + part, mask=sp_ok, other=float("-inf"))
+    l_sum = tl.load(l_ptr + part, mask=sp_ok, other=0.0)
+    acc = tl.load(acc_ptr + part[:, None] * DIM_PAD + d[None, :], mask=sp_ok[:, None], other=0.0)  # [splits, D]
+    weight = tl.exp(m - tl.max(m, axis=0))  # finite max: a query always sees its own slot
+    y = tl.sum(acc * weight[:, None], axis=0) / tl.sum(l_sum * weight, axis=0)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d * stride_od, y.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+
+
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S] (True: attend) -> [B, H, 1, Dh] in q's dtype."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads, slots = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    splits = min(triton.cdiv(slots, BLOCK), MAX_SPLITS)
+    per_split = triton.cdiv(triton.cdiv(slots, splits), BLOCK) * BLOCK
+    splits = triton.cdiv(slots, per_split)
+    group_pad, dim_pad = triton.next_power_of_2(group), triton.next_power_of_2(head_dim)
+    rows = batch * kv_heads
+    m = torch.empty(rows, splits, group_pad, dtype=torch.float32, device=q.device)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
+    out = torch.empty(batch, heads, 1, head_dim, dtype=q.dtype, device=q.device)
+    valid = valid.view(torch.uint8)  # Triton reads bytes; a bool tensor is one byte per element
+    shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
+    _partial_attention[(rows, splits)](
+        q, k, v, valid, m, l_sum, acc,
+        q.stride(0), q.stride(1), q.stride(3),
+        *k.stride(), *v.stride(), *valid.stride(),
+        slots, per_split, splits, 1.0 / math.sqrt(head_dim),
+        BLOCK_S=BLOCK, **shape,
+    )  # fmt: skip
+    _merge_splits[(batch * heads,)](
+        m, l_sum, acc, out, out.stride(0), out.stride(1), out.stride(3), splits,
+        SPLITS_PAD=triton.next_power_of_2(splits), **shape,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,50 @@
+"""The split-KV Triton decode attention against math attention; skipped where there is no CUDA device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muomni.models.layers import math_attention, split_kv_attention
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (Triton kernels)")
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv_heads", "slots", "head_dim"),
+    [
+        (1, 4, 2, 64, 8),  # the test models' shape
+        (3, 4, 1, 100, 8),  # slots not a multiple of the block; one key/value head for all (MQA)
+        (2, 12, 3, 1024, 64),  # the small preset at full context
+        (1, 14, 2, 4096, 64),  # a group of 7 (padded to 8); more blocks than splits
+        (2, 6, 6, 257, 48),  # no grouping; a head width that is not a power of two
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kv_attention_matches_math(
+    batch: int, heads: int, kv_heads: int, slots: int, head_dim: int, dtype: torch.dtype
+) -> None:
+    torch.manual_seed(0)
+    q = torch.randn(batch, heads, 1, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(batch, kv_heads, slots, head_dim, device="cuda", dtype=dtype)
+    v = torch.randn(batch, kv_heads, slots, head_dim, device="cuda", dtype=dtype)
+    valid = torch.rand(batch, slots, device="cuda") > 0.3
+    valid[0, slots // 2 :] = False  # a row whose later half of the cache is not written yet
+    valid[:, 0] = True  # every query sees at least its own slot
+    want = math_attention(q.float(), k.float(), v.float(), valid[:, None, None, :], 0.0)
+    got = split_kv_attention(q, k, v, valid)
+    assert got.dtype == dtype and got.shape == q.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(got.float(), want, atol=tol, rtol=tol)
+
+
+def test_split_kv_attention_ignores_what_is_masked() -> None:
+    """Slots marked invalid may hold anything (stale keys, NaN): the output must not change."""
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 4, n, 16, device="cuda") for n in (1, 300, 300))
+    k, v = k[:, :2], v[:, :2]
+    valid = torch.zeros(1, 300, dtype=torch.bool, device="cuda")
+    valid[0, :77] = True
+    clean = split_kv_attention(q, k, v, valid)
+    k[0, :, 77:], v[0, :, 77:] = float("nan"), 1e4
+    assert torch.equal(split_kv_attention(q, k, v, valid), clean)
