@@ -100,11 +100,15 @@ def chart(path: Path, kind: str, rows: list[dict[str, Any]]) -> bool:
     ok = [r for r in rows if not r.get("error") and r.get("tokens_per_s")]
     if not ok:
         return False
-    labels = [r["name"] if r["framework"] == "muomni" else f"HF {r['name']}" for r in ok]
+    labels = [r["name"] if r["framework"] == "muomni" or r["name"].startswith("HF") else f"HF {r['name']}" for r in ok]
     colors = ["tab:blue" if r["framework"] == "muomni" else "tab:orange" for r in ok]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(ok) + 4), 4.5))
-    axes[0].bar(labels, [r["tokens_per_s"] for r in ok], color=colors)
+    rates = [r["tokens_per_s"] for r in ok]
+    axes[0].bar(labels, rates, color=colors)
     axes[0].set_title("tokens/s (higher is better)")
+    if max(rates) > 100 * min(rates):  # decoding rows span orders of magnitude: keep the slow ones visible
+        axes[0].set_yscale("log")
+        axes[0].set_title("tokens/s, log scale (higher is better)")
     axes[1].bar(labels, [r["peak_memory_bytes"] / GIB for r in ok], color=colors)
     axes[1].set_title("peak memory, GiB (lower is better)")
     for ax in axes:
