@@ -127,10 +127,11 @@ class GraphedDecodeFunction(DecodeFunction):
     guards, kernel launches) is gone. Inductor's own CUDA graphs (``mode="reduce-overhead"``) would need
     the ``steps`` tokens unrolled into one compiled function, and Inductor's time grows with the graph:
     8 unrolled steps of the small preset took 142 s to compile, and with ``tune`` did not finish in
-    5 minutes. Here the one step is compiled (and tuned) once and the chunk is captured in well under
-    a second. The graph reads the weights, KV cache and padding table at the addresses they had when it
-    was captured: the warm-up key holds those addresses, so a reallocated cache or a moved model is
-    captured anew, while weights updated in place (training, ``load_state_dict``) are read as they are.
+    5 minutes. Here the one step is compiled (and tuned) once and the chunk captured from it: 26 s for
+    the small preset, 59 s tuned (H200, docs/BENCHMARKS.md). The graph reads the weights, KV cache and
+    padding table at the addresses they had when it was captured: the warm-up key holds those addresses,
+    so a reallocated cache or a moved model is captured anew, while weights updated in place (training,
+    ``load_state_dict``) are read as they are.
     """
 
     def __init__(self, step: DecodeFunction, steps: int) -> None:
@@ -207,8 +208,8 @@ def compile_options(model: Thinker, tune: bool = False) -> dict:
 
     ``tune`` turns on Inductor's coordinate-descent tuning of every Triton kernel (CUDA only). Under it
     Inductor also writes a matrix-vector product (one decoded token per row) as a product and a sum that
-    fuses with the RMSNorm before it. On an H200 it made batch-1 decoding of the tiny preset 1.34x faster
-    and its first compile 2.7x longer (docs/BENCHMARKS.md), hence opt-in.
+    fuses with the RMSNorm before it. On an H200 it made batch-1 decoding 1.61x faster for the tiny preset
+    and 1.55x for the small one, and the first compile 4x and 3.4x longer (docs/BENCHMARKS.md), hence opt-in.
     """
     options: dict = {
         # Routing tokens to experts has data-dependent shapes, so a mixture of experts cannot be one graph.
