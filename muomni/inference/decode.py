@@ -169,14 +169,15 @@ class _CapturedSteps:
             self.noise = None if noise is None else noise.clone()  # [steps, B, V]
         # The step compiles (and tunes, timing kernels) on its first call, which a capture must not contain;
         # a side stream keeps the warm-up's allocations out of the graph's pool (as PyTorch's docs advise).
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = self._run()
+        with torch.cuda.device(token.device):  # the model's GPU, which need not be the current one
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._run()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = self._run()
 
     def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
         token, done, out = self.token, self.done, []
@@ -195,7 +196,8 @@ class _CapturedSteps:
         self.done.copy_(done)
         if self.noise is not None and noise is not None:
             self.noise.copy_(noise)
-        self.graph.replay()
+        with torch.cuda.device(self.token.device):
+            self.graph.replay()
         return self.outputs
 
 
@@ -226,10 +228,12 @@ def compile_options(model: Thinker, tune: bool = False) -> dict:
 def compiled_decode_steps(setup: DecodeSetup, steps: int, tune: bool = False) -> DecodeFunction:
     """The compiled decode function for this model and setting, made once and kept on the model.
 
-    On CUDA it is one compiled step replayed ``steps`` times in a CUDA graph (:class:`GraphedDecodeFunction`);
-    elsewhere the ``steps`` tokens are unrolled into one compiled function.
+    On CUDA it is one compiled step replayed ``steps`` times in a CUDA graph (:class:`GraphedDecodeFunction`),
+    except for a mixture of experts: its routing waits on the device for how many tokens each expert gets,
+    which a CUDA graph cannot hold. There, and off CUDA, the ``steps`` tokens are unrolled into one
+    compiled function.
     """
-    if setup.device.type == "cuda" and COMPILE_BACKEND is None:
+    if setup.device.type == "cuda" and not setup.model.config.use_moe and COMPILE_BACKEND is None:
         return _kept(setup, ("graphed", steps, tune), lambda: GraphedDecodeFunction(_compiled(setup, 1, tune), steps))
     return _compiled(setup, steps, tune)
 

@@ -69,3 +69,10 @@ def test_cuda_graphs_follow_a_grown_cache_and_weights_changed_in_place() -> None
     eager = generate_tokens(model, PROMPTS, 30, temperature=0.0)
     assert eager != before  # the new weights decode something else ...
     assert generate_tokens(model, PROMPTS, 30, temperature=0.0, compile=True, decode_chunk=4) == eager  # ... here too
+
+
+def test_cuda_compiled_mixture_of_experts_decodes_what_eager_decodes() -> None:
+    """A mixture of experts is compiled without CUDA graphs (its routing waits on the device)."""
+    model = _cuda_model(use_moe=True, num_experts=4, num_experts_per_tok=2)
+    eager = generate_tokens(model, PROMPTS, 20, temperature=0.0)
+    assert generate_tokens(model, PROMPTS, 20, temperature=0.0, compile=True) == eager
