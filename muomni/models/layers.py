@@ -17,6 +17,9 @@ from torch import nn
 from muomni.models.kv_cache import KVCache
 
 RMS_NORM_EPS = 1e-5
+# Devices whose compiled decode step runs the Triton kernels of muomni.models.triton_decode; tests add "cpu",
+# where Triton's interpreter runs them.
+TRITON_DEVICES = {"cuda"}
 
 
 class RMSNorm(nn.Module):
@@ -126,10 +129,45 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) ->
     return q.new_empty(q.shape)  # contiguous, as the kernels write it
 
 
+@torch.library.custom_op("muomni::norm_qkv_rope", mutates_args=("k_cache", "v_cache"))
+def norm_qkv_rope(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    wq: torch.Tensor,
+    wk: torch.Tensor,
+    wv: torch.Tensor,
+    bq: torch.Tensor | None,
+    bk: torch.Tensor | None,
+    bv: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """RMSNorm, q/k/v projections, RoPE and the cache write of one decode step, by one Triton kernel.
+
+    x [B, D] before the norm, cos/sin [Dh] and pos [1] of the new token -> q [B, H, 1, Dh]; the key and
+    value go to ``k_cache``/``v_cache`` [>=B, H_kv, S, Dh] at slot ``pos`` (see
+    :func:`muomni.models.triton_decode.norm_qkv_rope`). A custom op, as :func:`split_kv_attention` is.
+    """
+    from muomni.models.triton_decode import norm_qkv_rope as kernel
+
+    biases = None if bq is None or bk is None or bv is None else (bq, bk, bv)
+    return kernel(x, norm_weight, eps, (wq, wk, wv), biases, cos, sin, pos, k_cache, v_cache)
+
+
+@norm_qkv_rope.register_fake
+def _(x, norm_weight, eps, wq, wk, wv, bq, bk, bv, cos, sin, pos, k_cache, v_cache) -> torch.Tensor:  # noqa: ANN001
+    head_dim = k_cache.shape[-1]
+    return x.new_empty(x.shape[0], wq.shape[0] // head_dim, 1, head_dim)
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention of a compiled cached decode step (one token per row): split-KV Triton kernels on CUDA,
     :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]."""
-    if q.is_cuda:
+    if q.device.type in TRITON_DEVICES:
         return split_kv_attention(q, k, v, mask.reshape(mask.shape[0], mask.shape[-1]))
     return one_query_attention(q, k, v, mask)
 
@@ -157,20 +195,59 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
+        norm: RMSNorm | None = None,
     ) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D]. With ``input_pos`` [T] the keys/values go to the cache at those slots."""
+        """x [B, T, D] -> [B, T, D]. With ``input_pos`` [T] the keys/values go to the cache at those slots.
+
+        ``norm``, the block's RMSNorm, is applied to ``x`` here rather than by the caller, so that a compiled
+        decode step on CUDA can do the norm, the projections, RoPE and the cache write in one kernel.
+        """
         b, t, _ = x.shape
+        if norm is not None and self._one_kernel_input(x, mask, input_pos, norm):
+            cache = self.kv_cache
+            q = norm_qkv_rope(
+                x.reshape(b, -1), norm.weight, norm.eps,
+                self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
+                cos.reshape(-1), sin.reshape(-1), input_pos, cache.k, cache.v,
+            )  # fmt: skip
+            return self._attend_and_project(q, cache.k[:b], cache.v[:b], mask)
+        if norm is not None:
+            x = norm(x)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]
+        return self._attend_and_project(q, k, v, mask)
+
+    def _attend_and_project(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """q [B, H, T, Dh], k/v [B, H_kv, S, Dh] -> the output projection of their attention [B, T, D]."""
+        b, _, t, _ = q.shape
         if t == 1 and mask is not None and torch.compiler.is_compiling():
             y = decode_attention(q, k, v, mask)  # a compiled cached decode step (see one_query_attention)
         else:
             y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+    def _one_kernel_input(
+        self, x: torch.Tensor, mask: torch.Tensor | None, input_pos: torch.Tensor | None, norm: RMSNorm
+    ) -> bool:
+        """Whether this call is a compiled cached decode step on CUDA that :func:`norm_qkv_rope` can serve.
+
+        Only when every tensor it reads has one dtype (no autocast, which would change where rounding
+        happens) and the cache holds the keys: elsewhere the modules run one by one.
+        """
+        cache = self.kv_cache
+        if not (x.device.type in TRITON_DEVICES and x.shape[1] == 1 and mask is not None and torch.compiler.is_compiling()):
+            return False
+        if cache is None or input_pos is None or self.head_dim % 2 or torch.is_autocast_enabled():
+            return False
+        tensors = [x, norm.weight, cache.k, cache.v, *(p for p in self.parameters() if p is not self.o_proj.weight)]
+        return all(t.dtype == x.dtype for t in tensors) and x.is_contiguous()
 
 
 class MLP(nn.Module):

@@ -47,7 +47,7 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos))
+        x = x + self.resid_dropout(self.self_attn(x, cos, sin, mask, input_pos, self.input_layernorm))
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 

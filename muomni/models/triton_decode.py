@@ -126,3 +126,118 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid:
         SPLITS_PAD=triton.next_power_of_2(splits), **shape,
     )  # fmt: skip
     return out
+
+
+# The attention input of one decode step: rows of q/k/v per program, as pairs (row i and row i + Dh/2, the
+# two halves RoPE mixes), and the most model-width columns one loop iteration reads. The whole row at once
+# for the presets (one iteration: every load of a program goes out together, one memory latency).
+PAIRS = 8
+MAX_COLUMNS = 1024
+QKV_WARPS = 4
+
+
+@triton.jit
+def _norm_qkv_rope(
+    x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
+    q_ptr, kc_ptr, vc_ptr,
+    stride_xb, stride_qb, stride_qh,
+    stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs,
+    dim, eps,
+    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PAIRS_PER_BLOCK: tl.constexpr, COLUMNS: tl.constexpr,
+):  # fmt: skip
+    # Program (head block, b): rows i and i + Dh/2 of one q, k or v head applied to RMSNorm(x[b]), RoPE, store.
+    block, b = tl.program_id(0), tl.program_id(1)
+    blocks_per_head: tl.constexpr = (HALF + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK
+    head = block // blocks_per_head
+    j = (block % blocks_per_head) * PAIRS_PER_BLOCK + tl.arange(0, PAIRS_PER_BLOCK)  # [P]: pair within the head
+    j_ok = j < HALF
+    if head < HEADS:
+        w_ptr, bias_ptr, row = wq_ptr, bq_ptr, head * 2 * HALF
+    elif head < HEADS + KV_HEADS:
+        w_ptr, bias_ptr, row = wk_ptr, bk_ptr, (head - HEADS) * 2 * HALF
+    else:
+        w_ptr, bias_ptr, row = wv_ptr, bv_ptr, (head - HEADS - KV_HEADS) * 2 * HALF
+    # W (g * x / rms(x)) = (W (g * x)) / rms(x): the norm's statistic is gathered in the same pass as the
+    # products, so no load waits on another. Unlike the eager RMSNorm, the normed row is not rounded to
+    # the model's dtype before the product: a difference within that dtype's rounding.
+    c = tl.arange(0, COLUMNS)
+    squares = tl.zeros([COLUMNS], tl.float32)
+    low = tl.zeros([PAIRS_PER_BLOCK], tl.float32)  # row i
+    high = tl.zeros([PAIRS_PER_BLOCK], tl.float32)  # row i + Dh/2
+    for start in range(0, dim, COLUMNS):
+        col = start + c
+        col_ok = col < dim
+        tile_ok = j_ok[:, None] & col_ok[None, :]
+        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
+        gain = tl.load(norm_ptr + col, mask=col_ok, other=0.0).to(tl.float32)
+        w_low = tl.load(w_ptr + (row + j)[:, None] * dim + col[None, :], mask=tile_ok, other=0.0)
+        w_high = tl.load(w_ptr + (row + HALF + j)[:, None] * dim + col[None, :], mask=tile_ok, other=0.0)
+        squares += x * x
+        gx = x * gain
+        low += tl.sum(w_low.to(tl.float32) * gx[None, :], axis=1)
+        high += tl.sum(w_high.to(tl.float32) * gx[None, :], axis=1)
+    inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / dim + eps)
+    low, high = low * inv_rms, high * inv_rms
+    dtype = x_ptr.dtype.element_ty
+    if HAS_BIAS:
+        low += tl.load(bias_ptr + row + j, mask=j_ok, other=0.0).to(tl.float32)
+        high += tl.load(bias_ptr + row + HALF + j, mask=j_ok, other=0.0).to(tl.float32)
+    low, high = low.to(dtype).to(tl.float32), high.to(dtype).to(tl.float32)  # the projection's output
+    pos = tl.load(pos_ptr)
+    d_low, d_high = j, HALF + j
+    if head < HEADS + KV_HEADS:  # q and k turn by their position: x * cos + rotate_half(x) * sin
+        cos = tl.load(cos_ptr + d_low, mask=j_ok, other=0.0)  # the table repeats: cos[i] == cos[i + Dh/2]
+        sin = tl.load(sin_ptr + d_low, mask=j_ok, other=0.0)
+        low, high = low * cos - high * sin, high * cos + low * sin
+    if head < HEADS:
+        at = q_ptr + b * stride_qb + head * stride_qh
+        tl.store(at + d_low, low.to(q_ptr.dtype.element_ty), mask=j_ok)
+        tl.store(at + d_high, high.to(q_ptr.dtype.element_ty), mask=j_ok)
+    elif head < HEADS + KV_HEADS:
+        at = kc_ptr + b * stride_kcb + (head - HEADS) * stride_kch + pos * stride_kcs
+        tl.store(at + d_low, low.to(kc_ptr.dtype.element_ty), mask=j_ok)
+        tl.store(at + d_high, high.to(kc_ptr.dtype.element_ty), mask=j_ok)
+    else:
+        at = vc_ptr + b * stride_vcb + (head - HEADS - KV_HEADS) * stride_vch + pos * stride_vcs
+        tl.store(at + d_low, low.to(vc_ptr.dtype.element_ty), mask=j_ok)
+        tl.store(at + d_high, high.to(vc_ptr.dtype.element_ty), mask=j_ok)
+
+
+def norm_qkv_rope(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    biases: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """The attention input of one decode step in one kernel: RMSNorm, the q/k/v projections, RoPE, cache write.
+
+    x [B, D] (the residual stream before the norm), weights (q [H*Dh, D], k and v [H_kv*Dh, D], contiguous),
+    cos/sin [Dh] at the position, pos [1] the cache slot, k/v_cache [>=B, H_kv, S, Dh]: the new key and
+    value are written at slot ``pos``. Returns q [B, H, 1, Dh] after RoPE.
+    """
+    batch, dim = x.shape
+    wq, wk, wv = weights
+    head_dim = k_cache.shape[-1]
+    heads, kv_heads = wq.shape[0] // head_dim, wk.shape[0] // head_dim
+    half = head_dim // 2
+    q = torch.empty(batch, heads, 1, head_dim, dtype=x.dtype, device=x.device)
+    bq, bk, bv = biases if biases is not None else (wq, wk, wv)  # unread without HAS_BIAS
+    blocks = triton.cdiv(half, PAIRS)
+    _norm_qkv_rope[((heads + 2 * kv_heads) * blocks, batch)](
+        x, norm_weight, wq, wk, wv, bq, bk, bv, cos, sin, pos,
+        q, k_cache, v_cache,
+        x.stride(0), q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        dim, eps,
+        HEADS=heads, KV_HEADS=kv_heads, HALF=half, HAS_BIAS=biases is not None,
+        PAIRS_PER_BLOCK=PAIRS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=QKV_WARPS,
+    )  # fmt: skip
+    return q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,9 @@ from inference_helpers import tiny_model
 from muomni.inference import decode
 from muomni.inference.generate import compiled_cache_len, generate_tokens
 from muomni.inference.stats import GenerationStats
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is first imported: run its kernels on the CPU
 
 PROMPTS = [[7, 8, 9], list(range(20, 27)), list(range(40, 52))]  # lengths 3, 7 and 12
 
@@ -111,3 +115,22 @@ def test_compiled_mixture_of_experts_decodes_what_eager_decodes(counting_backend
     want = generate_tokens(model, PROMPTS, 10, temperature=0.0)
     assert generate_tokens(model, PROMPTS, 10, temperature=0.0, compile=True, decode_chunk=2) == want
     assert len(counting_backend) > 2  # graph breaks: more graphs than the two step sizes
+
+
+def test_compiled_decoding_through_the_triton_kernels_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled step as it runs on CUDA (the fused attention-input kernel writing the cache inside the
+    graph, then split-KV attention), without a GPU through Triton's interpreter: greedy tokens as eager."""
+    pytest.importorskip("triton", reason="the kernels are Triton's")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton was imported before its interpreter could be switched on")
+    from muomni.models import layers, triton_decode
+
+    calls: list[int] = []
+    kernel = triton_decode.norm_qkv_rope
+    monkeypatch.setattr(triton_decode, "norm_qkv_rope", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(layers, "TRITON_DEVICES", {"cuda", "cpu"})
+    torch._dynamo.reset()
+    model = tiny_model(n_layers=1).to("cuda" if torch.cuda.is_available() else "cpu")
+    want = generate_tokens(model, PROMPTS, 8, temperature=0.0)
+    assert generate_tokens(model, PROMPTS, 8, temperature=0.0, compile=True) == want
+    assert calls  # the fused kernel did run
