@@ -113,24 +113,19 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 @torch.library.custom_op("muomni::split_kv_attention", mutates_args=())
-def split_kv_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
-) -> torch.Tensor:
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """One-token attention over the KV cache by the Triton kernels of :mod:`muomni.models.triton_decode`.
 
-    q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S], ``last`` [1] the last slot any row may attend
-    (optional) -> [B, H, 1, Dh]. A custom op, so that a compiled
+    q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S] -> [B, H, 1, Dh]. A custom op, so that a compiled
     decode step calls the kernels as they are (CUDA only: Triton is imported on the first call).
     """
     from muomni.models.triton_decode import split_kv_attention as kernels
 
-    return kernels(q, k, v, valid, last)
+    return kernels(q, k, v, valid)
 
 
 @split_kv_attention.register_fake
-def _(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
-) -> torch.Tensor:
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return q.new_empty(q.shape)  # contiguous, as the kernels write it
 
 
@@ -169,13 +164,11 @@ def _(x, norm_weight, eps, wq, wk, wv, bq, bk, bv, cos, sin, pos, k_cache, v_cac
     return x.new_empty(x.shape[0], wq.shape[0] // head_dim, 1, head_dim)
 
 
-def decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None
-) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention of a compiled cached decode step (one token per row): split-KV Triton kernels on CUDA,
-    :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]; ``last`` [1]: no slot after it is attended."""
+    :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]."""
     if q.device.type in TRITON_DEVICES:
-        return split_kv_attention(q, k, v, mask.reshape(mask.shape[0], mask.shape[-1]), last)
+        return split_kv_attention(q, k, v, mask.reshape(mask.shape[0], mask.shape[-1]))
     return one_query_attention(q, k, v, mask)
 
 
@@ -218,29 +211,24 @@ class Attention(nn.Module):
                 self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
                 cos.reshape(-1), sin.reshape(-1), input_pos, cache.k, cache.v,
             )  # fmt: skip
-            return self._attend_and_project(q, cache.k[:b], cache.v[:b], mask, input_pos)
+            return self._attend_and_project(q, cache.k[:b], cache.v[:b], mask)
         if norm is not None:
             x = norm(x)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        last = None
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]
-            last = input_pos[-1:]  # slot = position: no slot after the last new token is attended
-        return self._attend_and_project(q, k, v, mask, last)
+        return self._attend_and_project(q, k, v, mask)
 
     def _attend_and_project(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, last: torch.Tensor | None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """q [B, H, T, Dh], k/v [B, H_kv, S, Dh] -> the output projection of their attention [B, T, D].
-
-        ``last`` [1], with the cache on: the slot of the last new token, after which no slot is attended.
-        """
+        """q [B, H, T, Dh], k/v [B, H_kv, S, Dh] -> the output projection of their attention [B, T, D]."""
         b, _, t, _ = q.shape
         if t == 1 and mask is not None and torch.compiler.is_compiling():
-            y = decode_attention(q, k, v, mask, last)  # a compiled cached decode step (see one_query_attention)
+            y = decode_attention(q, k, v, mask)  # a compiled cached decode step (see one_query_attention)
         else:
             y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
@@ -254,9 +242,8 @@ class Attention(nn.Module):
         happens) and the cache holds the keys: elsewhere the modules run one by one.
         """
         cache = self.kv_cache
-        if not (
-            x.device.type in TRITON_DEVICES and x.shape[1] == 1 and mask is not None and torch.compiler.is_compiling()
-        ):
+        compiled_decode = x.shape[1] == 1 and mask is not None and torch.compiler.is_compiling()
+        if not (compiled_decode and x.device.type in TRITON_DEVICES):
             return False
         if cache is None or input_pos is None or self.head_dim % 2 or torch.is_autocast_enabled():
             return False

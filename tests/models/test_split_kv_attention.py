@@ -61,20 +61,3 @@ def test_split_kv_attention_ignores_what_is_masked() -> None:
     clean = split_kv_attention(q, k, v, valid)
     k[0, :, 77:], v[0, :, 77:] = float("nan"), 1e4
     assert torch.equal(split_kv_attention(q, k, v, valid), clean)
-
-
-def test_split_kv_attention_reads_nothing_past_the_last_slot() -> None:
-    """With ``last``, the slots after it are skipped: junk there (NaN, not masked) changes nothing, and the
-    result is what masking those slots gives; splits wholly past it merge as empty."""
-    torch.manual_seed(2)
-    q, k, v = (torch.randn(2, 4, n, 16, device=DEVICE) for n in (1, 700, 700))
-    k, v = k[:, :2], v[:, :2]
-    valid = torch.rand(2, 700, device=DEVICE) > 0.2
-    valid[:, 0] = True
-    last = torch.tensor([300], device=DEVICE)
-    masked = valid.clone()
-    masked[:, 301:] = False
-    want = split_kv_attention(q, k, v, masked)
-    k[:, :, 301:], v[:, :, 301:] = float("nan"), float("nan")
-    got = split_kv_attention(q, k, v, valid, last)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
