@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from muomni.errors import InputError
 
@@ -63,10 +64,32 @@ def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+# Logits per block of the two-step argmax of a compiled step (see :func:`argmax`).
+ARGMAX_BLOCK = 256
+
+
+def argmax(values: torch.Tensor) -> torch.Tensor:
+    """``values.argmax(dim=-1)`` of [B, V]: the first index of each row's largest value.
+
+    In a compiled step it is found in two steps, the largest value and its index in each block of
+    ``ARGMAX_BLOCK`` values, then the first block holding the row's largest: Inductor gives a one-row
+    argmax one program, which took 7 us over the 32,000 logits of an H200 decode step. The first largest
+    value of the first block holding it is the row's first largest value, so ties go as in one argmax.
+    """
+    batch, vocab = values.shape
+    if not torch.compiler.is_compiling() or vocab <= ARGMAX_BLOCK:
+        return values.argmax(dim=-1)
+    blocks = -(-vocab // ARGMAX_BLOCK)
+    padded = F.pad(values, (0, blocks * ARGMAX_BLOCK - vocab), value=float("-inf"))  # never the largest
+    best, where = padded.view(batch, blocks, ARGMAX_BLOCK).max(dim=-1)  # [B, blocks] each
+    block = best.argmax(dim=-1, keepdim=True)  # [B, 1]
+    return (block * ARGMAX_BLOCK + where.gather(1, block)).squeeze(1)
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
     """Next token ids [B] from ``logits`` [B, V]; ``noise`` [B, V] from :func:`draw_noise` unless greedy."""
     if params.greedy:
-        return logits.argmax(dim=-1)
+        return argmax(logits)
     if noise is None:
         raise ValueError("sampling with temperature > 0 needs noise from draw_noise")
     logits = logits.float() / params.temperature
@@ -75,4 +98,4 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     if params.top_p < 1.0:
         logits = _top_p(logits, params.top_p)
     probs = logits.softmax(dim=-1)  # [B, V]; filtered tokens have probability 0
-    return (probs / noise).argmax(dim=-1)
+    return argmax(probs / noise)

@@ -164,6 +164,32 @@ def _(x, norm_weight, eps, wq, wk, wv, bq, bk, bv, cos, sin, pos, k_cache, v_cac
     return x.new_empty(x.shape[0], wq.shape[0] // head_dim, 1, head_dim)
 
 
+@torch.library.custom_op("muomni::norm_linear", mutates_args=())
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
+    """RMSNorm then a bias-free linear layer, x [B, D] -> [B, N], by one Triton kernel: the output head of a
+    compiled decode step (see :func:`muomni.models.triton_decode.norm_linear`). A custom op, as
+    :func:`split_kv_attention` is."""
+    from muomni.models.triton_decode import norm_linear as kernel
+
+    return kernel(x, norm_weight, eps, weight)
+
+
+@norm_linear.register_fake
+def _(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def one_kernel_ready(x: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
+    """Whether the step being compiled can hand ``x`` and ``tensors`` to a kernel of :mod:`triton_decode`.
+
+    Only on a Triton device, without autocast (which would change where rounding happens), with every
+    tensor contiguous and in ``x``'s dtype: elsewhere the modules run one by one.
+    """
+    if not torch.compiler.is_compiling() or x.device.type not in TRITON_DEVICES or torch.is_autocast_enabled():
+        return False
+    return all(t.dtype == x.dtype and t.is_contiguous() for t in [x, *tensors])
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention of a compiled cached decode step (one token per row): split-KV Triton kernels on CUDA,
     :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]."""
@@ -236,19 +262,12 @@ class Attention(nn.Module):
     def _one_kernel_input(
         self, x: torch.Tensor, mask: torch.Tensor | None, input_pos: torch.Tensor | None, norm: RMSNorm
     ) -> bool:
-        """Whether this call is a compiled cached decode step on CUDA that :func:`norm_qkv_rope` can serve.
-
-        Only when every tensor it reads has one dtype (no autocast, which would change where rounding
-        happens) and the cache holds the keys: elsewhere the modules run one by one.
-        """
+        """Whether this call is a compiled cached decode step that :func:`norm_qkv_rope` can serve."""
         cache = self.kv_cache
-        compiled_decode = x.shape[1] == 1 and mask is not None and torch.compiler.is_compiling()
-        if not (compiled_decode and x.device.type in TRITON_DEVICES):
+        if x.shape[1] != 1 or mask is None or cache is None or input_pos is None or self.head_dim % 2:
             return False
-        if cache is None or input_pos is None or self.head_dim % 2 or torch.is_autocast_enabled():
-            return False
-        tensors = [x, norm.weight, cache.k, cache.v, *(p for p in self.parameters() if p is not self.o_proj.weight)]
-        return all(t.dtype == x.dtype for t in tensors) and x.is_contiguous()
+        weights = [p for p in self.parameters() if p is not self.o_proj.weight]
+        return one_kernel_ready(x, [norm.weight, cache.k, cache.v, *weights])
 
 
 class MLP(nn.Module):

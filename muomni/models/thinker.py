@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from muomni.config import Config
 from muomni.models.kv_cache import KVCache
-from muomni.models.layers import MLP, Attention, MoE, RMSNorm, rope_tables
+from muomni.models.layers import MLP, Attention, MoE, RMSNorm, norm_linear, one_kernel_ready, rope_tables
 
 INIT_STD = 0.02
 
@@ -69,6 +69,10 @@ class ThinkerModel(nn.Module):
         self.cache_len = 0  # slots of the static KV cache, when one is set up
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(self.residual_stream(tokens, input_pos))
+
+    def residual_stream(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output [B, T, D], before the final norm."""
         b, t = tokens.shape
         if input_pos is None:
             cos, sin, mask = self.rope_cos[:t], self.rope_sin[:t], None
@@ -77,7 +81,7 @@ class ThinkerModel(nn.Module):
         x = self.embed_dropout(self.embed_tokens(tokens))  # [B, T, D]
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos)
-        return self.norm(x)
+        return x
 
     def attention_mask(self, input_pos: torch.Tensor, batch: int) -> torch.Tensor:
         """[B, 1, T, S]: query at slot p sees key slots <= p that hold real tokens, and always itself.
@@ -122,7 +126,11 @@ class Thinker(nn.Module):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; ``input_pos`` [T] gives the cache slots of cached decoding."""
-        return self.lm_head(self.model(tokens, input_pos))
+        x = self.model.residual_stream(tokens, input_pos)
+        norm, head = self.model.norm, self.lm_head
+        if tokens.shape[1] == 1 and input_pos is not None and one_kernel_ready(x, [norm.weight, head.weight]):
+            return norm_linear(x[:, 0], norm.weight, norm.eps, head.weight)[:, None]  # a compiled decode step
+        return head(norm(x))
 
     # --- KV cache (the founding document's API) ---
     @property

@@ -251,3 +251,51 @@ def norm_qkv_rope(
         PAIRS_PER_BLOCK=PAIRS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=QKV_WARPS,
     )  # fmt: skip
     return q
+
+
+# The output head of one decode step: rows of the head per program. The whole model row is read in one
+# loop iteration (MAX_COLUMNS), as for the attention input.
+HEAD_ROWS = 16
+HEAD_WARPS = 4
+
+
+@triton.jit
+def _norm_linear(
+    x_ptr, norm_ptr, w_ptr, out_ptr,
+    stride_xb, stride_ob,
+    rows, dim, eps,
+    ROWS: tl.constexpr, COLUMNS: tl.constexpr,
+):  # fmt: skip
+    # Program (row block, b): rows of W applied to RMSNorm(x[b]), in the same single pass as _norm_qkv_rope.
+    block, b = tl.program_id(0), tl.program_id(1)
+    r = block * ROWS + tl.arange(0, ROWS)
+    r_ok = r < rows
+    c = tl.arange(0, COLUMNS)
+    squares = tl.zeros([COLUMNS], tl.float32)
+    acc = tl.zeros([ROWS], tl.float32)
+    for start in range(0, dim, COLUMNS):
+        col = start + c
+        col_ok = col < dim
+        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
+        gain = tl.load(norm_ptr + col, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + r[:, None] * dim + col[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
+        squares += x * x
+        acc += tl.sum(w.to(tl.float32) * (x * gain)[None, :], axis=1)
+    acc = acc / tl.sqrt(tl.sum(squares, axis=0) / dim + eps)
+    tl.store(out_ptr + b * stride_ob + r, acc.to(out_ptr.dtype.element_ty), mask=r_ok)
+
+
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
+    """RMSNorm then a bias-free linear layer in one kernel: x [B, D], weight [N, D] contiguous -> [B, N].
+
+    The output head of a decode step (N the vocabulary): the norm's statistic is gathered in the same pass
+    as the products, W (g * x / rms(x)) = (W (g * x)) / rms(x), as in :func:`norm_qkv_rope`.
+    """
+    batch, dim = x.shape
+    rows = weight.shape[0]
+    out = torch.empty(batch, rows, dtype=x.dtype, device=x.device)
+    _norm_linear[(triton.cdiv(rows, HEAD_ROWS), batch)](
+        x, norm_weight, weight, out, x.stride(0), out.stride(0), rows, dim, eps,
+        ROWS=HEAD_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=HEAD_WARPS,
+    )  # fmt: skip
+    return out

@@ -66,6 +66,27 @@ def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torc
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` can be told on the device to skip a step (:func:`step_unless`): PyTorch's
+    fused optimizers take the ``found_inf`` flag that ``GradScaler`` hands them after an fp16 overflow."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """Step ``optimizer``, unless the 0-d device tensor ``skip`` is true, without waiting for its value.
+
+    The fused kernels read the flag on the device and leave parameters and state (the step count too)
+    untouched when it is set, so the host launches the step before it knows the step's loss: on an H200
+    the optimizer no longer waits for the host to read the loss of the small preset's step.
+    Only for optimizers where :func:`skips_on_device` holds.
+    """
+    optimizer.found_inf = skip.float()  # type: ignore[attr-defined]  # the attribute GradScaler sets
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Linear warmup, then cosine / linear decay to ``min_lr`` at ``total_steps`` (or constant).
@@ -129,4 +150,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-__all__ = ["Schedule", "build_optimizer", "lr_at", "make_schedule", "param_groups", "planned_steps", "set_lr"]
+__all__ = [
+    "Schedule",
+    "build_optimizer",
+    "lr_at",
+    "make_schedule",
+    "param_groups",
+    "planned_steps",
+    "set_lr",
+    "skips_on_device",
+    "step_unless",
+]

@@ -37,7 +37,7 @@ from muomni.training.faults import StopSignals, fault_point
 from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
 from muomni.training.loss import LossModule, run_loss
 from muomni.training.offload import activation_offload
-from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr
+from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr, skips_on_device, step_unless
 from muomni.training.precision import resolve_precision
 from muomni.training.runlog import RunLog, truncate_metrics
 from muomni.training.snapshot import (
@@ -194,9 +194,14 @@ class Trainer:
         norm = self.grad_norm(self.params)
         # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
         stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
+        # A fused optimizer is launched before the host reads the loss, told on the device to skip a non-finite
+        # step: the GPU then has the update to run while the host waits, instead of idling after the wait.
+        on_device = skips_on_device(self.optimizer) and not scaler.is_enabled()
+        if on_device:
+            step_unless(self.optimizer, ~torch.isfinite(stats).all())
         loss_value, norm_value = stats.tolist()  # the step's one host sync
         applied = math.isfinite(loss_value) and math.isfinite(norm_value)
-        if applied:
+        if applied and not on_device:
             scaler.step(self.optimizer)
         scaler.update()  # with fp16, an overflow (inf gradients after unscale_) lowers the scale
         self.optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ from inference_helpers import tiny_model
 
 from muomni.errors import InputError
 from muomni.inference.generate import generate_tokens
-from muomni.inference.sampling import SamplingParams, draw_noise, sample
+from muomni.inference.sampling import ARGMAX_BLOCK, SamplingParams, argmax, draw_noise, sample
 
 PROMPTS = [[5, 6, 7, 8], [40, 41]]
 
@@ -74,3 +74,18 @@ def test_global_seed_is_used_without_a_seed() -> None:
 def test_bad_sampling_options(options: dict, message: str) -> None:
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
         SamplingParams(**options)
+
+
+def test_compiled_two_step_argmax_equals_argmax() -> None:
+    """The blocked argmax of a compiled step (Inductor on the CPU) against one eager argmax, ties included."""
+    torch.manual_seed(0)
+    vocab = 3 * ARGMAX_BLOCK + 17  # the last block padded
+    values = torch.randn(6, vocab)
+    values[1, [5, ARGMAX_BLOCK + 9, vocab - 1]] = 9.0  # ties across blocks: the first wins
+    values[2, [ARGMAX_BLOCK + 3, ARGMAX_BLOCK + 4]] = 9.0  # a tie inside one block
+    values[3, -1] = 9.0  # in the padded block
+    values[4] = float("-inf")  # nothing larger than the padding: index 0, as argmax says
+    values[5, :ARGMAX_BLOCK] = 9.0  # a whole block tied
+    compiled = torch.compile(argmax, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(values), values.argmax(dim=-1))
+    assert torch.equal(compiled(values[:, :ARGMAX_BLOCK]), values[:, :ARGMAX_BLOCK].argmax(dim=-1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,3 +59,22 @@ def test_bf16_autocast_is_close_to_plain_autocast() -> None:
         plain = F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="sum")
     assert chunked.dtype == torch.float32
     assert torch.allclose(chunked, plain, rtol=2e-3)
+
+
+def test_traced_chunks_equal_plain() -> None:
+    """Traced by torch.compile, a chunk makes its gradient from a one-hot comparison instead of the eager
+    in-place scatter: the same loss and gradients, ignored targets included."""
+    torch.manual_seed(3)
+    hidden = torch.randn(2, 13, 24, requires_grad=True)
+    weight = torch.randn(97, 24, requires_grad=True)
+    targets = torch.randint(0, 97, (2, 13))
+    targets[0, 3] = -100
+    traced = torch.compile(chunked_linear_cross_entropy, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (partial(traced, chunk_size=8), plain_loss):
+        hidden.grad = weight.grad = None
+        loss = fn(hidden, weight, targets)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)

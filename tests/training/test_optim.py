@@ -9,7 +9,15 @@ import torch
 
 from muomni.config import load_config
 from muomni.models.thinker import Thinker
-from muomni.training.optim import Schedule, build_optimizer, lr_at, param_groups, planned_steps
+from muomni.training.optim import (
+    Schedule,
+    build_optimizer,
+    lr_at,
+    param_groups,
+    planned_steps,
+    skips_on_device,
+    step_unless,
+)
 
 TINY = {"vocab_size": 300, "n_layers": 2, "d_model": 32, "n_heads": 2, "kv_groups": 1, "d_ff": 64, "ctx_len": 16}
 
@@ -65,3 +73,28 @@ def test_optimizers() -> None:
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
     sgd = build_optimizer(model, load_config({**TINY, "optimizer": "sgd", "momentum": 0.8}), torch.device("cpu"))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
+
+
+def _fused_adamw_on(params: list[torch.Tensor]) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=0.1, weight_decay=0.1, fused=True)  # fused AdamW runs on CPUs too
+
+
+def test_step_unless_steps_as_a_plain_step_and_skips_without_a_trace() -> None:
+    torch.manual_seed(0)
+    start = torch.randn(5, 3)
+    plain_p, guarded_p = start.clone().requires_grad_(), start.clone().requires_grad_()
+    plain, guarded = _fused_adamw_on([plain_p]), _fused_adamw_on([guarded_p])
+    assert skips_on_device(guarded) and not skips_on_device(torch.optim.AdamW([start.clone().requires_grad_()]))
+    for step in range(3):
+        grad = torch.randn(5, 3)
+        plain_p.grad, guarded_p.grad = grad.clone(), grad.clone()
+        plain.step()
+        step_unless(guarded, torch.tensor(False))
+        assert torch.equal(plain_p, guarded_p), step
+    before = guarded_p.detach().clone()
+    state = {k: v.clone() for k, v in guarded.state[guarded_p].items()}
+    guarded_p.grad = torch.full((5, 3), math.nan)
+    step_unless(guarded, torch.tensor(True))
+    assert torch.equal(guarded_p, before)  # not NaN, and no weight decay either
+    assert all(torch.equal(guarded.state[guarded_p][k], v) for k, v in state.items())  # the step count too
+    assert not hasattr(guarded, "found_inf")  # the flag does not stay behind for GradScaler to find

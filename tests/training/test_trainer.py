@@ -98,10 +98,22 @@ def _recording_step(t: Trainer, store: dict) -> object:
     return step
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["host-skip", "device-skip"])
 def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, fused: bool
 ) -> None:
     calls = {"train": 0}
+    if fused:  # the GPU's path: the fused optimizer, launched before the loss is read, skips on the device
+        build = trainer_module.build_optimizer
+
+        def fused_adamw(model: torch.nn.Module, cfg: object, device: torch.device) -> torch.optim.Optimizer:
+            groups = [
+                {"params": g["params"], "weight_decay": g["weight_decay"]}
+                for g in build(model, cfg, device).param_groups
+            ]
+            return torch.optim.AdamW(groups, lr=1e-3, fused=True)
+
+        monkeypatch.setattr(trainer_module, "build_optimizer", fused_adamw)
 
     def poisoned(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         loss, n = lm_loss(model, tokens)
