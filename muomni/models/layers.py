@@ -179,6 +179,27 @@ def _(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tens
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+@torch.library.custom_op("muomni::swiglu_residual", mutates_args=())
+def swiglu_residual(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+) -> torch.Tensor:
+    """``x + down(silu(gate(n)) * up(n))``, ``n = RMSNorm(x)``, x [B, D] -> [B, D]: a block's MLP half in a
+    compiled decode step, by two Triton kernels (see :func:`muomni.models.triton_decode.swiglu_residual`)."""
+    from muomni.models.triton_decode import swiglu_residual as kernels
+
+    return kernels(x, norm_weight, eps, (w_gate, w_up, w_down))
+
+
+@swiglu_residual.register_fake
+def _(x, norm_weight, eps, w_gate, w_up, w_down) -> torch.Tensor:  # noqa: ANN001
+    return torch.empty_like(x)
+
+
 def one_kernel_ready(x: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
     """Whether the step being compiled can hand ``x`` and ``tensors`` to a kernel of :mod:`triton_decode`.
 
@@ -283,6 +304,16 @@ class MLP(nn.Module):
         if self.gate_proj is None:
             return self.down_proj(F.gelu(self.up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def add_to(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        """``x + self(norm(x))`` (no dropout): a block's MLP half, in two Triton kernels when this is a
+        compiled decode step (one token per row) that :func:`swiglu_residual` can serve."""
+        if self.gate_proj is not None and x.shape[1] == 1:
+            weights = [self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight]
+            if one_kernel_ready(x, [norm.weight, *weights]):
+                b = x.shape[0]
+                return swiglu_residual(x.reshape(b, -1), norm.weight, norm.eps, *weights).view_as(x)
+        return x + self(norm(x))
 
 
 class MoE(nn.Module):

@@ -48,6 +48,8 @@ class Block(nn.Module):
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.resid_dropout(self.self_attn(x, cos, sin, mask, input_pos, self.input_layernorm))
+        if input_pos is not None and isinstance(self.mlp, MLP) and not self.training:  # cached decoding
+            return self.mlp.add_to(x, self.post_attention_layernorm)  # fused kernels in a compiled step
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -126,11 +128,12 @@ class Thinker(nn.Module):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; ``input_pos`` [T] gives the cache slots of cached decoding."""
-        x = self.model.residual_stream(tokens, input_pos)
         norm, head = self.model.norm, self.lm_head
-        if tokens.shape[1] == 1 and input_pos is not None and one_kernel_ready(x, [norm.weight, head.weight]):
-            return norm_linear(x[:, 0], norm.weight, norm.eps, head.weight)[:, None]  # a compiled decode step
-        return head(norm(x))
+        one_token = tokens.shape[1] == 1 and input_pos is not None
+        if one_token and one_kernel_ready(head.weight, [norm.weight, self.model.embed_tokens.weight]):
+            x = self.model.residual_stream(tokens, input_pos)  # a compiled decode step: the norm goes with the head
+            return norm_linear(x[:, 0], norm.weight, norm.eps, head.weight)[:, None]
+        return head(self.model(tokens, input_pos))
 
     # --- KV cache (the founding document's API) ---
     @property

@@ -119,7 +119,7 @@ def test_compiled_mixture_of_experts_decodes_what_eager_decodes(counting_backend
 
 def test_compiled_decoding_through_the_triton_kernels_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled step as it runs on CUDA (the fused attention-input kernel writing the cache inside the
-    graph, split-KV attention, the fused head, the blocked argmax), without a GPU through Triton's
+    graph, split-KV attention, the fused MLP half and head, the blocked argmax), without a GPU through Triton's
     interpreter: greedy tokens as eager."""
     pytest.importorskip("triton", reason="the kernels are Triton's")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -127,7 +127,7 @@ def test_compiled_decoding_through_the_triton_kernels_equals_eager(monkeypatch: 
     from muomni.models import layers, triton_decode
 
     calls: list[str] = []
-    for name in ("norm_qkv_rope", "norm_linear"):
+    for name in ("norm_qkv_rope", "swiglu_residual", "norm_linear"):
         kernel = getattr(triton_decode, name)
         monkeypatch.setattr(triton_decode, name, lambda *a, name=name, kernel=kernel: calls.append(name) or kernel(*a))
     monkeypatch.setattr(layers, "TRITON_DEVICES", {"cuda", "cpu"})
@@ -135,4 +135,4 @@ def test_compiled_decoding_through_the_triton_kernels_equals_eager(monkeypatch: 
     model = tiny_model(n_layers=1).to("cuda" if torch.cuda.is_available() else "cpu")
     want = generate_tokens(model, PROMPTS, 8, temperature=0.0)
     assert generate_tokens(model, PROMPTS, 8, temperature=0.0, compile=True) == want
-    assert set(calls) == {"norm_qkv_rope", "norm_linear"}  # the fused kernels did run
+    assert set(calls) == {"norm_qkv_rope", "swiglu_residual", "norm_linear"}  # the fused kernels did run

@@ -1,0 +1,59 @@
+"""The fused MLP half of a decode step (RMSNorm, SwiGLU MLP, residual add) against the eager modules.
+
+Like the other kernel tests, this runs the Triton kernels on a GPU, or in Triton's interpreter on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="the kernels are Triton's")
+
+from muomni.models.layers import MLP, RMSNorm  # noqa: E402
+from muomni.models.triton_decode import swiglu_residual  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.mark.parametrize(
+    ("batch", "d_model", "d_ff"),
+    [
+        (1, 64, 128),  # the test models' shape
+        (3, 768, 2048),  # the small preset's shape, three rows (down reads two loop iterations)
+        (2, 300, 90),  # widths that are not powers of two nor multiples of the row block
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_residual_matches_the_modules(batch: int, d_model: int, d_ff: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(d_model, d_ff).to(DEVICE, dtype)
+    norm = RMSNorm(d_model).to(DEVICE, dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.5)  # a gain far from its init
+        for p in mlp.parameters():
+            p.normal_(0.0, 0.05)
+        x = 3 * torch.randn(batch, d_model, device=DEVICE, dtype=dtype)  # an RMS far from 1
+        want = x + mlp(norm(x))
+        weights = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+        got = swiglu_residual(x, norm.weight, norm.eps, weights)
+    assert got.shape == want.shape and got.dtype == dtype
+    if dtype == torch.float32:  # the MLP's own share too, not only the residual in the sum
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got - x, want - x, atol=1e-4, rtol=1e-4)
+    else:  # bf16 rounds the norm, the projections and the product in other places: as close to fp32 as eager
+        with torch.no_grad():
+            exact = x.float() + mlp.float()(norm.float()(x.float()))
+
+        def error(y: torch.Tensor) -> float:
+            return ((y.float() - exact).norm() / exact.norm()).item()
+
+        # Triton's interpreter rounds fp32 to bf16 by truncation (1 + 2^-8 + 2^-12 becomes 1), which biases
+        # each of the kernels' roundings the same way; a GPU rounds to nearest.
+        factor = 2 if CUDA else 4
+        assert error(got) <= factor * error(want) + 1e-3, (error(got), error(want))
