@@ -305,8 +305,11 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
 
 # The SwiGLU MLP of one decode step: rows of gate and up (of down) per program, and warps. Assumed from the
 # attention input's configuration (4 pairs of rows on 2 warps), which reads the same kind of rows.
-MLP_ROWS = 4
-MLP_WARPS = 2
+MLP_ROWS = 1
+MLP_WARPS = 1
+DOWN_ROWS = 1
+DOWN_WARPS = 1
+DOWN_COLUMNS = 2048
 
 
 @triton.jit
@@ -389,8 +392,8 @@ def swiglu_residual(
         ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS,
     )  # fmt: skip
     out = torch.empty_like(x)
-    _down_residual[(triton.cdiv(dim, MLP_ROWS), batch)](
+    _down_residual[(triton.cdiv(dim, DOWN_ROWS), batch)](
         h, w_down, x, out, h.stride(0), x.stride(0), out.stride(0), dim, hidden,
-        ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(hidden), MAX_COLUMNS), num_warps=MLP_WARPS,
+        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(hidden), DOWN_COLUMNS), num_warps=DOWN_WARPS,
     )  # fmt: skip
     return out
