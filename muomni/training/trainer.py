@@ -196,7 +196,8 @@ class Trainer:
         stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
         # A fused optimizer is launched before the host reads the loss, told on the device to skip a non-finite
         # step: the GPU then has the update to run while the host waits, instead of idling after the wait.
-        on_device = skips_on_device(self.optimizer) and not scaler.is_enabled()
+        # Not under FSDP, whose parameters are DTensors: the flag is a plain tensor, and that was not tried there.
+        on_device = skips_on_device(self.optimizer) and not scaler.is_enabled() and not self.env.sharded
         if on_device:
             step_unless(self.optimizer, ~torch.isfinite(stats).all())
         loss_value, norm_value = stats.tolist()  # the step's one host sync
