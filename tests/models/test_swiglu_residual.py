@@ -15,22 +15,33 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
+from muomni.models import triton_decode  # noqa: E402
 from muomni.models.layers import MLP, RMSNorm  # noqa: E402
 from muomni.models.triton_decode import swiglu_residual  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
 
+FP32, BF16 = torch.float32, torch.bfloat16
+
+
 @pytest.mark.parametrize(
-    ("batch", "d_model", "d_ff"),
+    ("batch", "d_model", "d_ff", "columns", "dtype"),
     [
-        (1, 64, 128),  # the test models' shape
-        (3, 768, 2048),  # the small preset's shape, three rows (down reads two loop iterations)
-        (2, 300, 90),  # widths that are not powers of two nor multiples of the row block
+        (1, 64, 128, None, FP32),  # the test models' shape
+        (1, 64, 128, None, BF16),
+        (1, 768, 2048, None, FP32),  # the small preset's shape (one row: the interpreter runs a program a row)
+        (2, 300, 90, None, FP32),  # widths that are not powers of two; two rows
+        (2, 300, 90, None, BF16),
+        (2, 100, 200, 32, FP32),  # rows wider than one loop iteration (as past 1,024 / 2,048 columns), masked
     ],
 )
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_swiglu_residual_matches_the_modules(batch: int, d_model: int, d_ff: int, dtype: torch.dtype) -> None:
+def test_swiglu_residual_matches_the_modules(
+    batch: int, d_model: int, d_ff: int, columns: int | None, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if columns is not None:
+        monkeypatch.setattr(triton_decode, "MAX_COLUMNS", columns)
+        monkeypatch.setattr(triton_decode, "DOWN_COLUMNS", columns)
     torch.manual_seed(0)
     mlp = MLP(d_model, d_ff).to(DEVICE, dtype)
     norm = RMSNorm(d_model).to(DEVICE, dtype)
