@@ -176,3 +176,24 @@ def test_bench_infer_keeps_the_rows_measured_before_a_failure(tmp_path: Path, mo
     with pytest.raises(RuntimeError):
         infer.bench_infer(args)
     assert [r["name"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["KV cache"]
+
+
+def test_chart_draws_no_memory_bar_for_a_row_without_a_measured_peak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hugging Face's decoding rows have no peak of their own: no bar, rather than a bar of 0 GiB."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from muomni.bench.report import GIB, chart
+
+    heights: list[list[float]] = []
+    real_bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, **kw: heights.append(list(h)) or real_bar(self, x, h, **kw))
+    rows = [
+        {"name": "KV cache", "framework": "muomni", "tokens_per_s": 90.0, "peak_memory_bytes": GIB},
+        {"name": "HF generate, static cache", "framework": "hf", "tokens_per_s": 60.0, "peak_memory_bytes": None},
+    ]
+    assert chart(tmp_path / "chart.png", "infer", rows)
+    rates, memory = heights
+    assert rates == [90.0, 60.0] and memory[0] == 1.0 and math.isnan(memory[1])
