@@ -5,19 +5,15 @@ Like the other kernel tests, this runs the Triton kernel on a GPU, or in Triton'
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="the kernel is Triton's")
 
 from muomni.models.layers import RMSNorm  # noqa: E402
 from muomni.models.triton_decode import norm_linear  # noqa: E402
 
+CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 

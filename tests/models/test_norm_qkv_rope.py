@@ -6,20 +6,16 @@ Like the split-KV tests, this runs the Triton kernel on a GPU, or in Triton's in
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="the kernel is Triton's")
 
 from muomni.models.kv_cache import KVCache  # noqa: E402
 from muomni.models.layers import Attention, RMSNorm, apply_rope, rope_tables  # noqa: E402
 from muomni.models.triton_decode import norm_qkv_rope  # noqa: E402
 
+CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 

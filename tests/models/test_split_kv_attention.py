@@ -1,25 +1,19 @@
 """The split-KV Triton decode attention against math attention.
 
-On a GPU the kernels run as they do in a compiled decode step. Without one they run in Triton's
-interpreter on the CPU (``TRITON_INTERPRET=1``, set here before Triton is first imported): the same
-kernel code, so masking, head grouping, padding and the merge of splits are checked by every test run
-that has Triton installed (the ``test`` extra installs it on Linux x86_64).
+On a GPU, or in Triton's interpreter on the CPU (see conftest.py): masking, head grouping, padding and
+the merge of splits are checked by every test run that has Triton installed.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
 from muomni.models.layers import math_attention, split_kv_attention  # noqa: E402
 
+CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 

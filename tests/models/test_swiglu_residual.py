@@ -5,22 +5,17 @@ Like the other kernel tests, this runs the Triton kernels on a GPU, or in Triton
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
 from muomni.models import triton_decode  # noqa: E402
 from muomni.models.layers import MLP, RMSNorm  # noqa: E402
 from muomni.models.triton_decode import swiglu_residual  # noqa: E402
 
+CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-
 
 FP32, BF16 = torch.float32, torch.bfloat16
 
