@@ -1,15 +1,18 @@
 """``muomni profile``: a few training (and, with ``--infer``, decoding) steps under ``torch.profiler``.
 
 Writes a Chrome/Perfetto trace (``trace_train.json``, open it at ui.perfetto.dev) and a memory timeline,
-then prints the top operators by device time and by memory, and the share of time spent in attention, MLP,
-the loss, the backward pass, the optimizer and data loading. Attention and MLP are labelled by forward hooks
-added from outside the model (the forward itself has no profiling code); the backward pass is one block,
-because autograd runs it outside those labels.
+then prints the top operators by device time and by memory, the share of time spent in attention, MLP,
+the loss, the backward pass, the optimizer and data loading, and on a GPU the device time per step by kind
+of kernel (matrix products, attention, Triton's fused elementwise kernels, optimizer, copies) and how long
+the device ran nothing (which the labels cannot show inside a compiled graph). Attention and MLP are
+labelled by forward hooks added from outside the model (the forward itself has no profiling code); the
+backward pass is one block, because autograd runs it outside those labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +86,7 @@ def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
 
 def _step(trainer, batches: list[torch.Tensor]) -> None:  # noqa: ANN001
     scaler = trainer.precision.scaler
+    loss_sum = torch.zeros((), device=trainer.device)
     for tokens in batches:
         with trainer.precision.ctx:
             with record_function("forward"):
@@ -90,12 +94,59 @@ def _step(trainer, batches: list[torch.Tensor]) -> None:  # noqa: ANN001
             loss = sum_loss / trainer.tokens_per_step
         with record_function("backward"):
             scaler.scale(loss).backward()
+        loss_sum += loss.detach()
     with record_function("optimizer"):
-        scaler.unscale_(trainer.optimizer)
-        trainer.grad_norm(trainer.params)
-        scaler.step(trainer.optimizer)
-        scaler.update()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.update(loss_sum)  # the trainer's own: clipping, the host's read of the loss, the step
+
+
+# Kinds of device kernels, by what their names contain (the first match wins: cuDNN's attention kernels
+# also name the architecture, as cuBLAS's do).
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "sm80_", "cublas")),
+    ("optimizer", ("adam", "sgd", "multi_tensor_apply")),
+    ("copies", ("memcpy", "memset")),
+    ("fused elementwise (Triton)", ("triton",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+
+
+def device_breakdown(kernels: list[tuple[str, float, float]], steps: int) -> dict[str, float]:
+    """Device time per step (us) by kind of kernel, and the time the device ran nothing.
+
+    ``kernels``: (name, start, duration) in us. ``idle`` is the span from the first kernel's start to the
+    last one's end less the time at least one kernel ran (kernels of several streams may overlap).
+    """
+    totals: dict[str, float] = {}
+    for name, _, duration in kernels:
+        kind = kernel_kind(name)
+        totals[kind] = totals.get(kind, 0.0) + duration / steps
+    busy, reached = 0.0, -math.inf
+    for _, start, duration in sorted(kernels, key=lambda k: k[1]):
+        end = start + duration
+        busy += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
+    span = (reached - min(start for _, start, _ in kernels)) if kernels else 0.0
+    return {**totals, "idle": (span - busy) / steps, "span": span / steps}
+
+
+def _device_kernels(prof: profile) -> list[tuple[str, float, float]]:
+    """The device's kernels and copies, without the ranges user annotations draw on its timeline."""
+    return [
+        (e.name, e.time_range.start, e.time_range.elapsed_us())
+        for e in prof.events()
+        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
+
+
+def _print_breakdown(breakdown: dict[str, float]) -> None:
+    span = breakdown.pop("span")
+    parts = [f"{kind} {us / 1e3:.2f} ms" for kind, us in sorted(breakdown.items(), key=lambda kv: -kv[1])]
+    print(f"device time per step ({span / 1e3:.2f} ms from first kernel to last): " + ", ".join(parts))
 
 
 def _print_tables(prof: profile, cuda: bool, shares: dict[str, float | None]) -> None:
@@ -129,6 +180,8 @@ def run_profile(args: argparse.Namespace) -> int:
     prof.export_chrome_trace(str(out / "trace_train.json"))
     _memory_timeline(prof, out, trainer.device)
     _print_tables(prof, cuda, _shares(prof, cuda))
+    if cuda:
+        _print_breakdown(device_breakdown(_device_kernels(prof), args.steps))
     if args.infer:
         _profile_decoding(trainer, out, activities)
     print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")

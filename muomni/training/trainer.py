@@ -191,6 +191,13 @@ class Trainer:
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
         fault_point("mid_step", self.progress.step + 1)
+        loss_value, norm_value, applied = self.update(loss_sum)
+        return loss_value, norm_value, lr, applied
+
+    def update(self, loss_sum: torch.Tensor) -> tuple[float, float, bool]:
+        """The end of a step, after its backward passes: clip, read the loss (the step's one host sync),
+        step unless non-finite, clear the gradients. Returns (loss, pre-clip norm, applied)."""
+        scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         norm = self.grad_norm(self.params)
         # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
@@ -207,7 +214,7 @@ class Trainer:
             scaler.step(self.optimizer)
         scaler.update()  # with fp16, an overflow (inf gradients after unscale_) lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value, lr, applied
+        return loss_value, norm_value, applied
 
     def fitted_step(self, batches: list[torch.Tensor], log: RunLog) -> tuple[float, float, float, bool]:
         """:meth:`train_step`; with ``auto_fit``, retried after an out-of-memory error with the next remedy."""

@@ -197,3 +197,23 @@ def test_chart_draws_no_memory_bar_for_a_row_without_a_measured_peak(
     assert chart(tmp_path / "chart.png", "infer", rows)
     rates, memory = heights
     assert rates == [90.0, 60.0] and memory[0] == 1.0 and math.isnan(memory[1])
+
+
+def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> None:
+    from muomni.bench.profile import device_breakdown, kernel_kind
+
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
+    assert kernel_kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matrix products"
+    assert kernel_kind("triton_poi_fused__unsafe_view_mul_silu_8") == "fused elementwise (Triton)"
+    assert kernel_kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    # Two steps: a product 0-10 us overlapping an elementwise kernel 5-12 on another stream, a gap to 20,
+    # attention 20-30; the device ran nothing for 8 us of the 30.
+    kernels = [("nvjet_gemm", 0.0, 10.0), ("triton_poi_add", 5.0, 7.0), ("flash_fwd", 20.0, 10.0)]
+    got = device_breakdown(kernels, steps=2)
+    assert got == {
+        "matrix products": 5.0,
+        "fused elementwise (Triton)": 3.5,
+        "attention": 5.0,
+        "idle": 4.0,
+        "span": 15.0,
+    }
