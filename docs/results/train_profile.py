@@ -2,20 +2,22 @@
 
 import collections
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from muomni.bench.train import rows_for
 from muomni.config import load_config
+from muomni.training.runlog import RunLog
+from muomni.training.trainer import Trainer
 
 variant, out = sys.argv[1], sys.argv[2]
-import os
-
 DEV = os.environ.get("DEV", "cuda")
 keys = [r for r in rows_for(torch.device(DEV)) if r.name == "+all"][0].keys
 over = dict(keys)
@@ -31,9 +33,6 @@ tmp = tempfile.mkdtemp()
 cfg = load_config(os.environ.get("PRESET", "small")).replace(
     **over, max_steps=40, warmup_steps=4, val_freq=10**6, checkpoint_freq=10**6, save_dir=tmp, resume="never"
 )
-from muomni.training.runlog import RunLog
-from muomni.training.trainer import Trainer
-
 t0 = time.time()
 tr = Trainer(cfg)
 log = RunLog(tr.save_dir, 0, cfg.max_steps, cfg.print_freq)
@@ -67,6 +66,7 @@ with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
     for _ in range(3):
         step()
     (torch.cuda.synchronize() if DEV == "cuda" else None)
+# Device-side events, the optimizer's user annotation included (counted as "adam": BENCHMARKS.md takes it out).
 ks = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 tot = collections.Counter()
 cnt = collections.Counter()
@@ -75,16 +75,16 @@ for e in ks:
     cnt[e.name[:90]] += 1
 cats = collections.Counter()
 for n, t in tot.items():
-    l = n.lower()
+    low = n.lower()
     c = (
         "gemm"
-        if any(s in l for s in ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas")) and "flash" not in l
+        if any(s in low for s in ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas")) and "flash" not in low
         else "attn"
-        if any(s in l for s in ("flash", "fmha", "cudnn", "attention"))
+        if any(s in low for s in ("flash", "fmha", "cudnn", "attention"))
         else "adam"
-        if "adam" in l
+        if "adam" in low
         else "triton"
-        if "triton" in l
+        if "triton" in low
         else "other"
     )
     cats[c] += t
@@ -97,7 +97,7 @@ res.update(
     n_kernels_per_step=len(ks) / 3,
     top=[(n, round(t, 1), cnt[n] // 3) for n, t in tot.most_common(45)],
 )
-json.dump(res, open(out, "w"), indent=1)
+Path(out).write_text(json.dumps(res, indent=1))
 print(
     "TRAIN",
     variant,
