@@ -22,7 +22,8 @@ RMS_NORM_EPS = 1e-5
 TRITON_DEVICES = {"cuda"}
 # The most rows a decode step hands to the fused MLP and head kernels. Each of their programs reads its weight
 # rows for one row of the batch, so the weights are read once per row: on an H200 the small preset decoded
-# batch 4 at 8,017 tokens/s with them, batch 16 at 13,583 (25,018 without) and batch 64 at 16,890 (56,594).
+# batch 4 at 8,017 tokens/s with them, batch 16 at 13,583 and batch 64 at 16,890; with them up to batch 4
+# only, on another machine start, 7,932, 22,180 and 42,176.
 FUSED_MAX_BATCH = 4
 
 

@@ -303,8 +303,12 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     return out
 
 
-# The SwiGLU MLP of one decode step: rows of gate and up (of down) per program, and warps. Assumed from the
-# attention input's configuration (4 pairs of rows on 2 warps), which reads the same kind of rows.
+# The SwiGLU MLP of one decode step: rows of gate and up (of down) per program, warps, and the most columns
+# of the down projection one loop iteration reads. Chosen on an H200 for the small preset at batch 1 with
+# weights out of L2 (1/2/4/8 rows x 1/2/4 warps, 512/1024/2048 columns): one row on one warp, down reading
+# its whole 2,048-wide row. In the decode step 4 rows on 2 warps made the down kernel take 7 us (Inductor's:
+# 3.1) and decoding slower than without these kernels (2,680-2,712 against 2,795 tokens/s); with 1 x 1,
+# 3,185 and 3,137 against 2,914 (docs/BENCHMARKS.md).
 MLP_ROWS = 1
 MLP_WARPS = 1
 DOWN_ROWS = 1
