@@ -180,17 +180,6 @@ def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def gather(value: torch.Tensor, env: DistEnv, device: torch.device) -> list[torch.Tensor]:
-    """Every rank's ``value`` (one shape and dtype on all), in rank order, on the CPU; ``[value]`` on one.
-    Sent through ``device`` (NCCL moves CUDA tensors only)."""
-    if not env.enabled:
-        return [value]
-    sent = value.to(device)
-    parts = [torch.empty_like(sent) for _ in range(env.world_size)]
-    dist.all_gather(parts, sent)
-    return [part.cpu() for part in parts]
-
-
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()

@@ -26,7 +26,7 @@ import torch
 
 from muomni.config import MODEL_KEYS, Config, load_config
 from muomni.data import Tokenizer, WindowStream
-from muomni.distributed import SINGLE, DistEnv, barrier, gather
+from muomni.distributed import SINGLE, DistEnv, barrier
 from muomni.errors import CheckpointError
 from muomni.training.checkpoint import (
     CONFIG_FILE,
@@ -55,9 +55,7 @@ from muomni.training.state import (
     RNG_FILE,
     optimizer_state_from_files,
     optimizer_state_to_files,
-    process_rng_tensors,
     rng_state,
-    set_process_rng_tensors,
     set_rng_state,
 )
 
@@ -122,12 +120,10 @@ def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: Trainin
     step = ts.progress.step
     model_state = _model_state_for_saving(ts.model, full_model_state(ts.model, ts.env))
     opt_tensors, opt_meta = optimizer_state_to_files(full_optimizer_state(ts.model, ts.optimizer, ts.env))
-    ranks_rng = _every_rank_rng(ts)
     if not ts.env.is_main:
         barrier(ts.env)
         return checkpoints_dir(save_dir) / step_dir_name(step)
     rng_meta, rng_tensors = rng_state()
-    rng_tensors.update(ranks_rng)
     state = {
         "format": STATE_FORMAT,
         "world_size": ts.env.world_size,
@@ -154,18 +150,6 @@ def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: Trainin
     folder = write_checkpoint(save_dir, step, writers)
     barrier(ts.env)
     return folder
-
-
-def _every_rank_rng(ts: TrainingState) -> dict[str, torch.Tensor]:
-    """Each rank's own generators, ``rank<r>.<name>``, gathered on every rank (none in one process)."""
-    if not ts.env.enabled:
-        return {}
-    device = next(ts.model.parameters()).device
-    tensors: dict[str, torch.Tensor] = {}
-    for name, value in process_rng_tensors(device).items():
-        for rank, part in enumerate(gather(value, ts.env, device)):
-            tensors[f"rank{rank}.{name}"] = part
-    return tensors
 
 
 def _model_state_for_saving(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -195,26 +179,8 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
     if state["scaler"] and ts.scaler.is_enabled():
         ts.scaler.load_state_dict(state["scaler"])
     ts.stream.load_state_dict(state["sampler"])
-    rng_tensors = load_tensors(ckpt / RNG_FILE)
-    set_rng_state(state["rng"], rng_tensors)
-    _restore_rank_rng(ts, rng_tensors, state.get("world_size", 1), device)
+    set_rng_state(state["rng"], load_tensors(ckpt / RNG_FILE))
     ts.progress.__dict__.update(asdict(progress))
-
-
-def _restore_rank_rng(
-    ts: TrainingState, tensors: dict[str, torch.Tensor], saved_world: int, device: torch.device
-) -> None:
-    """Each rank takes back its own generators. When the checkpoint has none for it (another number of
-    processes, or one written before ranks kept their own), a rank other than 0 draws a new seed from the
-    restored stream: deterministic, and not rank 0's masks."""
-    if not ts.env.enabled:
-        return
-    prefix = f"rank{ts.env.rank}."
-    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if own and saved_world == ts.env.world_size:
-        set_process_rng_tensors(own, device)
-    elif ts.env.rank:
-        torch.manual_seed(int(torch.randint(0, 2**62, ())) + ts.env.rank)
 
 
 def load_model_state(

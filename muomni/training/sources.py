@@ -46,13 +46,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def seed_rank(seed: int, rank: int) -> None:
-    """Give rank ``rank`` of a run its own torch generators, so its dropout masks are not the other ranks'
-    (every rank seeds alike for the same initial weights). Rank 0 keeps the stream one process would have."""
-    if rank:
-        torch.manual_seed(seed + rank)
-
-
 def adopt_fitted_split(old: Config, cfg: Config) -> Config:
     """On resume, keep the checkpoint's micro-batch split (and memory savers) when the effective batch is
     the same: auto_fit may have changed them, and the same windows in the same order are what matter."""
@@ -92,4 +85,4 @@ def initial_sources(cfg: Config) -> Sources:
     return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
 
 
-__all__ = ["adopt_fitted_split", "initial_sources", "resolve_device", "resume_sources", "seed_everything", "seed_rank"]
+__all__ = ["adopt_fitted_split", "initial_sources", "resolve_device", "resume_sources", "seed_everything"]

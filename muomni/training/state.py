@@ -7,8 +7,7 @@ current optimizer's groups are kept: they come from the config, which may change
 from the device (``fused``). Restoring reproduces every state tensor bit for bit.
 
 RNG: Python's ``random`` and NumPy's legacy global state are JSON lists; torch's CPU and CUDA generator
-states are uint8 tensors in ``rng.safetensors``, with, in a run of several processes, each rank's own
-(``rank<r>.torch_cpu``, ``rank<r>.cuda``): their dropout masks differ.
+states are uint8 tensors in ``rng.safetensors``.
 """
 
 from __future__ import annotations
@@ -107,25 +106,8 @@ def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Non
         torch.cuda.set_rng_state_all(cuda)
 
 
-def process_rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
-    """The generators dropout draws from in this process: torch's CPU one and its own device's."""
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        tensors["cuda"] = torch.cuda.get_rng_state(device)
-    return tensors
-
-
-def set_process_rng_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Restore what :func:`process_rng_tensors` returned."""
-    torch.set_rng_state(tensors["torch_cpu"])
-    if device.type == "cuda" and "cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["cuda"], device)
-
-
 __all__ = [
     "RNG_FILE",
-    "process_rng_tensors",
-    "set_process_rng_tensors",
     "optimizer_from_files",
     "optimizer_state_from_files",
     "optimizer_state_to_files",

@@ -50,7 +50,7 @@ from muomni.training.snapshot import (
     save_snapshot,
     stale_checkpoints,
 )
-from muomni.training.sources import initial_sources, resolve_device, resume_sources, seed_everything, seed_rank
+from muomni.training.sources import initial_sources, resolve_device, resume_sources, seed_everything
 from muomni.training.startup import describe_run, unigram_entropy
 
 EXIT_INTERRUPTED = 130
@@ -94,7 +94,6 @@ class Trainer:
         refuse_unavailable(cfg, self.precision)
         self.offload = activation_offload(cfg.cpu_offload == "activations", self.device)
         self._build_step()
-        seed_rank(cfg.seed, self.env.rank)  # the weights are made alike on every rank; dropout differs
         self.total_steps = planned_steps(cfg, self.data.n_train_windows / self.env.world_size)
         self.stream = WindowStream(self.data.n_train_windows, cfg.seed)
         self.progress = Progress()
