@@ -24,6 +24,7 @@ import torch
 
 from muomni.inference.sampling import SamplingParams, draw_noise, sample
 from muomni.inference.stats import synced_time
+from muomni.models.layers import register_inductor_fallbacks
 from muomni.models.thinker import Thinker
 
 # (token [B, 1], input_pos [1], done [B], noise [n, B, V] or None) -> (tokens [B, n], done [B])
@@ -242,6 +243,7 @@ def _compiled(setup: DecodeSetup, steps: int, tune: bool) -> DecodeFunction:
     """``steps`` decode steps unrolled into one compiled function."""
 
     def make() -> DecodeFunction:
+        register_inductor_fallbacks()
         fn = _own_code(make_decode_steps(setup, steps))
         return DecodeFunction(torch.compile(fn, **compile_options(setup.model, tune)), steps)
 

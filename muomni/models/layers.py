@@ -20,11 +20,14 @@ RMS_NORM_EPS = 1e-5
 # Devices whose compiled decode step runs the Triton kernels of muomni.models.triton_decode; tests add "cpu",
 # where Triton's interpreter runs them.
 TRITON_DEVICES = {"cuda"}
-# The most rows a decode step hands to the fused MLP and head kernels. Each of their programs reads its weight
+# The most rows a decode step hands to the fused output-head kernel. Each of its programs reads its weight
 # rows for one row of the batch, so the weights are read once per row: on an H200 the small preset decoded
-# batch 4 at 8,017 tokens/s with them, batch 16 at 13,583 and batch 64 at 16,890; with them up to batch 4
-# only, on another machine start, 7,932, 22,180 and 42,176.
-FUSED_MAX_BATCH = 4
+# batch 4 at 8,017 tokens/s with it (and the MLP's row kernels), batch 16 at 13,583 and batch 64 at 16,890;
+# with them up to batch 4 only, on another machine start, 7,932, 22,180 and 42,176.
+HEAD_FUSED_MAX_BATCH = 4
+# The most rows a decode step hands to the fused MLP and output-projection kernels (row kernels for a few
+# rows, tensor-core tiles over the whole batch from triton_decode.TILE_MIN_BATCH on).
+FUSED_MAX_BATCH = 64
 
 
 class RMSNorm(nn.Module):
@@ -118,19 +121,24 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 @torch.library.custom_op("muomni::split_kv_attention", mutates_args=())
-def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def split_kv_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
+) -> torch.Tensor:
     """One-token attention over the KV cache by the Triton kernels of :mod:`muomni.models.triton_decode`.
 
-    q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S] -> [B, H, 1, Dh]. A custom op, so that a compiled
-    decode step calls the kernels as they are (CUDA only: Triton is imported on the first call).
+    q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S], ``last`` [1] the last slot any row may attend
+    (optional) -> [B, H, 1, Dh]. A custom op, so that a compiled decode step calls the kernels as they are
+    (CUDA only: Triton is imported on the first call).
     """
     from muomni.models.triton_decode import split_kv_attention as kernels
 
-    return kernels(q, k, v, valid)
+    return kernels(q, k, v, valid, last)
 
 
 @split_kv_attention.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
+) -> torch.Tensor:
     return q.new_empty(q.shape)  # contiguous, as the kernels write it
 
 
@@ -184,6 +192,20 @@ def _(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tens
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+@torch.library.custom_op("muomni::linear_residual", mutates_args=())
+def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x + h W^T``, x [B, N], h [B, K], weight [N, K] -> [B, N]: a block's output projection and residual
+    add in a compiled decode step, by one Triton kernel (see :func:`muomni.models.triton_decode.linear_residual`)."""
+    from muomni.models.triton_decode import linear_residual as kernel
+
+    return kernel(x, h, weight)
+
+
+@linear_residual.register_fake
+def _(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
 @torch.library.custom_op("muomni::swiglu_residual", mutates_args=())
 def swiglu_residual(
     x: torch.Tensor,
@@ -205,6 +227,32 @@ def _(x, norm_weight, eps, w_gate, w_up, w_down) -> torch.Tensor:  # noqa: ANN00
     return torch.empty_like(x)
 
 
+FUSED_OPS = ("split_kv_attention", "norm_qkv_rope", "norm_linear", "linear_residual", "swiglu_residual")
+
+
+def register_inductor_fallbacks() -> None:
+    """Tell Inductor up front that the custom ops above run as they are, each as one fallback kernel.
+
+    Left to find that out, Inductor (torch 2.11 at least) first formats a log line with the op's arguments,
+    and an argument at the end of a chain of these ops prints every op before it, twice over where two
+    inputs share an ancestor: compiling the small preset's batch-1 decode step, whose output head comes
+    after 12 layers of fused ops, had not finished after 2 minutes (it takes 16 s). Registering the ops
+    first skips that path; the layout constraint is the one the implicit fallback would choose. Uses
+    Inductor's internal lowering table, so any failure leaves Inductor to its own path.
+    """
+    try:
+        from torch._inductor import lowering
+        from torch._library.utils import get_layout_constraint_tag
+
+        for name in FUSED_OPS:
+            op = getattr(torch.ops.muomni, name).default
+            if op not in lowering.lowerings:
+                constraint = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+                lowering.make_fallback(op, layout_constraint=constraint, warn=False)
+    except (ImportError, AttributeError, TypeError, AssertionError):  # another torch: its own path
+        return
+
+
 def one_kernel_ready(x: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
     """Whether the step being compiled can hand ``x`` and ``tensors`` to a kernel of :mod:`triton_decode`.
 
@@ -216,11 +264,13 @@ def one_kernel_ready(x: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
     return all(t.dtype == x.dtype and t.is_contiguous() for t in [x, *tensors])
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None
+) -> torch.Tensor:
     """Attention of a compiled cached decode step (one token per row): split-KV Triton kernels on CUDA,
-    :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]."""
+    :func:`one_query_attention` elsewhere. mask [B, 1, 1, S]; ``last`` [1]: no slot after it is attended."""
     if q.device.type in TRITON_DEVICES:
-        return split_kv_attention(q, k, v, mask.reshape(mask.shape[0], mask.shape[-1]))
+        return split_kv_attention(q, k, v, mask.reshape(mask.shape[0], mask.shape[-1]), last)
     return one_query_attention(q, k, v, mask)
 
 
@@ -254,6 +304,36 @@ class Attention(nn.Module):
         ``norm``, the block's RMSNorm, is applied to ``x`` here rather than by the caller, so that a compiled
         decode step on CUDA can do the norm, the projections, RoPE and the cache write in one kernel.
         """
+        return self.o_proj(self._attend(x, cos, sin, mask, input_pos, norm))
+
+    def add_to(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor,
+        norm: RMSNorm,
+    ) -> torch.Tensor:
+        """``x + self(norm(x), ...)`` (no dropout): a block's attention half in cached decoding. In a compiled
+        decode step the output projection and the residual add are one kernel (:func:`linear_residual`)."""
+        y = self._attend(x, cos, sin, mask, input_pos, norm)  # [B, T, H * Dh]
+        b, t, _ = x.shape
+        weight = self.o_proj.weight
+        if t == 1 and b <= FUSED_MAX_BATCH and self.o_proj.bias is None and one_kernel_ready(x, [y, weight]):
+            return linear_residual(x.reshape(b, -1), y.reshape(b, -1), weight).view_as(x)
+        return x + self.o_proj(y)
+
+    def _attend(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        input_pos: torch.Tensor | None,
+        norm: RMSNorm | None,
+    ) -> torch.Tensor:
+        """The attention of ``norm(x)`` before the output projection, [B, T, H * Dh] (see :meth:`forward`)."""
         b, t, _ = x.shape
         if norm is not None and self._one_kernel_input(x, mask, input_pos, norm):
             cache = self.kv_cache
@@ -263,7 +343,7 @@ class Attention(nn.Module):
                 self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
                 cos.reshape(-1), sin.reshape(-1), input_pos, cache.k, cache.v,
             )  # fmt: skip
-            return self._attend_and_project(q, cache.k[:b], cache.v[:b], mask)
+            return self._attention(q, cache.k[:b], cache.v[:b], mask, input_pos)
         if norm is not None:
             x = norm(x)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
@@ -272,18 +352,27 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]
-        return self._attend_and_project(q, k, v, mask)
+        return self._attention(q, k, v, mask, input_pos)
 
-    def _attend_and_project(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    def _attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """q [B, H, T, Dh], k/v [B, H_kv, S, Dh] -> the output projection of their attention [B, T, D]."""
+        """q [B, H, T, Dh], k/v [B, H_kv, S, Dh] -> their attention, heads side by side [B, T, H * Dh].
+
+        ``input_pos`` [T], with the cache on: slot = position, so no slot after its last is attended.
+        """
         b, _, t, _ = q.shape
         if t == 1 and mask is not None and torch.compiler.is_compiling():
-            y = decode_attention(q, k, v, mask)  # a compiled cached decode step (see one_query_attention)
+            last = None if input_pos is None else input_pos[-1:]
+            y = decode_attention(q, k, v, mask, last)  # a compiled cached decode step (see one_query_attention)
         else:
             y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # [B, H, T, Dh]
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return y.transpose(1, 2).reshape(b, t, -1)
 
     def _one_kernel_input(
         self, x: torch.Tensor, mask: torch.Tensor | None, input_pos: torch.Tensor | None, norm: RMSNorm

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from muomni.config import Config
 from muomni.models.kv_cache import KVCache
 from muomni.models.layers import (
-    FUSED_MAX_BATCH,
+    HEAD_FUSED_MAX_BATCH,
     MLP,
     Attention,
     MoE,
@@ -56,9 +56,12 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if input_pos is not None and not self.training:  # cached decoding: fused kernels in a compiled step
+            x = self.self_attn.add_to(x, cos, sin, mask, input_pos, self.input_layernorm)
+            if isinstance(self.mlp, MLP):
+                return self.mlp.add_to(x, self.post_attention_layernorm)
+            return x + self.mlp(self.post_attention_layernorm(x))
         x = x + self.resid_dropout(self.self_attn(x, cos, sin, mask, input_pos, self.input_layernorm))
-        if input_pos is not None and isinstance(self.mlp, MLP) and not self.training:  # cached decoding
-            return self.mlp.add_to(x, self.post_attention_layernorm)  # fused kernels in a compiled step
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -138,7 +141,7 @@ class Thinker(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; ``input_pos`` [T] gives the cache slots of cached decoding."""
         norm, head = self.model.norm, self.lm_head
-        one_token = tokens.shape[1] == 1 and tokens.shape[0] <= FUSED_MAX_BATCH and input_pos is not None
+        one_token = tokens.shape[1] == 1 and tokens.shape[0] <= HEAD_FUSED_MAX_BATCH and input_pos is not None
         if one_token and one_kernel_ready(head.weight, [norm.weight, self.model.embed_tokens.weight]):
             x = self.model.residual_stream(tokens, input_pos)  # a compiled decode step: the norm goes with the head
             return norm_linear(x[:, 0], norm.weight, norm.eps, head.weight)[:, None]

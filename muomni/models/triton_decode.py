@@ -12,6 +12,7 @@ through the custom op in :mod:`muomni.models.layers`; everything here runs in fp
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -25,18 +26,22 @@ import triton.language as tl
 BLOCK = 16
 ELEMENTS_PER_WARP = 4096
 MAX_SPLITS = 128  # more programs than that buy nothing on one GPU and cost the merge registers
+# The fewest rows for which the splits past the new token's slot skip their loads. Its position must be
+# read from the device before any other load of the program: at batch 1 that second memory latency made
+# small-preset decoding 10% slower on an H200 (2,599 against 2,887 and 2,834 tokens/s).
+SKIP_MIN_BATCH = 16
 
 
 @triton.jit
 def _partial_attention(
-    q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr,
+    q_ptr, k_ptr, v_ptr, valid_ptr, last_ptr, m_ptr, l_ptr, acc_ptr,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_valid_b, stride_valid_s,
     slots, slots_per_split, n_splits, scale,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr, HAS_LAST: tl.constexpr,
 ):  # fmt: skip
     # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots.
     row, split = tl.program_id(0), tl.program_id(1)
@@ -50,6 +55,8 @@ def _partial_attention(
     acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
     start = split * slots_per_split
     stop = tl.minimum(start + slots_per_split, slots)
+    if HAS_LAST:  # no slot past ``last`` is attended: a split wholly past it reads nothing
+        stop = tl.minimum(stop, tl.load(last_ptr) + 1)
     for offset in range(0, stop - start, BLOCK_S):
         s = start + offset + tl.arange(0, BLOCK_S)
         # The key, value and validity loads do not wait on each other: one memory latency, not two.
@@ -98,12 +105,14 @@ def _merge_splits(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d * stride_od, y.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
-def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def split_kv_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
+) -> torch.Tensor:
     """q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S] (True: attend) -> [B, H, 1, Dh] in q's dtype.
 
-    Every slot is read, also those past the new token's position: letting the splits past it skip their
-    loads (its position read from the device first) made small-preset decoding 10% slower on an H200
-    (2,599 against 2,887 and 2,834 tokens/s), the added load coming before every other one.
+    ``last`` [1], on the device, may say that no slot after it is valid (the new token's position: the
+    slots past it are not written yet). From ``SKIP_MIN_BATCH`` rows on, the splits past it then read
+    nothing; below, every slot is read (see ``SKIP_MIN_BATCH``).
     """
     batch, heads, _, head_dim = q.shape
     kv_heads, slots = k.shape[1], k.shape[2]
@@ -120,12 +129,13 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid:
     out = torch.empty(batch, heads, 1, head_dim, dtype=q.dtype, device=q.device)
     valid = valid.view(torch.uint8)  # Triton reads bytes; a bool tensor is one byte per element
     shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
+    skip = last is not None and batch >= SKIP_MIN_BATCH
     _partial_attention[(rows, splits)](
-        q, k, v, valid, m, l_sum, acc,
+        q, k, v, valid, last if skip else valid, m, l_sum, acc,
         q.stride(0), q.stride(1), q.stride(3),
         *k.stride(), *v.stride(), *valid.stride(),
         slots, per_split, splits, 1.0 / math.sqrt(head_dim),
-        BLOCK_S=BLOCK, num_warps=warps, **shape,
+        BLOCK_S=BLOCK, HAS_LAST=skip, num_warps=warps, **shape,
     )  # fmt: skip
     _merge_splits[(batch * heads,)](
         m, l_sum, acc, out, out.stride(0), out.stride(1), out.stride(3), splits,
@@ -375,6 +385,123 @@ def _down_residual(
     tl.store(out_ptr + b * stride_ob + r, (x + acc.to(dtype).to(tl.float32)).to(dtype), mask=r_ok)
 
 
+# From this batch on, the MLP and the output projection of a decode step run as tensor-core tiles: each
+# program reads its weight columns once and applies them to every row of the batch (up to TILE_ROWS). The
+# row kernels above read the weights once per row: at batch 16 on an H200 they made small-preset decoding
+# slower than cuBLAS (13,583 against 22,180 tokens/s), whose M=16 products in turn ran 4.2 us each, for
+# 0.05-0.2 us of weight reads at the copy bandwidth, as they spread over only 24 of 132 multiprocessors.
+TILE_MIN_BATCH = 5
+TILE_ROWS = 64
+TILE_COLUMNS = 16
+TILE_DEPTH = 256
+TILE_WARPS = 2
+
+
+@triton.jit
+def _tile_norm_gate_up(
+    x_ptr, norm_ptr, wg_ptr, wu_ptr, h_ptr,
+    stride_xb, stride_hb,
+    batch, rows, dim, eps,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    # Program n: columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch (BM >= batch).
+    m = tl.arange(0, BM)
+    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    m_ok, n_ok = m < batch, n < rows
+    squares = tl.zeros([BM], tl.float32)
+    gate = tl.zeros([BM, BN], tl.float32)
+    up = tl.zeros([BM, BN], tl.float32)
+    for start in range(0, dim, BK):
+        k = start + tl.arange(0, BK)
+        k_ok = k < dim
+        x = tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        w_gate = tl.load(wg_ptr + n[None, :] * dim + k[:, None], mask=w_ok, other=0.0)  # [BK, BN] of W^T
+        w_up = tl.load(wu_ptr + n[None, :] * dim + k[:, None], mask=w_ok, other=0.0)
+        x = x.to(tl.float32)
+        squares += tl.sum(x * x, axis=1)
+        # As in the row kernels, the norm's 1 / rms(x) is applied to the products: W (g * x) / rms(x).
+        gx = (x * gain[None, :]).to(w_gate.dtype)
+        if UPCAST:
+            gx, w_gate, w_up = gx.to(tl.float32), w_gate.to(tl.float32), w_up.to(tl.float32)
+        gate = tl.dot(gx, w_gate, gate, input_precision=PRECISION)
+        up = tl.dot(gx, w_up, up, input_precision=PRECISION)
+    inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
+    dtype = h_ptr.dtype.element_ty
+    gate = (gate * inv_rms).to(dtype).to(tl.float32)  # each projection's output, rounded as the modules round
+    up = (up * inv_rms).to(dtype).to(tl.float32)
+    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    tl.store(h_ptr + m[:, None] * stride_hb + n[None, :], (silu * up).to(dtype), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _tile_linear_residual(
+    h_ptr, w_ptr, x_ptr, out_ptr,
+    stride_hb, stride_xb, stride_ob,
+    batch, rows, dim,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    # Program n: columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch).
+    m = tl.arange(0, BM)
+    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    m_ok, n_ok = m < batch, n < rows
+    acc = tl.zeros([BM, BN], tl.float32)
+    for start in range(0, dim, BK):
+        k = start + tl.arange(0, BK)
+        k_ok = k < dim
+        h = tl.load(h_ptr + m[:, None] * stride_hb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + n[None, :] * dim + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        h = h.to(w.dtype)
+        if UPCAST:
+            h, w = h.to(tl.float32), w.to(tl.float32)
+        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+    dtype = out_ptr.dtype.element_ty
+    tile_ok = m_ok[:, None] & n_ok[None, :]
+    x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    y = x + acc.to(dtype).to(tl.float32)  # the product rounded as the module rounds it, then the residual add
+    tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
+
+
+def _tile_shape(batch: int, dtype: torch.dtype) -> dict:
+    """Tile sizes and dot precision for ``batch`` rows: fp32 products in full precision, not TF32.
+
+    Triton's interpreter multiplies 16-bit operands wrongly (a bf16 16 x 16 product was off by 1e10), so
+    there they are widened to fp32 first: the products of bf16 values are exact in fp32, as a GPU's
+    tensor cores form them, so only the order of the fp32 sums differs.
+    """
+    rows = max(16, triton.next_power_of_2(batch))  # tl.dot takes 16 rows at least
+    upcast = os.environ.get("TRITON_INTERPRET") == "1" and dtype != torch.float32
+    precision = "ieee" if dtype == torch.float32 or upcast else "tf32"  # tf32: the default, unused for 16 bits
+    shape = {"BM": rows, "BN": TILE_COLUMNS, "BK": TILE_DEPTH, "PRECISION": precision, "UPCAST": upcast}
+    return {**shape, "num_warps": TILE_WARPS}
+
+
+def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x + h W^T`` in one kernel: x [B, N], h [B, K], weight [N, K] contiguous -> [B, N] in x's dtype.
+
+    A bias-free projection onto the residual stream (a block's output projection or MLP down projection)
+    of a decode step. Up to ``TILE_MIN_BATCH - 1`` rows, one program per weight row and batch row; from
+    there, tensor-core tiles over the whole batch (``batch <= TILE_ROWS``).
+    """
+    batch, rows = x.shape
+    dim = h.shape[1]
+    out = torch.empty_like(x)
+    if batch >= TILE_MIN_BATCH:
+        if batch > TILE_ROWS:
+            raise ValueError(f"linear_residual: batch {batch} > TILE_ROWS {TILE_ROWS}")
+        _tile_linear_residual[(triton.cdiv(rows, TILE_COLUMNS),)](
+            h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
+            **_tile_shape(batch, weight.dtype),
+        )  # fmt: skip
+        return out
+    _down_residual[(triton.cdiv(rows, DOWN_ROWS), batch)](
+        h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), rows, dim,
+        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(dim), DOWN_COLUMNS), num_warps=DOWN_WARPS,
+    )  # fmt: skip
+    return out
+
+
 def swiglu_residual(
     x: torch.Tensor,
     norm_weight: torch.Tensor,
@@ -385,19 +512,23 @@ def swiglu_residual(
 
     x [B, D] the residual stream, weights (gate and up [F, D], down [D, F], contiguous) -> [B, D]. The first
     kernel does the norm (gathered in the same pass as the products, as in :func:`norm_qkv_rope`), both
-    projections and the SwiGLU product; the second the down projection and the residual add.
+    projections and the SwiGLU product; the second the down projection and the residual add
+    (:func:`linear_residual`). Row kernels up to ``TILE_MIN_BATCH - 1`` rows, tensor-core tiles from there.
     """
     batch, dim = x.shape
     w_gate, w_up, w_down = weights
     hidden = w_gate.shape[0]
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
-    _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](
-        x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), hidden, dim, eps,
-        ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS,
-    )  # fmt: skip
-    out = torch.empty_like(x)
-    _down_residual[(triton.cdiv(dim, DOWN_ROWS), batch)](
-        h, w_down, x, out, h.stride(0), x.stride(0), out.stride(0), dim, hidden,
-        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(hidden), DOWN_COLUMNS), num_warps=DOWN_WARPS,
-    )  # fmt: skip
-    return out
+    if batch >= TILE_MIN_BATCH:
+        if batch > TILE_ROWS:
+            raise ValueError(f"swiglu_residual: batch {batch} > TILE_ROWS {TILE_ROWS}")
+        _tile_norm_gate_up[(triton.cdiv(hidden, TILE_COLUMNS),)](
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps,
+            **_tile_shape(batch, w_gate.dtype),
+        )  # fmt: skip
+    else:
+        _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), hidden, dim, eps,
+            ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS,
+        )  # fmt: skip
+    return linear_residual(x, h, w_down)

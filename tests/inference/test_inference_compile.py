@@ -117,17 +117,22 @@ def test_compiled_mixture_of_experts_decodes_what_eager_decodes(counting_backend
     assert len(counting_backend) > 2  # graph breaks: more graphs than the two step sizes
 
 
-def test_compiled_decoding_through_the_triton_kernels_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("tile_min_batch", [5, 2])
+def test_compiled_decoding_through_the_triton_kernels_equals_eager(
+    tile_min_batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The compiled step as it runs on CUDA (the fused attention-input kernel writing the cache inside the
-    graph, split-KV attention, the fused MLP half and head, the blocked argmax), without a GPU through Triton's
-    interpreter: greedy tokens as eager."""
+    graph, split-KV attention, the fused output projection, MLP half and head, the blocked argmax), without a
+    GPU through Triton's interpreter: greedy tokens as eager. The batch of 3 runs the row kernels, and the
+    tensor-core tiles of larger batches when those start at 2 rows."""
     pytest.importorskip("triton", reason="the kernels are Triton's")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton was imported before its interpreter could be switched on")
     from muomni.models import layers, triton_decode
 
+    monkeypatch.setattr(triton_decode, "TILE_MIN_BATCH", tile_min_batch)
     calls: list[str] = []
-    for name in ("norm_qkv_rope", "swiglu_residual", "norm_linear"):
+    for name in ("norm_qkv_rope", "swiglu_residual", "linear_residual", "norm_linear"):
         kernel = getattr(triton_decode, name)
         monkeypatch.setattr(triton_decode, name, lambda *a, name=name, kernel=kernel: calls.append(name) or kernel(*a))
     monkeypatch.setattr(layers, "TRITON_DEVICES", {"cuda", "cpu"})
@@ -135,4 +140,18 @@ def test_compiled_decoding_through_the_triton_kernels_equals_eager(monkeypatch: 
     model = tiny_model(n_layers=1).to("cuda" if torch.cuda.is_available() else "cpu")
     want = generate_tokens(model, PROMPTS, 8, temperature=0.0)
     assert generate_tokens(model, PROMPTS, 8, temperature=0.0, compile=True) == want
-    assert set(calls) == {"norm_qkv_rope", "swiglu_residual", "norm_linear"}  # the fused kernels did run
+    assert set(calls) == {"norm_qkv_rope", "swiglu_residual", "linear_residual", "norm_linear"}  # all ran
+    # The output projection's own call, besides the MLP's down projection inside swiglu_residual.
+    assert calls.count("linear_residual") == 2 * calls.count("swiglu_residual")
+
+
+def test_fused_ops_are_registered_as_inductor_fallbacks() -> None:
+    """The decode step's custom ops are known to Inductor before it lowers a graph, so it never takes its
+    implicit-fallback path (whose log line printed the arguments' whole chain of ops, for minutes)."""
+    from torch._inductor import lowering
+
+    from muomni.models.layers import FUSED_OPS, register_inductor_fallbacks
+
+    register_inductor_fallbacks()
+    for name in FUSED_OPS:
+        assert getattr(torch.ops.muomni, name).default in lowering.lowerings, name

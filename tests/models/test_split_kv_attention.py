@@ -55,3 +55,28 @@ def test_split_kv_attention_ignores_what_is_masked() -> None:
     clean = split_kv_attention(q, k, v, valid)
     k[0, :, 77:], v[0, :, 77:] = float("nan"), 1e4
     assert torch.equal(split_kv_attention(q, k, v, valid), clean)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_split_kv_attention_reads_nothing_past_the_last_slot(batch: int) -> None:
+    """With ``last``, the slots after it are not attended: the result is what masking them gives. From
+    ``SKIP_MIN_BATCH`` rows on they are not even read (junk there, NaN and not masked, changes nothing);
+    below it they are read and masked by ``valid``, as a decode step's mask does."""
+    from muomni.models import triton_decode
+
+    assert triton_decode.SKIP_MIN_BATCH == 16  # the batch-16 case below is the one that skips
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(batch, 4, n, 16, device=DEVICE) for n in (1, 700, 700))
+    k, v = k[:, :2], v[:, :2]
+    valid = torch.rand(batch, 700, device=DEVICE) > 0.2
+    valid[:, 0] = True
+    last = torch.tensor([300], device=DEVICE)
+    masked = valid.clone()
+    masked[:, 301:] = False
+    want = split_kv_attention(q, k, v, masked)
+    if batch >= triton_decode.SKIP_MIN_BATCH:
+        k[:, :, 301:], v[:, :, 301:] = float("nan"), float("nan")
+        got = split_kv_attention(q, k, v, valid, last)
+    else:
+        got = split_kv_attention(q, k, v, masked, last)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

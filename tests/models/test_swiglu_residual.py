@@ -29,6 +29,11 @@ FP32, BF16 = torch.float32, torch.bfloat16
         (2, 300, 90, None, FP32),  # widths that are not powers of two; two rows
         (2, 300, 90, None, BF16),
         (2, 100, 200, 32, FP32),  # rows wider than one loop iteration (as past 1,024 / 2,048 columns), masked
+        # From TILE_MIN_BATCH rows: tensor-core tiles over the whole batch.
+        (16, 768, 2048, None, FP32),  # the small preset at batch 16
+        (16, 768, 2048, None, BF16),
+        (5, 300, 90, None, BF16),  # the fewest rows of a tile; widths that are not powers of two
+        (64, 100, 200, 32, FP32),  # the most rows; depths of more than one loop iteration, masked
     ],
 )
 def test_swiglu_residual_matches_the_modules(
@@ -37,6 +42,7 @@ def test_swiglu_residual_matches_the_modules(
     if columns is not None:
         monkeypatch.setattr(triton_decode, "MAX_COLUMNS", columns)
         monkeypatch.setattr(triton_decode, "DOWN_COLUMNS", columns)
+        monkeypatch.setattr(triton_decode, "TILE_DEPTH", columns)
     torch.manual_seed(0)
     mlp = MLP(d_model, d_ff).to(DEVICE, dtype)
     norm = RMSNorm(d_model).to(DEVICE, dtype)
@@ -63,3 +69,21 @@ def test_swiglu_residual_matches_the_modules(
         # each of the kernels' roundings the same way; a GPU rounds to nearest.
         factor = 2 if CUDA else 4
         assert error(got) <= factor * error(want) + 1e-3, (error(got), error(want))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+@pytest.mark.parametrize("dtype", [FP32, BF16])
+def test_linear_residual_matches_the_modules(batch: int, dtype: torch.dtype) -> None:
+    """``x + h W^T`` (a block's output projection and residual add): row kernels below TILE_MIN_BATCH rows,
+    tiles from there; bf16 rounds the product before the add, as ``x + o_proj(h)`` does."""
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(300, 200, bias=False).to(DEVICE, dtype)
+    x = torch.randn(batch, 200, device=DEVICE, dtype=dtype)
+    h = torch.randn(batch, 300, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        want = x + proj(h)
+        got = triton_decode.linear_residual(x, h, proj.weight)
+    assert got.shape == want.shape and got.dtype == dtype
+    tol = 1e-4 if dtype == FP32 else 2e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    torch.testing.assert_close(got - x, want - x, atol=tol, rtol=tol)
