@@ -107,6 +107,8 @@ KERNEL_KINDS = (
     ("optimizer", ("adam", "sgd", "multi_tensor_apply")),
     ("copies", ("memcpy", "memset")),
     ("fused elementwise (Triton)", ("triton",)),
+    # Eager PyTorch's own pointwise and reduction kernels (at::native::elementwise_kernel, reduce_kernel, ...).
+    ("elementwise (PyTorch)", ("at::native::",)),
 )
 
 

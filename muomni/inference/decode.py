@@ -212,7 +212,8 @@ def compile_options(model: Thinker, tune: bool = False) -> dict:
     ``tune`` turns on Inductor's coordinate-descent tuning of every Triton kernel (CUDA only). Under it
     Inductor also writes a matrix-vector product (one decoded token per row) as a product and a sum that
     fuses with the RMSNorm before it. On an H200 it made batch-1 decoding 1.61x faster for the tiny preset
-    and 1.55x for the small one, and the first compile 4x and 3.5x longer (docs/BENCHMARKS.md), hence opt-in.
+    and 1.55x for the small one before the step's products became muomni's own kernels; with them it buys
+    nothing there (docs/BENCHMARKS.md), and it makes the first compile longer, hence opt-in.
     """
     options: dict = {
         # Routing tokens to experts has data-dependent shapes, so a mixture of experts cannot be one graph.

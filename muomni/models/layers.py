@@ -161,8 +161,8 @@ def norm_qkv_rope(
 ) -> torch.Tensor:
     """RMSNorm, q/k/v projections, RoPE and the cache write of one decode step, by one Triton kernel.
 
-    x [B, D] before the norm, cos/sin [Dh] and pos [1] of the new token -> q [B, H, 1, Dh]; the key and
-    value go to ``k_cache``/``v_cache`` [>=B, H_kv, S, Dh] at slot ``pos`` (see
+    x [B, D] before the norm, cos/sin the RoPE tables [>pos, Dh], pos [1] of the new token -> q [B, H, 1, Dh];
+    the key and value go to ``k_cache``/``v_cache`` [>=B, H_kv, S, Dh] at slot ``pos`` (see
     :func:`muomni.models.triton_decode.norm_qkv_rope`). A custom op, as :func:`split_kv_attention` is.
     """
     from muomni.models.triton_decode import norm_qkv_rope as kernel
@@ -301,8 +301,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x [B, T, D] -> [B, T, D]. With ``input_pos`` [T] the keys/values go to the cache at those slots.
 
-        ``norm``, the block's RMSNorm, is applied to ``x`` here rather than by the caller, so that a compiled
-        decode step on CUDA can do the norm, the projections, RoPE and the cache write in one kernel.
+        ``cos``/``sin`` are the whole RoPE tables [ctx_len, Dh]: the tokens' rows are taken here (positions
+        0..T-1, or ``input_pos``), so that the fused decode kernel reads its row itself. ``norm``, the
+        block's RMSNorm, is applied to ``x`` here rather than by the caller, so that a compiled decode step
+        on CUDA can do the norm, the projections, RoPE and the cache write in one kernel.
         """
         return self.o_proj(self._attend(x, cos, sin, mask, input_pos, norm))
 
@@ -341,7 +343,7 @@ class Attention(nn.Module):
                 x.reshape(b, -1), norm.weight, norm.eps,
                 self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
                 self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
-                cos.reshape(-1), sin.reshape(-1), input_pos, cache.k, cache.v,
+                cos, sin, input_pos, cache.k, cache.v,
             )  # fmt: skip
             return self._attention(q, cache.k[:b], cache.v[:b], mask, input_pos)
         if norm is not None:
@@ -349,6 +351,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
+        rows = slice(0, t) if input_pos is None else input_pos
+        cos, sin = cos[rows], sin[rows]  # [T, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]

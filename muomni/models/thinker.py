@@ -87,14 +87,10 @@ class ThinkerModel(nn.Module):
 
     def residual_stream(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """The last block's output [B, T, D], before the final norm."""
-        b, t = tokens.shape
-        if input_pos is None:
-            cos, sin, mask = self.rope_cos[:t], self.rope_sin[:t], None
-        else:
-            cos, sin, mask = self.rope_cos[input_pos], self.rope_sin[input_pos], self.attention_mask(input_pos, b)
+        mask = None if input_pos is None else self.attention_mask(input_pos, tokens.shape[0])
         x = self.embed_dropout(self.embed_tokens(tokens))  # [B, T, D]
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos)
+        for layer in self.layers:  # each takes its tokens' rows of the RoPE tables
+            x = layer(x, self.rope_cos, self.rope_sin, mask, input_pos)
         return x
 
     def attention_mask(self, input_pos: torch.Tensor, batch: int) -> torch.Tensor:

@@ -161,7 +161,7 @@ def _norm_qkv_rope(
     x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
     q_ptr, kc_ptr, vc_ptr,
     stride_xb, stride_qb, stride_qh,
-    stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs,
+    stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, stride_rope,
     dim, eps,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
     PAIRS_PER_BLOCK: tl.constexpr, COLUMNS: tl.constexpr,
@@ -207,8 +207,8 @@ def _norm_qkv_rope(
     pos = tl.load(pos_ptr)
     d_low, d_high = j, HALF + j
     if head < HEADS + KV_HEADS:  # q and k turn by their position: x * cos + rotate_half(x) * sin
-        cos = tl.load(cos_ptr + d_low, mask=j_ok, other=0.0)  # the table repeats: cos[i] == cos[i + Dh/2]
-        sin = tl.load(sin_ptr + d_low, mask=j_ok, other=0.0)
+        cos = tl.load(cos_ptr + pos * stride_rope + d_low, mask=j_ok, other=0.0)  # cos[i] == cos[i + Dh/2]
+        sin = tl.load(sin_ptr + pos * stride_rope + d_low, mask=j_ok, other=0.0)
         low, high = low * cos - high * sin, high * cos + low * sin
     if head < HEADS:
         at = q_ptr + b * stride_qb + head * stride_qh
@@ -222,6 +222,87 @@ def _norm_qkv_rope(
         at = vc_ptr + b * stride_vcb + (head - HEADS - KV_HEADS) * stride_vch + pos * stride_vcs
         tl.store(at + d_low, low.to(vc_ptr.dtype.element_ty), mask=j_ok)
         tl.store(at + d_high, high.to(vc_ptr.dtype.element_ty), mask=j_ok)
+
+
+# From this batch on, the attention input, output projection and MLP of a decode step run as tensor-core tiles: each
+# program reads its weight columns once and applies them to every row of the batch (up to TILE_ROWS). The
+# row kernels above read the weights once per row: at batch 16 on an H200 they made small-preset decoding
+# slower than cuBLAS (13,583 against 22,180 tokens/s), whose M=16 products in turn ran 4.2 us each, for
+# 0.05-0.2 us of weight reads at the copy bandwidth, as they spread over only 24 of 132 multiprocessors.
+TILE_MIN_BATCH = 5
+TILE_ROWS = 64
+TILE_COLUMNS = 16
+TILE_DEPTH = 256
+TILE_WARPS = 2
+QKV_TILE_PAIRS = 16  # row pairs of one head per program of the attention input's tiles
+
+
+@triton.jit
+def _tile_norm_qkv_rope(
+    x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
+    q_ptr, kc_ptr, vc_ptr,
+    stride_xb, stride_qb, stride_qh,
+    stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, stride_rope,
+    batch, dim, eps,
+    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    # Program (pair block): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on tensor cores.
+    block = tl.program_id(0)
+    blocks_per_head: tl.constexpr = (HALF + BN - 1) // BN
+    head = block // blocks_per_head
+    j = (block % blocks_per_head) * BN + tl.arange(0, BN)  # [BN]: pair within the head
+    m = tl.arange(0, BM)
+    j_ok, m_ok = j < HALF, m < batch
+    if head < HEADS:
+        w_ptr, bias_ptr, row = wq_ptr, bq_ptr, head * 2 * HALF
+    elif head < HEADS + KV_HEADS:
+        w_ptr, bias_ptr, row = wk_ptr, bk_ptr, (head - HEADS) * 2 * HALF
+    else:
+        w_ptr, bias_ptr, row = wv_ptr, bv_ptr, (head - HEADS - KV_HEADS) * 2 * HALF
+    squares = tl.zeros([BM], tl.float32)
+    low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
+    high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
+    for start in range(0, dim, BK):
+        k = start + tl.arange(0, BK)
+        k_ok = k < dim
+        x = tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        w_ok = k_ok[:, None] & j_ok[None, :]
+        w_low = tl.load(w_ptr + (row + j)[None, :] * dim + k[:, None], mask=w_ok, other=0.0)  # [BK, BN] of W^T
+        w_high = tl.load(w_ptr + (row + HALF + j)[None, :] * dim + k[:, None], mask=w_ok, other=0.0)
+        x = x.to(tl.float32)
+        squares += tl.sum(x * x, axis=1)
+        gx = (x * gain[None, :]).to(w_low.dtype)  # W (g * x) / rms(x), as in the row kernel
+        if UPCAST:
+            gx, w_low, w_high = gx.to(tl.float32), w_low.to(tl.float32), w_high.to(tl.float32)
+        low = tl.dot(gx, w_low, low, input_precision=PRECISION)
+        high = tl.dot(gx, w_high, high, input_precision=PRECISION)
+    inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
+    low, high = low * inv_rms, high * inv_rms
+    dtype = x_ptr.dtype.element_ty
+    if HAS_BIAS:
+        low += tl.load(bias_ptr + row + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        high += tl.load(bias_ptr + row + HALF + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+    low, high = low.to(dtype).to(tl.float32), high.to(dtype).to(tl.float32)  # the projection's output
+    pos = tl.load(pos_ptr)
+    if head < HEADS + KV_HEADS:
+        cos = tl.load(cos_ptr + pos * stride_rope + j, mask=j_ok, other=0.0)[None, :]
+        sin = tl.load(sin_ptr + pos * stride_rope + j, mask=j_ok, other=0.0)[None, :]
+        low, high = low * cos - high * sin, high * cos + low * sin
+    tile_ok = m_ok[:, None] & j_ok[None, :]
+    if head < HEADS:
+        at = q_ptr + m[:, None] * stride_qb + head * stride_qh + j[None, :]
+        tl.store(at, low.to(q_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(at + HALF, high.to(q_ptr.dtype.element_ty), mask=tile_ok)
+    elif head < HEADS + KV_HEADS:
+        at = kc_ptr + m[:, None] * stride_kcb + (head - HEADS) * stride_kch + pos * stride_kcs + j[None, :]
+        tl.store(at, low.to(kc_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(at + HALF, high.to(kc_ptr.dtype.element_ty), mask=tile_ok)
+    else:
+        at = vc_ptr + m[:, None] * stride_vcb + (head - HEADS - KV_HEADS) * stride_vch + pos * stride_vcs + j[None, :]
+        tl.store(at, low.to(vc_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(at + HALF, high.to(vc_ptr.dtype.element_ty), mask=tile_ok)
 
 
 def norm_qkv_rope(
@@ -239,8 +320,9 @@ def norm_qkv_rope(
     """The attention input of one decode step in one kernel: RMSNorm, the q/k/v projections, RoPE, cache write.
 
     x [B, D] (the residual stream before the norm), weights (q [H*Dh, D], k and v [H_kv*Dh, D], contiguous),
-    cos/sin [Dh] at the position, pos [1] the cache slot, k/v_cache [>=B, H_kv, S, Dh]: the new key and
-    value are written at slot ``pos``. Returns q [B, H, 1, Dh] after RoPE.
+    cos/sin [>pos, Dh] the RoPE tables (their row ``pos`` is read), pos [1] the new token's position and
+    cache slot, k/v_cache [>=B, H_kv, S, Dh]: the new key and value are written at slot ``pos``. Returns q
+    [B, H, 1, Dh] after RoPE. Row kernels up to ``TILE_MIN_BATCH - 1`` rows, tensor-core tiles from there.
     """
     batch, dim = x.shape
     wq, wk, wv = weights
@@ -249,15 +331,23 @@ def norm_qkv_rope(
     half = head_dim // 2
     q = torch.empty(batch, heads, 1, head_dim, dtype=x.dtype, device=x.device)
     bq, bk, bv = biases if biases is not None else (wq, wk, wv)  # unread without HAS_BIAS
-    blocks = triton.cdiv(half, PAIRS)
-    _norm_qkv_rope[((heads + 2 * kv_heads) * blocks, batch)](
+    args = (
         x, norm_weight, wq, wk, wv, bq, bk, bv, cos, sin, pos,
         q, k_cache, v_cache,
         x.stride(0), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        dim, eps,
-        HEADS=heads, KV_HEADS=kv_heads, HALF=half, HAS_BIAS=biases is not None,
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), cos.stride(0),
+    )  # fmt: skip
+    shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
+    if batch >= TILE_MIN_BATCH:
+        if batch > TILE_ROWS:
+            raise ValueError(f"norm_qkv_rope: batch {batch} > TILE_ROWS {TILE_ROWS}")
+        tile = {**_tile_shape(batch, wq.dtype), "BN": QKV_TILE_PAIRS}
+        blocks = triton.cdiv(half, QKV_TILE_PAIRS)
+        _tile_norm_qkv_rope[((heads + 2 * kv_heads) * blocks,)](*args, batch, dim, eps, **shape, **tile)
+        return q
+    _norm_qkv_rope[((heads + 2 * kv_heads) * triton.cdiv(half, PAIRS), batch)](
+        *args, dim, eps, **shape,
         PAIRS_PER_BLOCK=PAIRS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=QKV_WARPS,
     )  # fmt: skip
     return q
@@ -383,18 +473,6 @@ def _down_residual(
     dtype = out_ptr.dtype.element_ty
     x = tl.load(x_ptr + b * stride_xb + r, mask=r_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + b * stride_ob + r, (x + acc.to(dtype).to(tl.float32)).to(dtype), mask=r_ok)
-
-
-# From this batch on, the MLP and the output projection of a decode step run as tensor-core tiles: each
-# program reads its weight columns once and applies them to every row of the batch (up to TILE_ROWS). The
-# row kernels above read the weights once per row: at batch 16 on an H200 they made small-preset decoding
-# slower than cuBLAS (13,583 against 22,180 tokens/s), whose M=16 products in turn ran 4.2 us each, for
-# 0.05-0.2 us of weight reads at the copy bandwidth, as they spread over only 24 of 132 multiprocessors.
-TILE_MIN_BATCH = 5
-TILE_ROWS = 64
-TILE_COLUMNS = 16
-TILE_DEPTH = 256
-TILE_WARPS = 2
 
 
 @triton.jit

@@ -206,6 +206,9 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
     assert kernel_kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matrix products"
     assert kernel_kind("triton_poi_fused__unsafe_view_mul_silu_8") == "fused elementwise (Triton)"
     assert kernel_kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert kernel_kind("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl<>>") == (
+        "elementwise (PyTorch)"
+    )
     # Two steps: a product 0-10 us overlapping an elementwise kernel 5-12 on another stream, a gap to 20,
     # attention 20-30; the device ran nothing for 8 us of the 30.
     kernels = [("nvjet_gemm", 0.0, 10.0), ("triton_poi_add", 5.0, 7.0), ("flash_fwd", 20.0, 10.0)]

@@ -39,6 +39,10 @@ def _reference(attn: Attention, norm: RMSNorm, x: torch.Tensor, cos, sin, pos: i
         (2, 96, 2, 1, True),  # Qwen2's q/k/v biases; head width 48 (24 pairs, not a multiple of the block)
         (1, 300, 6, 6, False),  # a model width that is not a power of two; no grouping
         (1, 1200, 10, 5, False),  # wider than one loop iteration (the second one half masked)
+        # From TILE_MIN_BATCH rows: tensor-core tiles over the whole batch.
+        (16, 768, 12, 4, False),  # the small preset at batch 16
+        (5, 96, 2, 1, True),  # the fewest rows of a tile; biases; 24 pairs a head, a second block half masked
+        (64, 300, 6, 6, False),  # the most rows; a width that is not a power of two (depth blocks masked)
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -52,7 +56,8 @@ def test_norm_qkv_rope_matches_the_modules(
         for p in [*attn.parameters(), norm.weight]:
             p.normal_(0.0, 0.5 if p.ndim == 1 else 0.05)  # biases and gain far from their init (0 and 1)
     head_dim, slots, pos = d_model // heads, 40, 29
-    cos, sin = (t[pos].to(DEVICE) for t in rope_tables(head_dim, slots, 10000.0))
+    cos_table, sin_table = (t.to(DEVICE) for t in rope_tables(head_dim, slots, 10000.0))
+    cos, sin = cos_table[pos], sin_table[pos]
     x = 3 * torch.randn(batch, d_model, device=DEVICE, dtype=dtype)  # an RMS far from 1
     want_cache = KVCache(batch + 1, kv_heads, slots, head_dim, dtype, torch.device(DEVICE))
     got_cache = KVCache(batch + 1, kv_heads, slots, head_dim, dtype, torch.device(DEVICE))
@@ -66,7 +71,9 @@ def test_norm_qkv_rope_matches_the_modules(
         biases = (attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias) if bias else None
         weights = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight)
         position = torch.tensor([pos], device=DEVICE)
-        got = norm_qkv_rope(x, norm.weight, norm.eps, weights, biases, cos, sin, position, got_cache.k, got_cache.v)
+        got = norm_qkv_rope(
+            x, norm.weight, norm.eps, weights, biases, cos_table, sin_table, position, got_cache.k, got_cache.v
+        )
     assert got.shape == want.shape and got.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
