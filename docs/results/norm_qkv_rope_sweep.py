@@ -39,7 +39,8 @@ def main(out_path: str) -> None:
             tuple((0.03 * torch.randn(n * dh, d, device="cuda", generator=g)).to(dt) for n in (h, hk, hk))
             for _ in range(sets_needed)
         ]
-        cos, sin = (t[POS].cuda() for t in rope_tables(dh, SLOTS, 10000.0))
+        cos_table, sin_table = (t.cuda() for t in rope_tables(dh, SLOTS, 10000.0))
+        cos, sin = cos_table[POS], sin_table[POS]
         pos = torch.tensor([POS], device="cuda")
         k_cache = torch.randn(b, hk, SLOTS, dh, device="cuda", dtype=dt)
         v_cache = torch.randn_like(k_cache)
@@ -69,7 +70,7 @@ def main(out_path: str) -> None:
         for pairs, warps in itertools.product((2, 4, 8, 16), (1, 2, 4, 8)):
             td.PAIRS, td.QKV_WARPS = pairs, warps
             k2, v2 = k_cache.clone(), v_cache.clone()
-            got = td.norm_qkv_rope(x, gain, 1e-5, sets[0], None, cos, sin, pos, k2, v2)
+            got = td.norm_qkv_rope(x, gain, 1e-5, sets[0], None, cos_table, sin_table, pos, k2, v2)
             err = max(
                 relative_error(got, q32),
                 relative_error(k2[:, :, POS], k32[:, :, 0]),
@@ -78,7 +79,7 @@ def main(out_path: str) -> None:
 
             def run_kernel(k2: torch.Tensor = k2, v2: torch.Tensor = v2) -> None:
                 for weights in sets:
-                    td.norm_qkv_rope(x, gain, 1e-5, weights, None, cos, sin, pos, k2, v2)
+                    td.norm_qkv_rope(x, gain, 1e-5, weights, None, cos_table, sin_table, pos, k2, v2)
 
             us = 1e3 * do_bench_cudagraph(run_kernel, rep=300) / sets_needed
             row[f"{pairs}x{warps}x{td.MAX_COLUMNS}"] = {"us": us, "err": err}

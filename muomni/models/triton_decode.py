@@ -551,7 +551,9 @@ def _tile_shape(batch: int, dtype: torch.dtype) -> dict:
     rows = max(16, triton.next_power_of_2(batch))  # tl.dot takes 16 rows at least
     upcast = os.environ.get("TRITON_INTERPRET") == "1" and dtype != torch.float32
     precision = "ieee" if dtype == torch.float32 or upcast else "tf32"  # tf32: the default, unused for 16 bits
-    shape = {"BM": rows, "BN": TILE_COLUMNS, "BK": TILE_DEPTH, "PRECISION": precision, "UPCAST": upcast}
+    # TILE_DEPTH is for 16-bit weights: fp32 tiles twice as deep overran an H200's shared memory at 64 rows.
+    depth = TILE_DEPTH * 2 // dtype.itemsize
+    shape = {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, "PRECISION": precision, "UPCAST": upcast}
     return {**shape, "num_warps": TILE_WARPS}
 
 
