@@ -1,9 +1,11 @@
-"""Every decode kernel compiles for a GPU (sm_90), also on a machine without one.
+"""Every decode kernel compiles for a GPU (sm_90) and fits its shared memory, also on a machine without one.
 
-Triton's interpreter, which runs the kernel tests on the CPU, accepts code that the GPU compiler rejects:
-a dtype chosen in a branch that depends on a program's data ran there and failed to compile on an H200.
-Here each kernel goes through Triton's compiler for Hopper with the small preset's settings. It runs in a
-child process: in this one the interpreter may be on (conftest.py), and it changes Triton's language.
+Triton's interpreter, which runs the kernel tests on the CPU, accepts code that a GPU rejects: a dtype
+chosen in a branch that depends on a program's data ran there and failed to compile on an H200, and fp32
+tiles for 64 rows asked for more shared memory than an H200 has. Here each kernel goes through Triton's
+compiler for Hopper with the small preset's settings (the tile kernels with the configuration their
+wrappers choose, for 16 and 64 rows in bf16 and fp32). It runs in a child process: in this one the
+interpreter may be on (conftest.py), and it changes Triton's language.
 """
 
 from __future__ import annotations
@@ -17,71 +19,85 @@ import pytest
 
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
-TILE = {"BM": 16, "BN": 16, "BK": 256, "PRECISION": "tf32", "UPCAST": False}
 ROPE = {"HEADS": 12, "KV_HEADS": 4, "HALF": 32, "HAS_BIAS": True}
-KERNELS = {
+ROW_KERNELS = {
     "_partial_attention": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "BLOCK_S": 16,
                            "HAS_LAST": True},
     "_merge_splits": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "SPLITS_PAD": 64},
     "_norm_qkv_rope": {**ROPE, "PAIRS_PER_BLOCK": 4, "COLUMNS": 1024},
-    "_tile_norm_qkv_rope": {**ROPE, **TILE},
     "_norm_linear": {"ROWS": 8, "COLUMNS": 1024},
     "_norm_gate_up": {"ROWS": 1, "COLUMNS": 1024},
     "_down_residual": {"ROWS": 1, "COLUMNS": 2048},
-    "_tile_norm_gate_up": TILE,
-    "_tile_linear_residual": TILE,
 }  # fmt: skip
+TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
+CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None] for name, constexprs in ROW_KERNELS.items()} | {
+    f"{name}-{dtype}-{rows}": [name, constexprs, dtype, rows]
+    for name, constexprs in TILE_KERNELS.items()
+    for dtype in ("bfloat16", "float32")
+    for rows in (16, 64)
+}
+# Pointers that are not the model's dtype (the RoPE tables, positions, validity, the split partials).
 POINTERS = {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "pos_ptr": "*i64", "last_ptr": "*i64", "valid_ptr": "*u8",
             "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32"}  # fmt: skip
+SHARED_MEMORY = 232_448  # bytes a block may use on sm_90 (H100, H200)
 
 CHILD = """
 import json, sys
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.errors import CompilationError
 from muomni.models import triton_decode as td
 
-kernels, pointers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+cases, pointers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 found = sorted(n for n, obj in vars(td).items() if isinstance(obj, triton.runtime.jit.JITFunction))
 results = {"found": found}
-for name, constexprs in kernels.items():
-    kernel = getattr(td, name)
+for case, (name, constexprs, dtype, rows) in cases.items():
+    kernel, options = getattr(td, name), {}
+    if rows is not None:  # the configuration the wrapper would choose
+        shape = td._tile_shape(rows, getattr(torch, dtype))
+        options["num_warps"] = shape.pop("num_warps")
+        constexprs = {**constexprs, **shape}
+        if name == "_tile_norm_qkv_rope":
+            constexprs["BN"] = td.QKV_TILE_PAIRS
+    value = "*bf16" if dtype == "bfloat16" else "*fp32"
     signature = {}
     for arg in kernel.arg_names:
         if arg in constexprs:
             signature[arg] = "constexpr"
         elif arg.endswith("_ptr"):
-            signature[arg] = pointers.get(arg, "*bf16")
+            signature[arg] = pointers.get(arg, value)
         else:
             signature[arg] = "fp32" if arg in ("eps", "scale") else "i32"
     positions = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
     try:
         source = ASTSource(fn=kernel, signature=signature, constexprs=positions)
-        triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        results[name] = "ok"
+        results[case] = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
     except CompilationError as e:
-        results[name] = "error: " + str(e)[-600:]
+        results[case] = "error: " + str(e)[-600:]
     except Exception as e:  # no CUDA tool chain here (ptxas): the front end passed, the rest cannot run
-        results[name] = "no back end: " + type(e).__name__
+        results[case] = "no back end: " + type(e).__name__
 print(json.dumps(results))
 """
 
 
 @pytest.fixture(scope="module")
-def compiled() -> dict[str, str]:
+def compiled() -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    args = [sys.executable, "-c", CHILD, json.dumps(KERNELS), json.dumps(POINTERS)]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
+    args = [sys.executable, "-c", CHILD, json.dumps(CASES), json.dumps(POINTERS)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_every_kernel_is_listed(compiled: dict[str, str]) -> None:
-    assert compiled["found"] == sorted(KERNELS)
+def test_every_kernel_is_listed(compiled: dict[str, object]) -> None:
+    assert compiled["found"] == sorted([*ROW_KERNELS, *TILE_KERNELS])
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
-def test_kernel_compiles_for_hopper(name: str, compiled: dict[str, str]) -> None:
-    if compiled[name].startswith("no back end"):
-        pytest.skip(compiled[name])
-    assert compiled[name] == "ok", compiled[name]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_compiles_for_hopper(case: str, compiled: dict[str, object]) -> None:
+    result = compiled[case]
+    if isinstance(result, str) and result.startswith("no back end"):
+        pytest.skip(result)
+    assert isinstance(result, int), result  # the shared memory it asks for, or the compiler's error
+    assert result <= SHARED_MEMORY, f"{case} asks for {result} bytes of shared memory"
