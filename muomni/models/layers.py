@@ -236,7 +236,7 @@ def register_inductor_fallbacks() -> None:
     Left to find that out, Inductor (torch 2.11 at least) first formats a log line with the op's arguments,
     and an argument at the end of a chain of these ops prints every op before it, twice over where two
     inputs share an ancestor: compiling the small preset's batch-1 decode step, whose output head comes
-    after 12 layers of fused ops, had not finished after 2 minutes (it takes 16 s). Registering the ops
+    after 12 layers of fused ops, had not finished after 2 minutes (it takes 12 s). Registering the ops
     first skips that path; the layout constraint is the one the implicit fallback would choose. Uses
     Inductor's internal lowering table, so any failure leaves Inductor to its own path.
     """

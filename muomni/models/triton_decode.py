@@ -322,7 +322,7 @@ def norm_qkv_rope(
     x [B, D] (the residual stream before the norm), weights (q [H*Dh, D], k and v [H_kv*Dh, D], contiguous),
     cos/sin [>pos, Dh] the RoPE tables (their row ``pos`` is read), pos [1] the new token's position and
     cache slot, k/v_cache [>=B, H_kv, S, Dh]: the new key and value are written at slot ``pos``. Returns q
-    [B, H, 1, Dh] after RoPE. Row kernels up to ``TILE_MIN_BATCH - 1`` rows, tensor-core tiles from there.
+    [B, H, 1, Dh] after RoPE. Tensor-core tiles for TILE_MIN_BATCH to TILE_ROWS rows, row kernels otherwise.
     """
     batch, dim = x.shape
     wq, wk, wv = weights
@@ -339,9 +339,7 @@ def norm_qkv_rope(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), cos.stride(0),
     )  # fmt: skip
     shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
-    if batch >= TILE_MIN_BATCH:
-        if batch > TILE_ROWS:
-            raise ValueError(f"norm_qkv_rope: batch {batch} > TILE_ROWS {TILE_ROWS}")
+    if _tiled(batch):
         tile = {**_tile_shape(batch, wq.dtype), "BN": QKV_TILE_PAIRS}
         blocks = triton.cdiv(half, QKV_TILE_PAIRS)
         _tile_norm_qkv_rope[((heads + 2 * kv_heads) * blocks,)](*args, batch, dim, eps, **shape, **tile)
@@ -541,6 +539,11 @@ def _tile_linear_residual(
     tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
 
 
+def _tiled(batch: int) -> bool:
+    """Whether ``batch`` rows go to the tile kernels (more than TILE_ROWS go back to the row kernels)."""
+    return TILE_MIN_BATCH <= batch <= TILE_ROWS
+
+
 def _tile_shape(batch: int, dtype: torch.dtype) -> dict:
     """Tile sizes and dot precision for ``batch`` rows: fp32 products in full precision, not TF32.
 
@@ -561,15 +564,13 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     """``x + h W^T`` in one kernel: x [B, N], h [B, K], weight [N, K] contiguous -> [B, N] in x's dtype.
 
     A bias-free projection onto the residual stream (a block's output projection or MLP down projection)
-    of a decode step. Up to ``TILE_MIN_BATCH - 1`` rows, one program per weight row and batch row; from
-    there, tensor-core tiles over the whole batch (``batch <= TILE_ROWS``).
+    of a decode step. From TILE_MIN_BATCH to TILE_ROWS rows, tensor-core tiles over the whole batch;
+    otherwise one program per weight row and batch row.
     """
     batch, rows = x.shape
     dim = h.shape[1]
     out = torch.empty_like(x)
-    if batch >= TILE_MIN_BATCH:
-        if batch > TILE_ROWS:
-            raise ValueError(f"linear_residual: batch {batch} > TILE_ROWS {TILE_ROWS}")
+    if _tiled(batch):
         _tile_linear_residual[(triton.cdiv(rows, TILE_COLUMNS),)](
             h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
             **_tile_shape(batch, weight.dtype),
@@ -593,15 +594,13 @@ def swiglu_residual(
     x [B, D] the residual stream, weights (gate and up [F, D], down [D, F], contiguous) -> [B, D]. The first
     kernel does the norm (gathered in the same pass as the products, as in :func:`norm_qkv_rope`), both
     projections and the SwiGLU product; the second the down projection and the residual add
-    (:func:`linear_residual`). Row kernels up to ``TILE_MIN_BATCH - 1`` rows, tensor-core tiles from there.
+    (:func:`linear_residual`). Tensor-core tiles for TILE_MIN_BATCH to TILE_ROWS rows, row kernels otherwise.
     """
     batch, dim = x.shape
     w_gate, w_up, w_down = weights
     hidden = w_gate.shape[0]
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
-    if batch >= TILE_MIN_BATCH:
-        if batch > TILE_ROWS:
-            raise ValueError(f"swiglu_residual: batch {batch} > TILE_ROWS {TILE_ROWS}")
+    if _tiled(batch):
         _tile_norm_gate_up[(triton.cdiv(hidden, TILE_COLUMNS),)](
             x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps,
             **_tile_shape(batch, w_gate.dtype),

@@ -43,6 +43,7 @@ def _reference(attn: Attention, norm: RMSNorm, x: torch.Tensor, cos, sin, pos: i
         (16, 768, 12, 4, False),  # the small preset at batch 16
         (5, 96, 2, 1, True),  # the fewest rows of a tile; biases; 24 pairs a head, a second block half masked
         (64, 300, 6, 6, False),  # the most rows; a width that is not a power of two (depth blocks masked)
+        (65, 32, 2, 1, False),  # more rows than a tile takes: the row kernels again (every fused op)
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
