@@ -157,6 +157,18 @@ QKV_WARPS = 2
 
 
 @triton.jit
+def _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF):
+    """The weight and bias of q/k/v head ``head`` (the q heads first, then k, then v) and its first row."""
+    if head < HEADS:
+        w_ptr, bias_ptr, row = wq_ptr, bq_ptr, head * 2 * HALF
+    elif head < HEADS + KV_HEADS:
+        w_ptr, bias_ptr, row = wk_ptr, bk_ptr, (head - HEADS) * 2 * HALF
+    else:
+        w_ptr, bias_ptr, row = wv_ptr, bv_ptr, (head - HEADS - KV_HEADS) * 2 * HALF
+    return w_ptr, bias_ptr, row
+
+
+@triton.jit
 def _norm_qkv_rope(
     x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
     q_ptr, kc_ptr, vc_ptr,
@@ -172,12 +184,7 @@ def _norm_qkv_rope(
     head = block // blocks_per_head
     j = (block % blocks_per_head) * PAIRS_PER_BLOCK + tl.arange(0, PAIRS_PER_BLOCK)  # [P]: pair within the head
     j_ok = j < HALF
-    if head < HEADS:
-        w_ptr, bias_ptr, row = wq_ptr, bq_ptr, head * 2 * HALF
-    elif head < HEADS + KV_HEADS:
-        w_ptr, bias_ptr, row = wk_ptr, bk_ptr, (head - HEADS) * 2 * HALF
-    else:
-        w_ptr, bias_ptr, row = wv_ptr, bv_ptr, (head - HEADS - KV_HEADS) * 2 * HALF
+    w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
     # W (g * x / rms(x)) = (W (g * x)) / rms(x): the norm's statistic is gathered in the same pass as the
     # products, so no load waits on another. Unlike the eager RMSNorm, the normed row is not rounded to
     # the model's dtype before the product: a difference within that dtype's rounding.
@@ -254,12 +261,7 @@ def _tile_norm_qkv_rope(
     j = (block % blocks_per_head) * BN + tl.arange(0, BN)  # [BN]: pair within the head
     m = tl.arange(0, BM)
     j_ok, m_ok = j < HALF, m < batch
-    if head < HEADS:
-        w_ptr, bias_ptr, row = wq_ptr, bq_ptr, head * 2 * HALF
-    elif head < HEADS + KV_HEADS:
-        w_ptr, bias_ptr, row = wk_ptr, bk_ptr, (head - HEADS) * 2 * HALF
-    else:
-        w_ptr, bias_ptr, row = wv_ptr, bv_ptr, (head - HEADS - KV_HEADS) * 2 * HALF
+    w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
     squares = tl.zeros([BM], tl.float32)
     low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
     high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
