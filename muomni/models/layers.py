@@ -26,7 +26,8 @@ TRITON_DEVICES = {"cuda"}
 # with them up to batch 4 only, on another machine start, 7,932, 22,180 and 42,176.
 HEAD_FUSED_MAX_BATCH = 4
 # The most rows a decode step hands to the fused MLP and output-projection kernels (row kernels for a few
-# rows, tensor-core tiles over the whole batch from triton_decode.TILE_MIN_BATCH on).
+# rows, tensor-core tiles over the whole batch from triton_decode.TILE_MIN_BATCH to its TILE_ROWS, which
+# this must not pass: beyond it the kernels fall back to reading the weights once per row).
 FUSED_MAX_BATCH = 64
 
 
@@ -322,7 +323,7 @@ class Attention(nn.Module):
         y = self._attend(x, cos, sin, mask, input_pos, norm)  # [B, T, H * Dh]
         b, t, _ = x.shape
         weight = self.o_proj.weight
-        if t == 1 and b <= FUSED_MAX_BATCH and self.o_proj.bias is None and one_kernel_ready(x, [y, weight]):
+        if t == 1 and b <= FUSED_MAX_BATCH and one_kernel_ready(x, [y, weight]):  # o_proj has no bias
             return linear_residual(x.reshape(b, -1), y.reshape(b, -1), weight).view_as(x)
         return x + self.o_proj(y)
 

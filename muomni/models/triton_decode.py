@@ -131,7 +131,7 @@ def split_kv_attention(
     shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
     skip = last is not None and batch >= SKIP_MIN_BATCH
     _partial_attention[(rows, splits)](
-        q, k, v, valid, last if skip else valid, m, l_sum, acc,
+        q, k, v, valid, last if skip else valid, m, l_sum, acc,  # without HAS_LAST, last_ptr is unread
         q.stride(0), q.stride(1), q.stride(3),
         *k.stride(), *v.stride(), *valid.stride(),
         slots, per_split, splits, 1.0 / math.sqrt(head_dim),

@@ -87,3 +87,11 @@ def test_linear_residual_matches_the_modules(batch: int, dtype: torch.dtype) -> 
     tol = 1e-4 if dtype == FP32 else 2e-2
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
     torch.testing.assert_close(got - x, want - x, atol=tol, rtol=tol)
+
+
+def test_the_layers_hand_the_fused_kernels_no_more_rows_than_a_tile_takes() -> None:
+    """Past TILE_ROWS the kernels read the weights once per row (slower than the modules): the layers' cap
+    on the fused MLP and output projection must stay within it."""
+    from muomni.models import layers
+
+    assert triton_decode.TILE_MIN_BATCH <= layers.FUSED_MAX_BATCH <= triton_decode.TILE_ROWS
