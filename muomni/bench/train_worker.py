@@ -8,6 +8,7 @@ the same order, so speed, memory and validation loss compare like with like.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -36,12 +37,27 @@ def flops_per_token(cfg: Config) -> float:
 
 
 def _time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> tuple[list[float], float]:
-    """Run ``warmup`` untimed steps (compilation happens there), then ``steps`` timed ones, device synced."""
+    """Run ``warmup`` untimed steps (compilation happens there), then ``steps`` timed ones; seconds each.
+
+    On a GPU the timed steps run back to back, as a training loop runs them (with whatever host syncs the
+    loop itself makes), and an event recorded after each marks where it ends on the device: a step's time
+    is the device time between two marks, idle gaps included. A sync after every step would add a gap the
+    loop does not have, the GPU idling while the host prepares the next step. Elsewhere each step is timed
+    on the host, device synced.
+    """
     started = time.perf_counter()
     for _ in range(warmup):
         step()
     synchronize(device)
     warm_s = time.perf_counter() - started
+    if device.type == "cuda":
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        marks[0].record()
+        for mark in marks[1:]:
+            step()
+            mark.record()
+        torch.cuda.synchronize(device)
+        return [begin.elapsed_time(end) / 1e3 for begin, end in itertools.pairwise(marks)], warm_s
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

@@ -239,22 +239,91 @@ def _norm_qkv_rope(
 TILE_MIN_BATCH = 5
 TILE_ROWS = 64
 TILE_COLUMNS = 16
-TILE_DEPTH = 256
+TILE_DEPTH = 128
 TILE_WARPS = 2
 QKV_TILE_PAIRS = 16  # row pairs of one head per program of the attention input's tiles
+# Split-K: a tile's depth shared by several programs, each storing its fp32 partial sums; the last of a
+# tile to finish adds them in split order (the same result whichever finishes last) and runs the epilogue,
+# so it stays one kernel. A tile's loop is bound by memory latency, one load after another, and few tiles
+# leave most of an H200's 132 multiprocessors idle (the small preset's projections onto the residual
+# stream have 48 tiles of 16 columns, its attention input 36). Chosen on an H200, small preset, batch 16:
+# - kernels alone in a CUDA graph, per layer, 128 deep (docs/results/h200_split_sweep.json): the MLP's down
+#   projection (2,048 deep) took 7.8 us unsplit, 4.5 in 8 splits; the attention input 6.6 and 5.2 in 6;
+#   gate/up (128 tiles) 7.4 unsplit and 1 us more split, so it is not split. That sweep's output
+#   projection ran faster unsplit (3.0 against 3.9 us), but its weights, 14 MB for 12 layers, stayed in
+#   L2 there, as they do not in a decode step;
+# - end to end, compiled decoding: 31,852 tokens/s unsplit, 33,738 with every projection split as below
+#   (one start), 31,550 with the output projection unsplit (another start; batch 1 ran the same on both).
+LINEAR_SPLITS = 8
+QKV_SPLITS = 6
+SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
+_locks: dict[torch.device, torch.Tensor] = {}
+
+
+@triton.jit
+def _arrive(lock_ptr, SPLITS: tl.constexpr):
+    """Split-K: count this program's partial sums as stored; True in the last program of its tile.
+
+    The barrier puts every thread's stores before the one thread's acquire-release count (the pattern of a
+    grid-wide barrier), and the last program sets the count back to zero for the next launch.
+    """
+    tl.debug_barrier()
+    last = tl.atomic_add(lock_ptr, 1, sem="acq_rel") == SPLITS - 1
+    if last:
+        tl.atomic_xchg(lock_ptr, 0)
+    return last
+
+
+@triton.jit
+def _sum_splits(part_ptr, offsets, SIZE: tl.constexpr, SPLITS: tl.constexpr):
+    """The sum of a tile's partials in split order, read past L1 (other multiprocessors wrote them)."""
+    total = tl.load(part_ptr + offsets, cache_modifier=".cg")
+    for s in tl.static_range(1, SPLITS):
+        total += tl.load(part_ptr + s * SIZE + offsets, cache_modifier=".cg")
+    return total
+
+
+@triton.jit
+def _depth_range(dim, BK: tl.constexpr, SPLITS: tl.constexpr):
+    """The depth [start, end) of this program's split: whole BK steps, the last split takes the rest."""
+    depth = tl.cdiv(tl.cdiv(dim, SPLITS), BK) * BK
+    start = tl.program_id(1) * depth
+    return start, tl.minimum(start + depth, dim)
+
+
+@triton.jit
+def _gather_pair(a, b, squares, part_ptr, lock_ptr, BM: tl.constexpr, BN: tl.constexpr, SPLITS: tl.constexpr):
+    """Split-K of a tile of two [BM, BN] products and the rows' [BM] sums of squares (a norm's statistic):
+    store this split's, and return the whole sums and whether this program is the tile's last."""
+    size: tl.constexpr = 2 * BM * BN + BM
+    tile = tl.program_id(0)
+    block = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    parts = part_ptr + tile * SPLITS * size
+    mine = parts + tl.program_id(1) * size
+    tl.store(mine + block, a)
+    tl.store(mine + BM * BN + block, b)
+    tl.store(mine + 2 * BM * BN + tl.arange(0, BM), squares)
+    last = _arrive(lock_ptr + tile, SPLITS)
+    if last:
+        a = _sum_splits(parts, block, size, SPLITS)
+        b = _sum_splits(parts + BM * BN, block, size, SPLITS)
+        squares = _sum_splits(parts + 2 * BM * BN, tl.arange(0, BM), size, SPLITS)
+    return a, b, squares, last
 
 
 @triton.jit
 def _tile_norm_qkv_rope(
     x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
-    q_ptr, kc_ptr, vc_ptr,
+    q_ptr, kc_ptr, vc_ptr, part_ptr, lock_ptr,
     stride_xb, stride_qb, stride_qh,
     stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, stride_rope,
     batch, dim, eps,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    # Program (pair block): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on tensor cores.
+    # Program (pair block, split): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on
+    # tensor cores, over the split's share of the depth.
     block = tl.program_id(0)
     blocks_per_head: tl.constexpr = (HALF + BN - 1) // BN
     head = block // blocks_per_head
@@ -265,9 +334,10 @@ def _tile_norm_qkv_rope(
     squares = tl.zeros([BM], tl.float32)
     low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
     high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
-    for start in range(0, dim, BK):
+    k_start, k_end = _depth_range(dim, BK, SPLITS)
+    for start in range(k_start, k_end, BK):
         k = start + tl.arange(0, BK)
-        k_ok = k < dim
+        k_ok = k < k_end
         x = tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         w_ok = k_ok[:, None] & j_ok[None, :]
@@ -280,6 +350,24 @@ def _tile_norm_qkv_rope(
             gx, w_low, w_high = gx.to(tl.float32), w_low.to(tl.float32), w_high.to(tl.float32)
         low = tl.dot(gx, w_low, low, input_precision=PRECISION)
         high = tl.dot(gx, w_high, high, input_precision=PRECISION)
+    last = True
+    if SPLITS > 1:
+        low, high, squares, last = _gather_pair(low, high, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
+    if last:
+        _qkv_epilogue(
+            low, high, squares, m, j, m_ok, j_ok, head, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr,
+            vc_ptr, x_ptr, stride_qb, stride_qh, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch,
+            stride_vcs, stride_rope, dim, eps, HEADS, KV_HEADS, HALF, HAS_BIAS,
+        )  # fmt: skip
+
+
+@triton.jit
+def _qkv_epilogue(
+    low, high, squares, m, j, m_ok, j_ok, head, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr,
+    vc_ptr, x_ptr, stride_qb, stride_qh, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch,
+    stride_vcs, stride_rope, dim, eps, HEADS, KV_HEADS, HALF, HAS_BIAS,
+):  # fmt: skip
+    """The attention input's tile after its products: the norm's scale, bias, RoPE, the q and cache stores."""
     inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
     low, high = low * inv_rms, high * inv_rms
     dtype = x_ptr.dtype.element_ty
@@ -343,8 +431,11 @@ def norm_qkv_rope(
     shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
     if _tiled(batch):
         tile = {**_tile_shape(batch, wq.dtype), "BN": QKV_TILE_PAIRS}
-        blocks = triton.cdiv(half, QKV_TILE_PAIRS)
-        _tile_norm_qkv_rope[((heads + 2 * kv_heads) * blocks,)](*args, batch, dim, eps, **shape, **tile)
+        tiles = (heads + 2 * kv_heads) * triton.cdiv(half, QKV_TILE_PAIRS)
+        splits, parts, locks = _split_buffers(x, tiles, tile, QKV_SPLITS, dim, _pair_size(tile))
+        _tile_norm_qkv_rope[(tiles, splits)](
+            *args[:14], parts, locks, *args[14:], batch, dim, eps, **shape, **tile, SPLITS=splits
+        )
         return q
     _norm_qkv_rope[((heads + 2 * kv_heads) * triton.cdiv(half, PAIRS), batch)](
         *args, dim, eps, **shape,
@@ -515,35 +606,74 @@ def _tile_norm_gate_up(
 
 @triton.jit
 def _tile_linear_residual(
-    h_ptr, w_ptr, x_ptr, out_ptr,
+    h_ptr, w_ptr, x_ptr, out_ptr, part_ptr, lock_ptr,
     stride_hb, stride_xb, stride_ob,
     batch, rows, dim,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    # Program n: columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch).
+    # Program (n, split): columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch),
+    # over the split's share of the depth.
+    tile = tl.program_id(0)
     m = tl.arange(0, BM)
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    n = tile * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
     acc = tl.zeros([BM, BN], tl.float32)
-    for start in range(0, dim, BK):
+    k_start, k_end = _depth_range(dim, BK, SPLITS)
+    for start in range(k_start, k_end, BK):
         k = start + tl.arange(0, BK)
-        k_ok = k < dim
+        k_ok = k < k_end
         h = tl.load(h_ptr + m[:, None] * stride_hb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + n[None, :] * dim + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         h = h.to(w.dtype)
         if UPCAST:
             h, w = h.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(h, w, acc, input_precision=PRECISION)
-    dtype = out_ptr.dtype.element_ty
-    tile_ok = m_ok[:, None] & n_ok[None, :]
-    x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    y = x + acc.to(dtype).to(tl.float32)  # the product rounded as the module rounds it, then the residual add
-    tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
+    last = True
+    if SPLITS > 1:
+        block = m[:, None] * BN + tl.arange(0, BN)[None, :]
+        parts = part_ptr + tile * SPLITS * BM * BN
+        tl.store(parts + tl.program_id(1) * BM * BN + block, acc)
+        last = _arrive(lock_ptr + tile, SPLITS)
+    if last:
+        if SPLITS > 1:
+            acc = _sum_splits(parts, block, BM * BN, SPLITS)
+        dtype = out_ptr.dtype.element_ty
+        tile_ok = m_ok[:, None] & n_ok[None, :]
+        x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        y = x + acc.to(dtype).to(tl.float32)  # the product rounded as the module rounds it, then the residual add
+        tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
 
 
 def _tiled(batch: int) -> bool:
     """Whether ``batch`` rows go to the tile kernels (more than TILE_ROWS go back to the row kernels)."""
     return TILE_MIN_BATCH <= batch <= TILE_ROWS
+
+
+def _split_buffers(
+    x: torch.Tensor, tiles: int, tile: dict, most: int, dim: int, size: int
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Split-K's count for a launch of ``tiles`` tiles (up to ``most``, at least one BK step each), its
+    partial sums' buffer (``size`` fp32 values a program) and the tiles' arrival counts, on x's device.
+
+    The counts are zeroed once per device and left zeroed by every launch, so a launch costs no memset
+    (inside a CUDA graph, one more node); they serve launches in stream order, one at a time. Made while a
+    CUDA graph is being captured they would live in the graph's memory, so a launch then runs unsplit.
+    """
+    device, splits = x.device, max(1, min(most, triton.cdiv(dim, tile["BK"])))
+    locks = _locks.get(device)
+    if locks is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        locks = _locks[device] = torch.zeros(SPLIT_LOCKS, dtype=torch.int32, device=device)
+    if locks is None or tiles > SPLIT_LOCKS:
+        splits = 1
+    if splits == 1:
+        return 1, x, x  # unread
+    return splits, torch.empty(tiles * splits * size, dtype=torch.float32, device=device), locks
+
+
+def _pair_size(tile: dict) -> int:
+    """fp32 values of one program's partials in :func:`_gather_pair`: two [BM, BN] products and [BM]."""
+    return 2 * tile["BM"] * tile.get("BN", TILE_COLUMNS) + tile["BM"]
 
 
 def _tile_shape(batch: int, dtype: torch.dtype) -> dict:
@@ -573,9 +703,11 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     dim = h.shape[1]
     out = torch.empty_like(x)
     if _tiled(batch):
-        _tile_linear_residual[(triton.cdiv(rows, TILE_COLUMNS),)](
-            h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
-            **_tile_shape(batch, weight.dtype),
+        tiles, tile = triton.cdiv(rows, TILE_COLUMNS), _tile_shape(batch, weight.dtype)
+        splits, parts, locks = _split_buffers(x, tiles, tile, LINEAR_SPLITS, dim, tile["BM"] * TILE_COLUMNS)
+        _tile_linear_residual[(tiles, splits)](
+            h, weight, x, out, parts, locks, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
+            SPLITS=splits, **tile,
         )  # fmt: skip
         return out
     _down_residual[(triton.cdiv(rows, DOWN_ROWS), batch)](

@@ -89,6 +89,34 @@ def test_linear_residual_matches_the_modules(batch: int, dtype: torch.dtype) -> 
     torch.testing.assert_close(got - x, want - x, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [FP32, BF16])
+def test_split_k_is_one_fixed_sum_and_leaves_its_counts_at_zero(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deep projection at batch 16 (as the MLP's down projection) is split over several programs per tile:
+    the result is the unsplit one up to the order of fp32 sums, the same bits on every launch (the partials
+    are added in split order, whichever program finishes last), and the tiles' counts are zero again after."""
+    splits = []
+    split_buffers = triton_decode._split_buffers
+    monkeypatch.setattr(
+        triton_decode, "_split_buffers", lambda *a: splits.append(split_buffers(*a)[0]) or split_buffers(*a)
+    )
+    torch.manual_seed(0)
+    x = torch.randn(16, 200, device=DEVICE, dtype=dtype)
+    h = torch.randn(16, 1100, device=DEVICE, dtype=dtype)
+    weight = 0.05 * torch.randn(200, 1100, device=DEVICE, dtype=dtype)
+    got = triton_decode.linear_residual(x, h, weight)
+    assert splits[-1] > 1
+    assert not triton_decode._locks[x.device].any()
+    assert torch.equal(triton_decode.linear_residual(x, h, weight), got)
+    monkeypatch.setattr(triton_decode, "LINEAR_SPLITS", 1)
+    unsplit = triton_decode.linear_residual(x, h, weight)
+    assert splits[-1] == 1
+    tol = 1e-5 if dtype == FP32 else 2e-2  # bf16: the rounding of the product may land either side
+    torch.testing.assert_close(got, unsplit, atol=tol, rtol=tol)
+    torch.testing.assert_close(got.float(), x.float() + h.float() @ weight.float().T, atol=tol * 4, rtol=tol * 4)
+
+
 def test_the_layers_hand_the_fused_kernels_no_more_rows_than_a_tile_takes() -> None:
     """Past TILE_ROWS the kernels read the weights once per row (slower than the modules): the layers' cap
     on the fused MLP and output projection must stay within it."""

@@ -30,16 +30,22 @@ ROW_KERNELS = {
     "_down_residual": {"ROWS": 1, "COLUMNS": 2048},
 }  # fmt: skip
 TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
-HELPERS = {"_head_weights"}  # called by the kernels above, compiled with them
+# Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
+HELPERS = {"_head_weights", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive", "_sum_splits"}
+SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}  # compiled unsplit and in 4 splits
 CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None] for name, constexprs in ROW_KERNELS.items()} | {
-    f"{name}-{dtype}-{rows}": [name, constexprs, dtype, rows]
+    f"{name}-{dtype}-{rows}" + (f"-split{splits}" if splits else ""): [
+        name, {**constexprs, "SPLITS": splits} if splits else constexprs, dtype, rows
+    ]
     for name, constexprs in TILE_KERNELS.items()
     for dtype in ("bfloat16", "float32")
     for rows in (16, 64)
-}
-# Pointers that are not the model's dtype (the RoPE tables, positions, validity, the split partials).
+    for splits in ((1, 4) if name in SPLIT_K else (None,))
+}  # fmt: skip
+# Pointers that are not the model's dtype (the RoPE tables, positions, validity, the split partials and counts).
 POINTERS = {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "pos_ptr": "*i64", "last_ptr": "*i64", "valid_ptr": "*u8",
-            "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32"}  # fmt: skip
+            "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
+            "part_ptr": "*fp32", "lock_ptr": "*i32"}  # fmt: skip
 SHARED_MEMORY = 232_448  # bytes a block may use on sm_90 (H100, H200)
 
 CHILD = """
