@@ -239,21 +239,27 @@ def _norm_qkv_rope(
 TILE_MIN_BATCH = 5
 TILE_ROWS = 64
 TILE_COLUMNS = 16
-TILE_DEPTH = 128
+TILE_DEPTH = 256
 TILE_WARPS = 2
 QKV_TILE_PAIRS = 16  # row pairs of one head per program of the attention input's tiles
 # Split-K: a tile's depth shared by several programs, each storing its fp32 partial sums; the last of a
 # tile to finish adds them in split order (the same result whichever finishes last) and runs the epilogue,
 # so it stays one kernel. A tile's loop is bound by memory latency, one load after another, and few tiles
 # leave most of an H200's 132 multiprocessors idle (the small preset's projections onto the residual
-# stream have 48 tiles of 16 columns, its attention input 36). Chosen on an H200, small preset, batch 16:
+# stream have 48 tiles of 16 columns, its attention input 36). Tiles at least SPLIT_MIN_DEPTH deep are
+# SPLIT_DEPTH deep a step and split (the attention input and projections onto the residual stream);
+# shallower ones stay TILE_DEPTH deep and whole. Chosen on an H200, small preset, batch 16:
 # - kernels alone in a CUDA graph, per layer, 128 deep (docs/results/h200_split_sweep.json): the MLP's down
 #   projection (2,048 deep) took 7.8 us unsplit, 4.5 in 8 splits; the attention input 6.6 and 5.2 in 6;
 #   gate/up (128 tiles) 7.4 unsplit and 1 us more split, so it is not split. That sweep's output
 #   projection ran faster unsplit (3.0 against 3.9 us), but its weights, 14 MB for 12 layers, stayed in
 #   L2 there, as they do not in a decode step;
-# - end to end, compiled decoding: 31,852 tokens/s unsplit, 33,738 with every projection split as below
-#   (one start), 31,550 with the output projection unsplit (another start; batch 1 ran the same on both).
+# - end to end, compiled decoding, every tile 128 deep: 29,165 and 29,152 tokens/s unsplit, 32,628 and
+#   32,381 split as below (alternating on one start; 31,852 unsplit at 256 deep on another).
+# The tiny preset (256 wide) lost with splits of one or two steps: batch 16 ran 134,685 tokens/s against
+# 150,288 before (two starts); its 256-deep tiles are back to what was measured then.
+SPLIT_MIN_DEPTH = 768
+SPLIT_DEPTH = 128
 LINEAR_SPLITS = 8
 QKV_SPLITS = 6
 SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
@@ -430,7 +436,7 @@ def norm_qkv_rope(
     )  # fmt: skip
     shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
     if _tiled(batch):
-        tile = {**_tile_shape(batch, wq.dtype), "BN": QKV_TILE_PAIRS}
+        tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS}
         tiles = (heads + 2 * kv_heads) * triton.cdiv(half, QKV_TILE_PAIRS)
         splits, parts, locks = _split_buffers(x, tiles, tile, QKV_SPLITS, dim, _pair_size(tile))
         _tile_norm_qkv_rope[(tiles, splits)](
@@ -661,6 +667,8 @@ def _split_buffers(
     CUDA graph is being captured they would live in the graph's memory, so a launch then runs unsplit.
     """
     device, splits = x.device, max(1, min(most, triton.cdiv(dim, tile["BK"])))
+    if dim < SPLIT_MIN_DEPTH:
+        splits = 1
     locks = _locks.get(device)
     if locks is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         locks = _locks[device] = torch.zeros(SPLIT_LOCKS, dtype=torch.int32, device=device)
@@ -676,8 +684,9 @@ def _pair_size(tile: dict) -> int:
     return 2 * tile["BM"] * tile.get("BN", TILE_COLUMNS) + tile["BM"]
 
 
-def _tile_shape(batch: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and dot precision for ``batch`` rows: fp32 products in full precision, not TF32.
+def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
+    """Tile sizes and dot precision for ``batch`` rows and a depth of ``dim``: fp32 products in full
+    precision, not TF32.
 
     Triton's interpreter multiplies 16-bit operands wrongly (a bf16 16 x 16 product was off by 1e10), so
     there they are widened to fp32 first: the products of bf16 values are exact in fp32, as a GPU's
@@ -686,8 +695,8 @@ def _tile_shape(batch: int, dtype: torch.dtype) -> dict:
     rows = max(16, triton.next_power_of_2(batch))  # tl.dot takes 16 rows at least
     upcast = os.environ.get("TRITON_INTERPRET") == "1" and dtype != torch.float32
     precision = "ieee" if dtype == torch.float32 or upcast else "tf32"  # tf32: the default, unused for 16 bits
-    # TILE_DEPTH is for 16-bit weights: fp32 tiles twice as deep overran an H200's shared memory at 64 rows.
-    depth = TILE_DEPTH * 2 // dtype.itemsize
+    # The depths are for 16-bit weights: fp32 tiles twice as deep overran an H200's shared memory at 64 rows.
+    depth = (SPLIT_DEPTH if dim >= SPLIT_MIN_DEPTH else TILE_DEPTH) * 2 // dtype.itemsize
     shape = {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, "PRECISION": precision, "UPCAST": upcast}
     return {**shape, "num_warps": TILE_WARPS}
 
@@ -703,7 +712,7 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     dim = h.shape[1]
     out = torch.empty_like(x)
     if _tiled(batch):
-        tiles, tile = triton.cdiv(rows, TILE_COLUMNS), _tile_shape(batch, weight.dtype)
+        tiles, tile = triton.cdiv(rows, TILE_COLUMNS), _tile_shape(batch, weight.dtype, dim)
         splits, parts, locks = _split_buffers(x, tiles, tile, LINEAR_SPLITS, dim, tile["BM"] * TILE_COLUMNS)
         _tile_linear_residual[(tiles, splits)](
             h, weight, x, out, parts, locks, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
@@ -737,7 +746,7 @@ def swiglu_residual(
     if _tiled(batch):
         _tile_norm_gate_up[(triton.cdiv(hidden, TILE_COLUMNS),)](
             x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps,
-            **_tile_shape(batch, w_gate.dtype),
+            **_tile_shape(batch, w_gate.dtype, dim),
         )  # fmt: skip
     else:
         _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](

@@ -32,15 +32,16 @@ ROW_KERNELS = {
 TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_weights", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive", "_sum_splits"}
-SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}  # compiled unsplit and in 4 splits
-CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None] for name, constexprs in ROW_KERNELS.items()} | {
-    f"{name}-{dtype}-{rows}" + (f"-split{splits}" if splits else ""): [
-        name, {**constexprs, "SPLITS": splits} if splits else constexprs, dtype, rows
+# Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
+SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}
+CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, constexprs in ROW_KERNELS.items()} | {
+    f"{name}-{dtype}-{rows}-{dim}": [
+        name, {**constexprs, "SPLITS": 4 if dim > 256 else 1} if name in SPLIT_K else constexprs, dtype, rows, dim
     ]
     for name, constexprs in TILE_KERNELS.items()
     for dtype in ("bfloat16", "float32")
     for rows in (16, 64)
-    for splits in ((1, 4) if name in SPLIT_K else (None,))
+    for dim in (256, 2048)
 }  # fmt: skip
 # Pointers that are not the model's dtype (the RoPE tables, positions, validity, the split partials and counts).
 POINTERS = {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "pos_ptr": "*i64", "last_ptr": "*i64", "valid_ptr": "*u8",
@@ -60,10 +61,10 @@ from muomni.models import triton_decode as td
 cases, pointers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 found = sorted(n for n, obj in vars(td).items() if isinstance(obj, triton.runtime.jit.JITFunction))
 results = {"found": found}
-for case, (name, constexprs, dtype, rows) in cases.items():
+for case, (name, constexprs, dtype, rows, dim) in cases.items():
     kernel, options = getattr(td, name), {}
     if rows is not None:  # the configuration the wrapper would choose
-        shape = td._tile_shape(rows, getattr(torch, dtype))
+        shape = td._tile_shape(rows, getattr(torch, dtype), dim)
         options["num_warps"] = shape.pop("num_warps")
         constexprs = {**constexprs, **shape}
         if name == "_tile_norm_qkv_rope":
