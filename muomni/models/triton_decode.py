@@ -659,29 +659,29 @@ def _tiled(batch: int) -> bool:
 def _split_buffers(
     x: torch.Tensor, tiles: int, tile: dict, most: int, dim: int, size: int
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Split-K's count for a launch of ``tiles`` tiles (up to ``most``, at least one BK step each), its
-    partial sums' buffer (``size`` fp32 values a program) and the tiles' arrival counts, on x's device.
+    """Split-K's count for a launch of ``tiles`` tiles of depth ``dim`` (up to ``most``, at least one BK
+    step each; one below SPLIT_MIN_DEPTH), its partial sums' buffer (``size`` fp32 values a program) and the
+    tiles' arrival counts, on x's device.
 
     The counts are zeroed once per device and left zeroed by every launch, so a launch costs no memset
-    (inside a CUDA graph, one more node); they serve launches in stream order, one at a time. Made while a
-    CUDA graph is being captured they would live in the graph's memory, so a launch then runs unsplit.
+    (inside a CUDA graph, one more node); they serve launches in stream order, one at a time: two decoding
+    threads on one GPU at once would share them. Made while a CUDA graph is being captured they would live
+    in the graph's memory, so a launch then runs unsplit.
     """
-    device, splits = x.device, max(1, min(most, triton.cdiv(dim, tile["BK"])))
-    if dim < SPLIT_MIN_DEPTH:
-        splits = 1
-    locks = _locks.get(device)
-    if locks is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        locks = _locks[device] = torch.zeros(SPLIT_LOCKS, dtype=torch.int32, device=device)
-    if locks is None or tiles > SPLIT_LOCKS:
-        splits = 1
-    if splits == 1:
+    device, splits = x.device, min(most, triton.cdiv(dim, tile["BK"]))
+    if dim < SPLIT_MIN_DEPTH or splits <= 1 or tiles > SPLIT_LOCKS:
         return 1, x, x  # unread
+    locks = _locks.get(device)
+    if locks is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return 1, x, x
+        locks = _locks[device] = torch.zeros(SPLIT_LOCKS, dtype=torch.int32, device=device)
     return splits, torch.empty(tiles * splits * size, dtype=torch.float32, device=device), locks
 
 
 def _pair_size(tile: dict) -> int:
     """fp32 values of one program's partials in :func:`_gather_pair`: two [BM, BN] products and [BM]."""
-    return 2 * tile["BM"] * tile.get("BN", TILE_COLUMNS) + tile["BM"]
+    return 2 * tile["BM"] * tile["BN"] + tile["BM"]
 
 
 def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
