@@ -6,7 +6,8 @@ one program per head (8 us per layer of the small preset, 14 us tuned). Here the
 over many programs, each computing a partial softmax of its slots for all query heads of one key/value
 head, and a second kernel merges the parts. Slots masked out (padding, and the slots beyond the position,
 not written yet) count for nothing, whatever they hold. Used by the compiled decode step on CUDA only,
-through the custom op in :mod:`muomni.models.layers`; everything here runs in fp32 whatever the cache's dtype.
+through the custom op in :mod:`muomni.models.layers`. The products run on tensor cores in the cache's dtype
+(fp32 ones in full precision); scores, softmax and sums are fp32.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Cache slots per loop iteration of one program, and the size of one program's [query heads x slots x head
-# width] product per warp (128 fp32 values a thread). Chosen on an H200 by timing both kernels for batch 1 of
-# the small and tiny presets and batch 16 of the small one (BLOCK 16/32/64 x 1/2/4/8 warps): 16 slots and
-# one warp for 4 or 2 query heads of width 64 was the fastest or within noise of it in all three
-# (5.7, 4.4 and 14 us a call, against 7.7, 6.4 and 38 us at 32 slots and 4 warps).
-BLOCK = 16
-ELEMENTS_PER_WARP = 4096
+# Split-KV attention: cache slots per program (one block of them each: shorter programs, more of them),
+# the rows (batch x key/value heads) from which blocks are twice as long, and each program's warps.
+BLOCK = 32
+WIDE_BLOCK = 64
+WIDE_BLOCK_MIN_ROWS = 64
+ATTENTION_WARPS = 2
 MAX_SPLITS = 128  # more programs than that buy nothing on one GPU and cost the merge registers
 # The fewest rows for which the splits past the new token's slot skip their loads. Its position must be
 # read from the device before any other load of the program: at batch 1 that second memory latency made
@@ -40,19 +40,24 @@ def _partial_attention(
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_valid_b, stride_valid_s,
     slots, slots_per_split, n_splits, scale,
-    KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, QUERY_ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr, HAS_LAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots.
+    # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots, for the
+    # GROUP query heads of its key/value head as rows of two tensor-core products (padded to QUERY_ROWS,
+    # the fewest rows tl.dot takes; the padding rows are zeros and never stored).
     row, split = tl.program_id(0), tl.program_id(1)
     b, kv = row // KV_HEADS, row % KV_HEADS
-    g, d = tl.arange(0, GROUP_PAD), tl.arange(0, DIM_PAD)
+    g, d = tl.arange(0, QUERY_ROWS), tl.arange(0, DIM_PAD)
     g_ok, d_ok = g < GROUP, d < HEAD_DIM
     q_at = q_ptr + b * stride_qb + (kv * GROUP + g)[:, None] * stride_qh + d[None, :] * stride_qd
-    q = tl.load(q_at, mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32) * scale  # [G, D]
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
+    q = tl.load(q_at, mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(k_ptr.dtype.element_ty)  # [Q, D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([QUERY_ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([QUERY_ROWS], tl.float32)
+    acc = tl.zeros([QUERY_ROWS, DIM_PAD], tl.float32)
     start = split * slots_per_split
     stop = tl.minimum(start + slots_per_split, slots)
     if HAS_LAST:  # no slot past ``last`` is attended: a split wholly past it reads nothing
@@ -62,24 +67,28 @@ def _partial_attention(
         # The key, value and validity loads do not wait on each other: one memory latency, not two.
         in_cache = (s < stop)[:, None] & d_ok[None, :]
         keep = tl.load(valid_ptr + b * stride_valid_b + s * stride_valid_s, mask=s < stop, other=0) != 0
-        k_at = k_ptr + b * stride_kb + kv * stride_kh + s[:, None] * stride_ks + d[None, :] * stride_kd
-        k = tl.load(k_at, mask=in_cache, other=0.0).to(tl.float32)  # [S, D]
+        k_at = k_ptr + b * stride_kb + kv * stride_kh + s[None, :] * stride_ks + d[:, None] * stride_kd
+        k = tl.load(k_at, mask=(s < stop)[None, :] & d_ok[:, None], other=0.0)  # [D, S], as the product takes it
         v_at = v_ptr + b * stride_vb + kv * stride_vh + s[:, None] * stride_vs + d[None, :] * stride_vd
-        v = tl.load(v_at, mask=in_cache, other=0.0).to(tl.float32)  # [S, D]
+        v = tl.load(v_at, mask=in_cache, other=0.0)  # [S, D]
         v = tl.where(keep[:, None], v, 0.0)  # a slot not yet written may hold anything, even NaN
-        scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [G, S]
+        if UPCAST:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        scores = tl.dot(q, k, input_precision=PRECISION) * scale  # [Q, S] in fp32
         scores = tl.where(keep[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no kept slot yet: exp() gives 0, not NaN
         alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(scores - m_safe[:, None])  # [G, S]
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        p = tl.exp(scores - m_safe[:, None])  # [Q, S]
+        # The weights meet the values in the cache's dtype, as flash attention's kernels do; sums in fp32.
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-    part = (row * n_splits + split) * GROUP_PAD + g  # [G] into m/l [rows, splits, G_PAD]
-    tl.store(m_ptr + part, m_i)
-    tl.store(l_ptr + part, l_i)
-    tl.store(acc_ptr + part[:, None] * DIM_PAD + d[None, :], acc)
+    part = (row * n_splits + split) * GROUP_PAD + g  # [Q] into m/l [rows, splits, G_PAD]
+    stored = g < GROUP_PAD
+    tl.store(m_ptr + part, m_i, mask=stored)
+    tl.store(l_ptr + part, l_i, mask=stored)
+    tl.store(acc_ptr + part[:, None] * DIM_PAD + d[None, :], acc, mask=stored[:, None])
 
 
 @triton.jit
@@ -105,6 +114,18 @@ def _merge_splits(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d * stride_od, y.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
+def _dot_precision(dtype: torch.dtype) -> dict:
+    """How the kernels' ``tl.dot`` multiplies operands of ``dtype``: fp32 ones in full precision, not TF32.
+
+    Triton's interpreter multiplies 16-bit operands wrongly (a bf16 16 x 16 product was off by 1e10), so
+    there they are widened to fp32 first: the products of bf16 values are exact in fp32, as a GPU's
+    tensor cores form them, so only the order of the fp32 sums differs.
+    """
+    upcast = os.environ.get("TRITON_INTERPRET") == "1" and dtype != torch.float32
+    precision = "ieee" if dtype == torch.float32 or upcast else "tf32"  # tf32: the default, unused for 16 bits
+    return {"PRECISION": precision, "UPCAST": upcast}
+
+
 def split_kv_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -116,13 +137,13 @@ def split_kv_attention(
     """
     batch, heads, _, head_dim = q.shape
     kv_heads, slots = k.shape[1], k.shape[2]
-    group = heads // kv_heads
-    splits = min(triton.cdiv(slots, BLOCK), MAX_SPLITS)
-    per_split = triton.cdiv(triton.cdiv(slots, splits), BLOCK) * BLOCK
+    group, rows = heads // kv_heads, batch * kv_heads
+    block = WIDE_BLOCK if rows >= WIDE_BLOCK_MIN_ROWS else BLOCK
+    splits = min(triton.cdiv(slots, block), MAX_SPLITS)
+    per_split = triton.cdiv(triton.cdiv(slots, splits), block) * block
     splits = triton.cdiv(slots, per_split)
-    group_pad, dim_pad = triton.next_power_of_2(group), triton.next_power_of_2(head_dim)
-    rows = batch * kv_heads
-    warps = min(8, max(1, group_pad * BLOCK * dim_pad // ELEMENTS_PER_WARP))  # powers of two, so one too
+    group_pad = triton.next_power_of_2(group)
+    dim_pad = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes 16 deep at least
     m = torch.empty(rows, splits, group_pad, dtype=torch.float32, device=q.device)
     l_sum = torch.empty_like(m)
     acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
@@ -135,7 +156,8 @@ def split_kv_attention(
         q.stride(0), q.stride(1), q.stride(3),
         *k.stride(), *v.stride(), *valid.stride(),
         slots, per_split, splits, 1.0 / math.sqrt(head_dim),
-        BLOCK_S=BLOCK, HAS_LAST=skip, num_warps=warps, **shape,
+        QUERY_ROWS=max(16, group_pad), BLOCK_S=block, HAS_LAST=skip, num_warps=ATTENTION_WARPS,
+        **_dot_precision(k.dtype), **shape,
     )  # fmt: skip
     _merge_splits[(batch * heads,)](
         m, l_sum, acc, out, out.stride(0), out.stride(1), out.stride(3), splits,
@@ -685,20 +707,11 @@ def _pair_size(tile: dict) -> int:
 
 
 def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
-    """Tile sizes and dot precision for ``batch`` rows and a depth of ``dim``: fp32 products in full
-    precision, not TF32.
-
-    Triton's interpreter multiplies 16-bit operands wrongly (a bf16 16 x 16 product was off by 1e10), so
-    there they are widened to fp32 first: the products of bf16 values are exact in fp32, as a GPU's
-    tensor cores form them, so only the order of the fp32 sums differs.
-    """
+    """Tile sizes and dot precision (see :func:`_dot_precision`) for ``batch`` rows and a depth of ``dim``."""
     rows = max(16, triton.next_power_of_2(batch))  # tl.dot takes 16 rows at least
-    upcast = os.environ.get("TRITON_INTERPRET") == "1" and dtype != torch.float32
-    precision = "ieee" if dtype == torch.float32 or upcast else "tf32"  # tf32: the default, unused for 16 bits
     # The depths are for 16-bit weights: fp32 tiles twice as deep overran an H200's shared memory at 64 rows.
     depth = (SPLIT_DEPTH if dim >= SPLIT_MIN_DEPTH else TILE_DEPTH) * 2 // dtype.itemsize
-    shape = {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, "PRECISION": precision, "UPCAST": upcast}
-    return {**shape, "num_warps": TILE_WARPS}
+    return {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, **_dot_precision(dtype), "num_warps": TILE_WARPS}
 
 
 def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ pytest.importorskip("triton", reason="the kernels are Triton's")
 
 ROPE = {"HEADS": 12, "KV_HEADS": 4, "HALF": 32, "HAS_BIAS": True}
 ROW_KERNELS = {
-    "_partial_attention": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "BLOCK_S": 16,
-                           "HAS_LAST": True},
+    "_partial_attention": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "QUERY_ROWS": 16, "HEAD_DIM": 64, "DIM_PAD": 64,
+                           "BLOCK_S": 64, "HAS_LAST": True, "PRECISION": "tf32", "UPCAST": False},
     "_merge_splits": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "SPLITS_PAD": 64},
     "_norm_qkv_rope": {**ROPE, "PAIRS_PER_BLOCK": 4, "COLUMNS": 1024},
     "_norm_linear": {"ROWS": 8, "COLUMNS": 1024},
