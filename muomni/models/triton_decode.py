@@ -51,8 +51,8 @@ def _partial_attention(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots, for the
-    # GROUP query heads of its key/value head as rows of two tensor-core products (padded to QUERY_ROWS,
-    # the fewest rows tl.dot takes; the padding rows are zeros and never stored).
+    # GROUP query heads of its key/value head as rows of two tensor-core products, padded to QUERY_ROWS
+    # (the fewest rows tl.dot takes): rows past GROUP are zeros, and those past GROUP_PAD are not stored.
     row, split = tl.program_id(0), tl.program_id(1)
     b, kv = row // KV_HEADS, row % KV_HEADS
     g, d = tl.arange(0, QUERY_ROWS), tl.arange(0, DIM_PAD)
