@@ -4,7 +4,9 @@ Triton's interpreter, which runs the kernel tests on the CPU, accepts code that 
 chosen in a branch that depends on a program's data ran there and failed to compile on an H200, and fp32
 tiles for 64 rows asked for more shared memory than an H200 has. Here each kernel goes through Triton's
 compiler for Hopper with the small preset's settings (the tile kernels with the configuration their
-wrappers choose, for 16 and 64 rows in bf16 and fp32). It runs in a child process: in this one the
+wrappers choose, for 16 and 64 rows in bf16 and fp32), its pointers and integers aligned as the launcher
+finds them at run time (only then are a tile's loads staged in shared memory, which is where it could
+overflow). It runs in a child process: in this one the
 interpreter may be on (conftest.py), and it changes Triton's language.
 """
 
@@ -79,8 +81,12 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
         else:
             signature[arg] = "fp32" if arg in ("eps", "scale") else "i32"
     positions = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
+    # As Triton's launcher specializes them for the presets' aligned tensors and shapes: every pointer and
+    # integer divisible by 16. Only then does its software pipelining stage a tile's loads in shared memory.
+    aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(kernel.arg_names)
+               if signature[arg] not in ("constexpr", "fp32")}  # fmt: skip
     try:
-        source = ASTSource(fn=kernel, signature=signature, constexprs=positions)
+        source = ASTSource(fn=kernel, signature=signature, constexprs=positions, attrs=aligned)
         results[case] = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
     except CompilationError as e:
         results[case] = "error: " + str(e)[-600:]
