@@ -4,7 +4,8 @@ Rows decode greedily with no early stop, so every row produces exactly its token
 warm up (and compile) and is then timed ``repeats`` times with the device synchronized; the median is
 reported. Batch-1 rows also give the fraction of the memory-bandwidth bound: each decode step must read
 every weight once, so ``weight bytes / step time`` over the GPU's bandwidth is how close the step is to
-the fastest it could be.
+the fastest it could be. Each row's speed is also given against the row it is compared with (the KV cache
+against none, compiled decoding against eager, a batch against batch 1, ...; see :func:`reference_row`).
 """
 
 from __future__ import annotations
@@ -153,22 +154,52 @@ def hf_rows(model: Thinker, new: int) -> Iterator[dict[str, Any]]:
         }
 
 
+def reference_row(name: str) -> str | None:
+    """The row ``name`` is compared with, as the claims go: the KV cache against none, ``no_grad`` against
+    ``inference_mode`` (the plain cached row), compiled decoding against eager, tuning against none, a batch
+    against batch 1 decoded the same way, and Hugging Face's rows against muomni's compiled batch 1."""
+    if name.startswith("batch "):
+        return "KV cache + compile" if name.endswith("+ compile") else "KV cache"
+    return {
+        "KV cache": "no KV cache",
+        "KV cache + no_grad": "KV cache",
+        "KV cache + compile": "KV cache",
+        "KV cache + compile + tune": "KV cache + compile",
+        "HF generate, dynamic cache": "KV cache + compile",
+        "HF generate, static cache": "KV cache + compile",
+    }.get(name)
+
+
+def speed_versus(rows: list[dict[str, Any]]) -> dict[str, tuple[float, str]]:
+    """Each row's total tokens/s over its reference row's (see :func:`reference_row`), where both ran."""
+    speeds = {r["name"]: r["tokens_per_s_total"] for r in rows}
+    found = {}
+    for name, speed in speeds.items():
+        reference = reference_row(name)
+        if reference in speeds:
+            found[name] = (speed / speeds[reference], reference)
+    return found
+
+
 def infer_table(rows: list[dict[str, Any]]) -> str:
     def fmt(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
     head = (
-        "| row | batch | tokens/s total | tokens/s per sequence | TTFT ms | ms/step | peak memory | bandwidth bound "
-        "| compile s |"
+        "| row | batch | tokens/s total | speed vs | tokens/s per sequence | TTFT ms | ms/step | peak memory "
+        "| bandwidth bound | compile s |"
     )
-    lines = [head, "|---" * 9 + "|"]
+    lines = [head, "|---" * 10 + "|"]
+    versus = speed_versus(rows)
     for r in rows:
         ttft = r.get("time_to_first_token_s")
         mem = r.get("peak_memory_bytes")
         frac = r.get("bandwidth_fraction")
         gib = f"{mem / GIB:.2f} GiB" if mem else "-"
+        ratio, reference = versus.get(r["name"], (None, None))
+        vs = "-" if ratio is None else f"{ratio:.2f}x {reference}"
         lines.append(
-            f"| {r['name']} | {r['batch']} | {r['tokens_per_s_total']:,.0f} | {r['tokens_per_s_per_seq']:,.0f} "
+            f"| {r['name']} | {r['batch']} | {r['tokens_per_s_total']:,.0f} | {vs} | {r['tokens_per_s_per_seq']:,.0f} "
             f"| {fmt(ttft and 1e3 * ttft, '.1f')} | {r['ms_per_step']:.3f} | {gib} "
             f"| {fmt(frac and 100 * frac, '.1f')}{'%' if frac else ''} | {fmt(r.get('compile_s'), '.0f')} |"
         )
@@ -192,6 +223,8 @@ def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
         row.setdefault("peak_memory_bytes", None)  # Hugging Face's rows share the process with both models
         rows.append(row)
         write_results(out, "infer", info, rows, infer_table(rows), draw=False)
+    for name, (ratio, reference) in speed_versus(rows).items():
+        next(r for r in rows if r["name"] == name)["speed_vs"] = {"row": reference, "ratio": ratio}
     table = infer_table(rows)
     print(table)
     write_results(out, "infer", info, rows, table)

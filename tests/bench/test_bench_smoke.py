@@ -79,6 +79,15 @@ def test_bench_infer_table(tmp_path: Path) -> None:
     assert "batch 64" in names and "| KV cache |" in proc.stdout
     for row in rows:
         assert _positive(row["tokens_per_s_total"]) and _positive(row["ms_per_step"])
+    # The comparisons the claims make, each row against its reference row (a CPU has no compiled batches).
+    speed = {r["name"]: r["tokens_per_s_total"] for r in rows}
+    versus = {r["name"]: r["speed_vs"] for r in rows if "speed_vs" in r}
+    cached, batched = speed["KV cache"] / speed["no KV cache"], speed["batch 16"] / speed["KV cache"]
+    assert versus["KV cache"] == {"row": "no KV cache", "ratio": pytest.approx(cached)}
+    assert versus["batch 16"] == {"row": "KV cache", "ratio": pytest.approx(batched)}
+    assert "no KV cache" not in versus  # the reference of the others, compared with nothing
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("| KV cache + compile |"))
+    assert f"| {versus['KV cache + compile']['ratio']:.2f}x KV cache |" in line
 
 
 def test_bench_infer_runs_only_the_rows_asked_for(tmp_path: Path) -> None:
@@ -219,4 +228,27 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
         "attention": 5.0,
         "idle": 4.0,
         "span": 15.0,
+    }
+
+
+def test_infer_rows_are_compared_with_their_reference_rows() -> None:
+    """What the table's ``speed vs`` column says, for the rows of a GPU run, without running any."""
+    from muomni.bench.infer import speed_versus
+
+    speeds = {"no KV cache": 100.0, "KV cache": 110.0, "KV cache + no_grad": 99.0, "KV cache + compile": 3300.0,
+              "KV cache + compile + tune": 3630.0, "batch 16 + compile": 33000.0,
+              "HF generate, static cache": 550.0}  # fmt: skip
+    rows = [{"name": name, "tokens_per_s_total": speed} for name, speed in speeds.items()]
+    assert speed_versus(rows) == {
+        "KV cache": (pytest.approx(1.1), "no KV cache"),
+        "KV cache + no_grad": (pytest.approx(0.9), "KV cache"),
+        "KV cache + compile": (pytest.approx(30.0), "KV cache"),
+        "KV cache + compile + tune": (pytest.approx(1.1), "KV cache + compile"),
+        "batch 16 + compile": (pytest.approx(10.0), "KV cache + compile"),
+        "HF generate, static cache": (pytest.approx(1 / 6), "KV cache + compile"),
+    }
+    # A reference that did not run (``--rows``) leaves its rows uncompared.
+    assert speed_versus([r for r in rows if r["name"] != "KV cache + compile"]) == {
+        "KV cache": (pytest.approx(1.1), "no KV cache"),
+        "KV cache + no_grad": (pytest.approx(0.9), "KV cache"),
     }
