@@ -7,7 +7,8 @@ half the cache valid), each configuration is checked against math attention, the
 kernels are captured in one CUDA graph and replayed five times; the median time per call is kept. The
 warps are set through ``ELEMENTS_PER_WARP``, from which the code derives them. (The figures in
 BENCHMARKS.md came from this procedure on the kernels of commit 0d3604f, whose warps were then a constant
-set directly.)
+set directly.) It runs on the kernels before the tensor-core ones of 3fb03fc, which have no
+``ELEMENTS_PER_WARP``; their sweep is attention_dot_sweep.py.
 """
 
 import json
