@@ -223,8 +223,11 @@ def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
         row.setdefault("peak_memory_bytes", None)  # Hugging Face's rows share the process with both models
         rows.append(row)
         write_results(out, "infer", info, rows, infer_table(rows), draw=False)
-    for name, (ratio, reference) in speed_versus(rows).items():
-        next(r for r in rows if r["name"] == name)["speed_vs"] = {"row": reference, "ratio": ratio}
+    versus = speed_versus(rows)
+    for row in rows:
+        if row["name"] in versus:
+            ratio, reference = versus[row["name"]]
+            row["speed_vs"] = {"row": reference, "ratio": ratio}
     table = infer_table(rows)
     print(table)
     write_results(out, "infer", info, rows, table)
