@@ -22,6 +22,7 @@ import argparse
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -202,12 +203,15 @@ class Trainer:
         # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
         stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
         # A fused optimizer is launched before the host reads the loss, told on the device to skip a non-finite
-        # step: the GPU then has the update to run while the host waits, instead of idling after the wait.
+        # step, and the host waits for the loss only (copied out before the update is queued): the GPU runs
+        # the update while the host prepares the next step, instead of idling after the wait.
         # Not under FSDP, whose parameters are DTensors: the flag is a plain tensor, and that was not tried there.
         on_device = skips_on_device(self.optimizer) and not scaler.is_enabled() and not self.env.sharded
+        read_stats = stats.tolist
         if on_device:
+            read_stats = copy_to_host(stats)  # queued before the update: the host need not wait for it
             step_unless(self.optimizer, ~torch.isfinite(stats).all())
-        loss_value, norm_value = stats.tolist()  # the step's one host sync
+        loss_value, norm_value = read_stats()  # the step's one host sync
         applied = math.isfinite(loss_value) and math.isfinite(norm_value)
         if applied and not on_device:
             scaler.step(self.optimizer)
@@ -404,6 +408,29 @@ class Trainer:
         self._last_ckpt, self._last_ckpt_step = folder, step
         log.info(f"step {step}: checkpoint {folder}")
         fault_point("after_ckpt", step)
+
+
+def copy_to_host(values: torch.Tensor) -> Callable[[], list]:
+    """Start copying a small tensor to the host; the returned function waits for the copy and reads the values
+    the tensor held at this call.
+
+    The wait covers the work queued before this call only. ``values.tolist()`` after the optimizer's launch
+    would wait for the update too, and the host would prepare the next step (the batch, the graph's
+    launch) only then, with the GPU idle meanwhile; this way it does so while the GPU runs the update.
+    """
+    if values.device.type != "cuda":
+        now = values.tolist()  # nothing runs asynchronously to wait for
+        return lambda: now
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> list:
+        copied.synchronize()
+        return host.tolist()
+
+    return read
 
 
 def own_gradients(params: list[torch.nn.Parameter]) -> None:

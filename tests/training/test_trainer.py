@@ -157,3 +157,19 @@ def test_same_config_gives_the_same_loss_curve(corpus: Path, tmp_path: Path) -> 
     assert len(curves[0]) == 12 and curves[0] == curves[1]
     assert curves[0][-1][1] < curves[0][0][1]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_copy_to_host_reads_the_values_at_the_call_not_after_later_work(device: str) -> None:
+    # The trainer queues the optimizer step between the copy and the read: what the read returns must be
+    # the stats as they were when the copy was queued, whatever the device does to the tensor after.
+    values = torch.tensor([2.5, -1.0], device=device)
+    if device == "cuda":
+        torch.cuda._sleep(50_000_000)  # a read that did not wait for the copy would find it not done
+    read = trainer_module.copy_to_host(values)
+    values.mul_(10.0)  # queued after the copy, as the update is
+    assert read() == [2.5, -1.0]
+    assert values.tolist() == [25.0, -10.0]
