@@ -4,10 +4,11 @@ At batch 1 a decode step has one query per head: the fused SDPA kernels spread s
 heads only (cuDNN took 10 us per layer on an H200), and Inductor's reduction over the cache slots ran in
 one program per head (8 us per layer of the small preset, 14 us tuned). Here the cache slots are split
 over many programs, each computing a partial softmax of its slots for all query heads of one key/value
-head, and a second kernel merges the parts. Slots masked out (padding, and the slots beyond the position,
-not written yet) count for nothing, whatever they hold. Used by the compiled decode step on CUDA only,
-through the custom op in :mod:`muomni.models.layers`. The products run on tensor cores in the cache's dtype
-(fp32 ones in full precision); scores, softmax and sums are fp32.
+head, and a second kernel merges the parts (from ``WHOLE_MIN_ROWS`` rows on, enough programs without
+splits, one program walks a row's whole cache and no merge is needed). Slots masked out (padding, and
+the slots beyond the position, not written yet) count for nothing, whatever they hold. Used by the
+compiled decode step on CUDA only, through the custom op in :mod:`muomni.models.layers`. The products run
+on tensor cores in the cache's dtype (fp32 ones in full precision); scores, softmax and sums are fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ WIDE_BLOCK = 64
 WIDE_BLOCK_MIN_ROWS = 64
 ATTENTION_WARPS = 2
 MAX_SPLITS = 128  # more programs than that buy nothing on one GPU and cost the merge registers
+ATTENTION_STAGES = 3  # software pipelining: Triton's default on these GPUs, the next blocks' loads in flight
+# From this many rows, one program per row walks the whole cache and stores the output: no partial sums and
+# no merge kernel. On an H200 (docs/results/h200_attention_whole.json), kernels alone at positions 40, 272
+# and 500, small preset: batch 64 (256 rows) took 3.3, 12.0 and 17.3 us a call so, against 13.8, 18.8 and
+# 22.0 split (end to end, 104,721 against 91,364 tokens/s); batch 16 (64 rows) 9.0, 13.7 us at 272 and 500
+# against 7.3 and 8.7 split, and tiny batch 16 (32 rows) lost end to end (140,233 against 168,941).
+WHOLE_MIN_ROWS = 256
 # The fewest rows for which the splits past the new token's slot skip their loads. Its position must be
 # read from the device before any other load of the program: at batch 1 that second memory latency made
 # small-preset decoding 10% slower on an H200 (2,599 against 2,887 and 2,834 tokens/s).
@@ -40,19 +48,20 @@ SKIP_MIN_BATCH = 16
 
 @triton.jit
 def _partial_attention(
-    q_ptr, k_ptr, v_ptr, valid_ptr, last_ptr, m_ptr, l_ptr, acc_ptr,
-    stride_qb, stride_qh, stride_qd,
+    q_ptr, k_ptr, v_ptr, valid_ptr, last_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
+    stride_qb, stride_qh, stride_qd, stride_ob, stride_oh, stride_od,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_valid_b, stride_valid_s,
     slots, slots_per_split, n_splits, scale,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, QUERY_ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr, HAS_LAST: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, WHOLE: tl.constexpr,
 ):  # fmt: skip
     # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots, for the
     # GROUP query heads of its key/value head as rows of two tensor-core products, padded to QUERY_ROWS
     # (the fewest rows tl.dot takes): rows past GROUP are zeros, and those past GROUP_PAD are not stored.
+    # WHOLE (one split: the program saw every slot) stores the normalized output itself, with no merge.
     row, split = tl.program_id(0), tl.program_id(1)
     b, kv = row // KV_HEADS, row % KV_HEADS
     g, d = tl.arange(0, QUERY_ROWS), tl.arange(0, DIM_PAD)
@@ -90,11 +99,16 @@ def _partial_attention(
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-    part = (row * n_splits + split) * GROUP_PAD + g  # [Q] into m/l [rows, splits, G_PAD]
-    stored = g < GROUP_PAD
-    tl.store(m_ptr + part, m_i, mask=stored)
-    tl.store(l_ptr + part, l_i, mask=stored)
-    tl.store(acc_ptr + part[:, None] * DIM_PAD + d[None, :], acc, mask=stored[:, None])
+    if WHOLE:  # l_i > 0 for each query head: a query always sees its own slot; padding rows are not stored
+        y = acc / tl.where(g_ok, l_i, 1.0)[:, None]
+        out_at = out_ptr + b * stride_ob + (kv * GROUP + g)[:, None] * stride_oh + d[None, :] * stride_od
+        tl.store(out_at, y.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+    else:
+        part = (row * n_splits + split) * GROUP_PAD + g  # [Q] into m/l [rows, splits, G_PAD]
+        stored = g < GROUP_PAD
+        tl.store(m_ptr + part, m_i, mask=stored)
+        tl.store(l_ptr + part, l_i, mask=stored)
+        tl.store(acc_ptr + part[:, None] * DIM_PAD + d[None, :], acc, mask=stored[:, None])
 
 
 @triton.jit
@@ -145,26 +159,32 @@ def split_kv_attention(
     kv_heads, slots = k.shape[1], k.shape[2]
     group, rows = heads // kv_heads, batch * kv_heads
     block = WIDE_BLOCK if rows >= WIDE_BLOCK_MIN_ROWS else BLOCK
-    splits = min(triton.cdiv(slots, block), MAX_SPLITS)
+    most = 1 if rows >= WHOLE_MIN_ROWS else MAX_SPLITS
+    splits = min(triton.cdiv(slots, block), most)
     per_split = triton.cdiv(triton.cdiv(slots, splits), block) * block
     splits = triton.cdiv(slots, per_split)
     group_pad = triton.next_power_of_2(group)
     dim_pad = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes 16 deep at least
-    m = torch.empty(rows, splits, group_pad, dtype=torch.float32, device=q.device)
-    l_sum = torch.empty_like(m)
-    acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
     out = torch.empty(batch, heads, 1, head_dim, dtype=q.dtype, device=q.device)
+    whole = splits == 1
+    m = l_sum = acc = out  # unread by a whole row's program
+    if not whole:
+        m = torch.empty(rows, splits, group_pad, dtype=torch.float32, device=q.device)
+        l_sum = torch.empty_like(m)
+        acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
     valid = valid.view(torch.uint8)  # Triton reads bytes; a bool tensor is one byte per element
     shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
     skip = last is not None and batch >= SKIP_MIN_BATCH
     _partial_attention[(rows, splits)](
-        q, k, v, valid, last if skip else valid, m, l_sum, acc,  # without HAS_LAST, last_ptr is unread
-        q.stride(0), q.stride(1), q.stride(3),
+        q, k, v, valid, last if skip else valid, m, l_sum, acc, out,  # without HAS_LAST, last_ptr is unread
+        q.stride(0), q.stride(1), q.stride(3), out.stride(0), out.stride(1), out.stride(3),
         *k.stride(), *v.stride(), *valid.stride(),
         slots, per_split, splits, 1.0 / math.sqrt(head_dim),
-        QUERY_ROWS=max(16, group_pad), BLOCK_S=block, HAS_LAST=skip, num_warps=ATTENTION_WARPS,
-        **_dot_precision(k.dtype), **shape,
+        QUERY_ROWS=max(16, group_pad), BLOCK_S=block, HAS_LAST=skip, WHOLE=whole, num_warps=ATTENTION_WARPS,
+        num_stages=ATTENTION_STAGES, **_dot_precision(k.dtype), **shape,
     )  # fmt: skip
+    if whole:
+        return out
     _merge_splits[(batch * heads,)](
         m, l_sum, acc, out, out.stride(0), out.stride(1), out.stride(3), splits,
         SPLITS_PAD=triton.next_power_of_2(splits), **shape,
@@ -290,6 +310,14 @@ SPLIT_MIN_DEPTH = 768
 SPLIT_DEPTH = 128
 LINEAR_SPLITS = 8
 QKV_SPLITS = 6
+# Gate/up is not split: its tiles step through a deep row instead, 32 columns wide for up to 16 rows. Chosen
+# on an H200, small preset, kernels alone over 12 layers in a CUDA graph (docs/results/h200_tile_stages.json
+# and h200_attention_whole.json): at batch 16, 6.7 us a layer at 32 columns, 8.8 at 16 (128 or 256 deep a
+# step, 2 or 4 warps, 1 to 6 pipeline stages: 32 x 128 x 2 warps with Triton's 3 stages was within 0.1 us
+# of the fastest); batch 5: 7.5 against 8.8; but batch 32: 9.5 against 9.2, batch 64: 14.1 against 10.9.
+# End to end, batch 16: 40,596 tokens/s against 38,363 (one start). The tiny preset's 256-deep tiles, one
+# step each, stay 16 wide (3.0 us, 3.6 at 32 columns).
+GATE_UP_COLUMNS = 32
 SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
 _locks: dict[torch.device, torch.Tensor] = {}
 
@@ -720,6 +748,12 @@ def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
     return {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, **_dot_precision(dtype), "num_warps": TILE_WARPS}
 
 
+def _gate_up_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
+    """:func:`_tile_shape` for gate/up: ``GATE_UP_COLUMNS`` wide for 16 rows stepping through a deep row."""
+    tile = _tile_shape(batch, dtype, dim)
+    return {**tile, "BN": GATE_UP_COLUMNS} if dim >= SPLIT_MIN_DEPTH and tile["BM"] == 16 else tile
+
+
 def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x + h W^T`` in one kernel: x [B, N], h [B, K], weight [N, K] contiguous -> [B, N] in x's dtype.
 
@@ -763,9 +797,9 @@ def swiglu_residual(
     hidden = w_gate.shape[0]
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
     if _tiled(batch):
-        _tile_norm_gate_up[(triton.cdiv(hidden, TILE_COLUMNS),)](
-            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps,
-            **_tile_shape(batch, w_gate.dtype, dim),
+        tile = _gate_up_shape(batch, w_gate.dtype, dim)
+        _tile_norm_gate_up[(triton.cdiv(hidden, tile["BN"]),)](
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps, **tile
         )  # fmt: skip
     else:
         _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](

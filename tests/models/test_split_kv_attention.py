@@ -62,6 +62,34 @@ def test_split_kv_attention_with_wide_blocks_matches_math(dtype: torch.dtype, mo
     torch.testing.assert_close(split_kv_attention(q, k, v, valid).float(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "slots", "head_dim"), [(3, 4, 1, 100, 8), (2, 12, 3, 1024, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kv_attention_in_one_program_per_row_matches_math(
+    batch: int,
+    heads: int,
+    kv_heads: int,
+    slots: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From ``WHOLE_MIN_ROWS`` rows, one program walks a row's whole cache and stores the output itself (no
+    merge): here for few rows, with blocks partly past the cache's end and a group padded to 16 rows."""
+    from muomni.models import triton_decode
+
+    monkeypatch.setattr(triton_decode, "WHOLE_MIN_ROWS", 1)
+    monkeypatch.setattr(triton_decode, "_merge_splits", None)  # a merge launched by mistake fails
+    torch.manual_seed(5)
+    q = torch.randn(batch, heads, 1, head_dim, device=DEVICE, dtype=dtype)
+    k, v = (torch.randn(batch, kv_heads, slots, head_dim, device=DEVICE, dtype=dtype) for _ in "kv")
+    valid = torch.rand(batch, slots, device=DEVICE) > 0.3
+    valid[0, slots // 2 :] = False
+    valid[:, 0] = True
+    want = math_attention(q.float(), k.float(), v.float(), valid[:, None, None, :], 0.0)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(split_kv_attention(q, k, v, valid).float(), want, atol=tol, rtol=tol)
+
+
 def test_split_kv_attention_ignores_what_is_masked() -> None:
     """Slots marked invalid may hold anything (stale keys, NaN): the output must not change."""
     torch.manual_seed(1)
@@ -74,14 +102,19 @@ def test_split_kv_attention_ignores_what_is_masked() -> None:
     assert torch.equal(split_kv_attention(q, k, v, valid), clean)
 
 
+@pytest.mark.parametrize("whole", [False, True])
 @pytest.mark.parametrize("batch", [1, 16])
-def test_split_kv_attention_reads_nothing_past_the_last_slot(batch: int) -> None:
+def test_split_kv_attention_reads_nothing_past_the_last_slot(
+    batch: int, whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With ``last``, the slots after it are not attended: the result is what masking them gives. From
     ``SKIP_MIN_BATCH`` rows on they are not even read (junk there, NaN and not masked, changes nothing);
     below it they are read and masked by ``valid``, as a decode step's mask does."""
     from muomni.models import triton_decode
 
     assert triton_decode.SKIP_MIN_BATCH == 16  # the batch-16 case below is the one that skips
+    if whole:
+        monkeypatch.setattr(triton_decode, "WHOLE_MIN_ROWS", 1)
     torch.manual_seed(2)
     q, k, v = (torch.randn(batch, 4, n, 16, device=DEVICE) for n in (1, 700, 700))
     k, v = k[:, :2], v[:, :2]

@@ -24,7 +24,7 @@ pytest.importorskip("triton", reason="the kernels are Triton's")
 ROPE = {"HEADS": 12, "KV_HEADS": 4, "HALF": 32, "HAS_BIAS": True}
 ROW_KERNELS = {
     "_partial_attention": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "QUERY_ROWS": 16, "HEAD_DIM": 64, "DIM_PAD": 64,
-                           "BLOCK_S": 64, "HAS_LAST": True, "PRECISION": "tf32", "UPCAST": False},
+                           "BLOCK_S": 64, "HAS_LAST": True, "PRECISION": "tf32", "UPCAST": False, "WHOLE": False},
     "_merge_splits": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "SPLITS_PAD": 64},
     "_norm_qkv_rope": {**ROPE, "PAIRS_PER_BLOCK": 4, "COLUMNS": 1024},
     "_norm_linear": {"ROWS": 8, "COLUMNS": 1024},
@@ -45,6 +45,9 @@ CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, co
     for rows in (16, 64)
     for dim in (256, 2048)
 }  # fmt: skip
+# Attention whose one program per row walks the whole cache and stores the output (no merge kernel).
+CASES["_partial_attention-whole-bf16"] = ["_partial_attention", {**ROW_KERNELS["_partial_attention"], "WHOLE": True},
+                                          "bfloat16", None, None]  # fmt: skip
 # Pointers that are not the model's dtype (the RoPE tables, positions, validity, the split partials and counts).
 POINTERS = {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "pos_ptr": "*i64", "last_ptr": "*i64", "valid_ptr": "*u8",
             "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
@@ -66,7 +69,8 @@ results = {"found": found}
 for case, (name, constexprs, dtype, rows, dim) in cases.items():
     kernel, options = getattr(td, name), {}
     if rows is not None:  # the configuration the wrapper would choose
-        shape = td._tile_shape(rows, getattr(torch, dtype), dim)
+        choose = td._gate_up_shape if name == "_tile_norm_gate_up" else td._tile_shape
+        shape = choose(rows, getattr(torch, dtype), dim)
         options["num_warps"] = shape.pop("num_warps")
         constexprs = {**constexprs, **shape}
         if name == "_tile_norm_qkv_rope":
