@@ -31,51 +31,18 @@ def gate_up_call(x, layer, h, BM, BN, BK, warps, stages):
     m = layer.mlp
     dim, hidden = x.shape[1], m.gate_proj.weight.shape[0]
     td._tile_norm_gate_up[(triton.cdiv(hidden, BN),)](
-        x,
-        layer.post_attention_layernorm.weight,
-        m.gate_proj.weight,
-        m.up_proj.weight,
-        h,
-        x.stride(0),
-        h.stride(0),
-        x.shape[0],
-        hidden,
-        dim,
-        1e-5,
-        BM=BM,
-        BN=BN,
-        BK=BK,
-        PRECISION="tf32",
-        UPCAST=False,
-        num_warps=warps,
-        num_stages=stages,
-    )
+        x, layer.post_attention_layernorm.weight, m.gate_proj.weight, m.up_proj.weight, h, x.stride(0), h.stride(0),
+        x.shape[0], hidden, dim, 1e-5, BM=BM, BN=BN, BK=BK, PRECISION="tf32", UPCAST=False,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
 
 
 def down_call(x, h, w, out, parts, BM, BN, BK, splits, warps, stages):
     rows, dim = w.shape
     td._tile_linear_residual[(triton.cdiv(rows, BN), splits)](
-        h,
-        w,
-        x,
-        out,
-        parts,
-        locks,
-        h.stride(0),
-        x.stride(0),
-        out.stride(0),
-        x.shape[0],
-        rows,
-        dim,
-        BM=BM,
-        BN=BN,
-        BK=BK,
-        SPLITS=splits,
-        PRECISION="tf32",
-        UPCAST=False,
-        num_warps=warps,
-        num_stages=stages,
-    )
+        h, w, x, out, parts, locks, h.stride(0), x.stride(0), out.stride(0), x.shape[0], rows, dim,
+        BM=BM, BN=BN, BK=BK, SPLITS=splits, PRECISION="tf32", UPCAST=False, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
 
 
 def gate_up_all(x, layers, outs, BN, BK, warps, stages):

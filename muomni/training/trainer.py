@@ -207,9 +207,8 @@ class Trainer:
         # the update while the host prepares the next step, instead of idling after the wait.
         # Not under FSDP, whose parameters are DTensors: the flag is a plain tensor, and that was not tried there.
         on_device = skips_on_device(self.optimizer) and not scaler.is_enabled() and not self.env.sharded
-        read_stats = stats.tolist
+        read_stats = copy_to_host(stats)  # queued before any update: the host need not wait for it
         if on_device:
-            read_stats = copy_to_host(stats)  # queued before the update: the host need not wait for it
             step_unless(self.optimizer, ~torch.isfinite(stats).all())
         loss_value, norm_value = read_stats()  # the step's one host sync
         applied = math.isfinite(loss_value) and math.isfinite(norm_value)
