@@ -217,6 +217,26 @@ def _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, K
 
 
 @triton.jit
+def _qkv_operands(j, j_ok, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, stride_rope, HALF, HAS_BIAS):
+    """What the attention input's epilogue reads besides the products, for pairs ``j`` of a head whose
+    first row is ``row``: the position, the RoPE angles' cos and sin there (cos[i] == cos[i + Dh/2]; a v
+    head does not use them), and the bias of rows i and i + Dh/2 (zeros without one), all fp32.
+
+    Loaded before the products: none depends on them, so their latency (the position, then the angles it
+    points to) passes while the weights stream in instead of adding two memory round trips after them.
+    """
+    pos = tl.load(pos_ptr)
+    cos = tl.load(cos_ptr + pos * stride_rope + j, mask=j_ok, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + pos * stride_rope + j, mask=j_ok, other=0.0).to(tl.float32)
+    bias_low = tl.zeros(j.shape, tl.float32)
+    bias_high = tl.zeros(j.shape, tl.float32)
+    if HAS_BIAS:
+        bias_low = tl.load(bias_ptr + row + j, mask=j_ok, other=0.0).to(tl.float32)
+        bias_high = tl.load(bias_ptr + row + HALF + j, mask=j_ok, other=0.0).to(tl.float32)
+    return pos, cos, sin, bias_low, bias_high
+
+
+@triton.jit
 def _norm_qkv_rope(
     x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
     q_ptr, kc_ptr, vc_ptr,
@@ -233,6 +253,9 @@ def _norm_qkv_rope(
     j = (block % blocks_per_head) * PAIRS_PER_BLOCK + tl.arange(0, PAIRS_PER_BLOCK)  # [P]: pair within the head
     j_ok = j < HALF
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
+    pos, cos, sin, bias_low, bias_high = _qkv_operands(
+        j, j_ok, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, stride_rope, HALF, HAS_BIAS
+    )
     # W (g * x / rms(x)) = (W (g * x)) / rms(x): the norm's statistic is gathered in the same pass as the
     # products, so no load waits on another. Unlike the eager RMSNorm, the normed row is not rounded to
     # the model's dtype before the product: a difference within that dtype's rounding.
@@ -253,17 +276,11 @@ def _norm_qkv_rope(
         low += tl.sum(w_low.to(tl.float32) * gx[None, :], axis=1)
         high += tl.sum(w_high.to(tl.float32) * gx[None, :], axis=1)
     inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / dim + eps)
-    low, high = low * inv_rms, high * inv_rms
+    low, high = low * inv_rms + bias_low, high * inv_rms + bias_high
     dtype = x_ptr.dtype.element_ty
-    if HAS_BIAS:
-        low += tl.load(bias_ptr + row + j, mask=j_ok, other=0.0).to(tl.float32)
-        high += tl.load(bias_ptr + row + HALF + j, mask=j_ok, other=0.0).to(tl.float32)
     low, high = low.to(dtype).to(tl.float32), high.to(dtype).to(tl.float32)  # the projection's output
-    pos = tl.load(pos_ptr)
     d_low, d_high = j, HALF + j
     if head < HEADS + KV_HEADS:  # q and k turn by their position: x * cos + rotate_half(x) * sin
-        cos = tl.load(cos_ptr + pos * stride_rope + d_low, mask=j_ok, other=0.0)  # cos[i] == cos[i + Dh/2]
-        sin = tl.load(sin_ptr + pos * stride_rope + d_low, mask=j_ok, other=0.0)
         low, high = low * cos - high * sin, high * cos + low * sin
     if head < HEADS:
         at = q_ptr + b * stride_qb + head * stride_qh
@@ -393,6 +410,9 @@ def _tile_norm_qkv_rope(
     m = tl.arange(0, BM)
     j_ok, m_ok = j < HALF, m < batch
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
+    pos, cos, sin, bias_low, bias_high = _qkv_operands(
+        j, j_ok, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, stride_rope, HALF, HAS_BIAS
+    )
     squares = tl.zeros([BM], tl.float32)
     low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
     high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
@@ -417,31 +437,27 @@ def _tile_norm_qkv_rope(
         low, high, squares, last = _gather_pair(low, high, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
     if last:
         _qkv_epilogue(
-            low, high, squares, m, j, m_ok, j_ok, head, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr,
-            vc_ptr, x_ptr, stride_qb, stride_qh, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch,
-            stride_vcs, stride_rope, dim, eps, HEADS, KV_HEADS, HALF, HAS_BIAS,
+            low, high, squares, pos, cos, sin, bias_low, bias_high, m, j, m_ok, j_ok, head, q_ptr, kc_ptr, vc_ptr,
+            x_ptr, stride_qb, stride_qh, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs,
+            dim, eps, HEADS, KV_HEADS, HALF,
         )  # fmt: skip
 
 
 @triton.jit
 def _qkv_epilogue(
-    low, high, squares, m, j, m_ok, j_ok, head, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr,
-    vc_ptr, x_ptr, stride_qb, stride_qh, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch,
-    stride_vcs, stride_rope, dim, eps, HEADS, KV_HEADS, HALF, HAS_BIAS,
+    low, high, squares, pos, cos, sin, bias_low, bias_high, m, j, m_ok, j_ok, head, q_ptr, kc_ptr, vc_ptr,
+    x_ptr, stride_qb, stride_qh, stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs,
+    dim, eps, HEADS, KV_HEADS, HALF,
 ):  # fmt: skip
-    """The attention input's tile after its products: the norm's scale, bias, RoPE, the q and cache stores."""
+    """The attention input's tile after its products: the norm's scale, bias, RoPE, the q and cache stores
+    (pos to bias_high: what :func:`_qkv_operands` loaded before the products)."""
     inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
-    low, high = low * inv_rms, high * inv_rms
+    low, high = low * inv_rms + bias_low[None, :], high * inv_rms + bias_high[None, :]
     dtype = x_ptr.dtype.element_ty
-    if HAS_BIAS:
-        low += tl.load(bias_ptr + row + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-        high += tl.load(bias_ptr + row + HALF + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
     low, high = low.to(dtype).to(tl.float32), high.to(dtype).to(tl.float32)  # the projection's output
-    pos = tl.load(pos_ptr)
     if head < HEADS + KV_HEADS:
-        cos = tl.load(cos_ptr + pos * stride_rope + j, mask=j_ok, other=0.0)[None, :]
-        sin = tl.load(sin_ptr + pos * stride_rope + j, mask=j_ok, other=0.0)[None, :]
-        low, high = low * cos - high * sin, high * cos + low * sin
+        turn_cos, turn_sin = cos[None, :], sin[None, :]
+        low, high = low * turn_cos - high * turn_sin, high * turn_cos + low * turn_sin
     tile_ok = m_ok[:, None] & j_ok[None, :]
     if head < HEADS:
         at = q_ptr + m[:, None] * stride_qb + head * stride_qh + j[None, :]
@@ -611,10 +627,12 @@ def _down_residual(
     rows, dim,
     ROWS: tl.constexpr, COLUMNS: tl.constexpr,
 ):  # fmt: skip
-    # Program (row block, b): x[b] + rows of W h[b].
+    # Program (row block, b): x[b] + rows of W h[b]. The residual is loaded first: its latency then passes
+    # while the weights stream in, not after them.
     block, b = tl.program_id(0), tl.program_id(1)
     r = block * ROWS + tl.arange(0, ROWS)
     r_ok = r < rows
+    x = tl.load(x_ptr + b * stride_xb + r, mask=r_ok, other=0.0).to(tl.float32)
     c = tl.arange(0, COLUMNS)
     acc = tl.zeros([ROWS], tl.float32)
     for start in range(0, dim, COLUMNS):
@@ -624,7 +642,6 @@ def _down_residual(
         w = tl.load(w_ptr + r[:, None] * dim + col[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
     dtype = out_ptr.dtype.element_ty
-    x = tl.load(x_ptr + b * stride_xb + r, mask=r_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + b * stride_ob + r, (x + acc.to(dtype).to(tl.float32)).to(dtype), mask=r_ok)
 
 
@@ -675,11 +692,14 @@ def _tile_linear_residual(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch),
-    # over the split's share of the depth.
+    # over the split's share of the depth. Every program loads its residual tile first, as _down_residual
+    # does (the last of a split tile uses it): its latency passes while the weights stream in.
     tile = tl.program_id(0)
     m = tl.arange(0, BM)
     n = tile * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
+    tile_ok = m_ok[:, None] & n_ok[None, :]
+    x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
     acc = tl.zeros([BM, BN], tl.float32)
     k_start, k_end = _depth_range(dim, BK, SPLITS)
     for start in range(k_start, k_end, BK):
@@ -701,8 +721,6 @@ def _tile_linear_residual(
         if SPLITS > 1:
             acc = _sum_splits(parts, block, BM * BN, SPLITS)
         dtype = out_ptr.dtype.element_ty
-        tile_ok = m_ok[:, None] & n_ok[None, :]
-        x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
         y = x + acc.to(dtype).to(tl.float32)  # the product rounded as the module rounds it, then the residual add
         tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
 

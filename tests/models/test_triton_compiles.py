@@ -33,7 +33,7 @@ ROW_KERNELS = {
 }  # fmt: skip
 TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
-HELPERS = {"_head_weights", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive", "_sum_splits"}
+HELPERS = {"_head_weights", "_qkv_operands", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive", "_sum_splits"}
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
 SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}
 CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, constexprs in ROW_KERNELS.items()} | {
