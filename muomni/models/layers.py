@@ -68,17 +68,16 @@ def sdpa_attention(
 ) -> torch.Tensor:
     """PyTorch's fused attention (flash / memory-efficient / cuDNN kernels). q [B,H,T,Dh], k/v [B,H_kv,S,Dh].
 
-    Without a mask this is causal over T == S and no mask is materialized, so the flash kernel can run.
-    With a mask [B, 1, T, S] (cached decoding) the query heads of each group are folded into the query
-    length instead of copying the cache ``H / H_kv`` times.
+    Without a mask this is causal over T == S and no mask is materialized, so the flash kernel can run;
+    the kernel reads each key/value head for its group of query heads (``enable_gqa``), where copying
+    k and v ``H / H_kv`` times cost memory and two passes over the copies (on an H200, small preset
+    training: 6.06 against 6.43 GiB, the same speed). With a mask [B, 1, T, S] (cached decoding) the
+    query heads of each group are folded into the query length instead of copying the cache.
     """
     b, h, t, dh = q.shape
     groups = h // k.shape[1]
     if mask is None:
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)  # [B, H, S, Dh]
-            v = v.repeat_interleave(groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=groups > 1)
     q = q.reshape(b, k.shape[1], groups * t, dh)  # [B, H_kv, g*T, Dh]: head i uses kv head i // g
     mask = mask.repeat(1, 1, groups, 1)  # [B, 1, g*T, S]
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # [B, H_kv, g*T, Dh]

@@ -48,6 +48,24 @@ def test_sdpa_matches_math_attention(kv_groups: int) -> None:
     assert torch.allclose(flash(x), plain(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_causal_sdpa_with_grouped_heads_matches_math_and_its_gradients(groups: int) -> None:
+    """Training's attention: the kernel's own GQA (no copied k/v) gives math attention's output and gradients,
+    each key/value head's gradient summed over its group."""
+    torch.manual_seed(4)
+    q = torch.randn(2, 6, 7, 8, requires_grad=True)
+    k = torch.randn(2, 6 // groups, 7, 8, requires_grad=True)
+    v = torch.randn(2, 6 // groups, 7, 8, requires_grad=True)
+    weight = torch.randn(2, 6, 7, 8)  # a loss that weighs every output differently
+    got = sdpa_attention(q, k, v, None, 0.0)
+    grads = torch.autograd.grad((got * weight).sum(), (q, k, v))
+    want = math_attention(q, k, v, None, 0.0)
+    expected = torch.autograd.grad((want * weight).sum(), (q, k, v))
+    assert torch.allclose(got, want, atol=1e-5)
+    for g, e in zip(grads, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
 def test_gqa_stores_fewer_kv_heads() -> None:
     for groups, expected in [(1, 16), (2, 32), (4, 64)]:
         model = tiny(kv_groups=groups)
