@@ -63,21 +63,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 
 
+def _kernel_takes_groups(q: torch.Tensor) -> bool:
+    """Whether SDPA's fused kernels for ``q`` take fewer key/value heads than query heads (``enable_gqa``).
+
+    The flash and cuDNN kernels do, in 16 bits on NVIDIA GPUs from Ampere on: there the copies of k and v
+    cost memory and two passes over them (on an H200, small preset training: 6.06 against 6.43 GiB, at the
+    same speed). The memory-efficient kernel (fp32, older GPUs), ROCm's flash and the CPU's kernels do
+    not: with ``enable_gqa`` SDPA would fall back to its math path, materializing every score.
+    """
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_properties(q.device).major >= 8
+
+
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
     """PyTorch's fused attention (flash / memory-efficient / cuDNN kernels). q [B,H,T,Dh], k/v [B,H_kv,S,Dh].
 
-    Without a mask this is causal over T == S and no mask is materialized, so the flash kernel can run;
-    the kernel reads each key/value head for its group of query heads (``enable_gqa``), where copying
-    k and v ``H / H_kv`` times cost memory and two passes over the copies (on an H200, small preset
-    training: 6.06 against 6.43 GiB, the same speed). With a mask [B, 1, T, S] (cached decoding) the
-    query heads of each group are folded into the query length instead of copying the cache.
+    Without a mask this is causal over T == S and no mask is materialized, so the flash kernel can run.
+    Where a kernel that reads each key/value head for its group of query heads runs (see
+    :func:`_kernel_takes_groups`), k and v go to it as they are; elsewhere they are copied ``H / H_kv``
+    times first. With a mask [B, 1, T, S] (cached decoding) the query heads of each group are folded into
+    the query length instead of copying the cache.
     """
     b, h, t, dh = q.shape
     groups = h // k.shape[1]
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=groups > 1)
+        if groups > 1 and _kernel_takes_groups(q):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=True)
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)  # [B, H, S, Dh]
+            v = v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     q = q.reshape(b, k.shape[1], groups * t, dh)  # [B, H_kv, g*T, Dh]: head i uses kv head i // g
     mask = mask.repeat(1, 1, groups, 1)  # [B, 1, g*T, S]
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # [B, H_kv, g*T, Dh]

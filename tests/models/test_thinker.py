@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from muomni.config import load_config
-from muomni.models import Thinker, checkpoint_blocks
+from muomni.models import Thinker, checkpoint_blocks, layers
 from muomni.models.layers import (
     MoE,
     RMSNorm,
@@ -48,10 +48,15 @@ def test_sdpa_matches_math_attention(kv_groups: int) -> None:
     assert torch.allclose(flash(x), plain(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kernel_takes_groups", [False, True])
 @pytest.mark.parametrize("groups", [1, 3])
-def test_causal_sdpa_with_grouped_heads_matches_math_and_its_gradients(groups: int) -> None:
-    """Training's attention: the kernel's own GQA (no copied k/v) gives math attention's output and gradients,
-    each key/value head's gradient summed over its group."""
+def test_causal_sdpa_with_grouped_heads_matches_math_and_its_gradients(
+    groups: int, kernel_takes_groups: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training's attention, with k/v copied per query head or handed to the kernel as they are (SDPA's
+    ``enable_gqa``, which the CPU's math path also runs): math attention's output and gradients, each
+    key/value head's gradient summed over its group."""
+    monkeypatch.setattr(layers, "_kernel_takes_groups", lambda q: kernel_takes_groups)
     torch.manual_seed(4)
     q = torch.randn(2, 6, 7, 8, requires_grad=True)
     k = torch.randn(2, 6 // groups, 7, 8, requires_grad=True)
@@ -64,6 +69,15 @@ def test_causal_sdpa_with_grouped_heads_matches_math_and_its_gradients(groups: i
     assert torch.allclose(got, want, atol=1e-5)
     for g, e in zip(grads, expected, strict=True):
         assert torch.allclose(g, e, atol=1e-5)
+
+
+def test_only_the_kernels_that_take_grouped_heads_get_them() -> None:
+    """fp32 and the CPU go to kernels without grouped heads, where SDPA would fall back to its math path."""
+    assert not layers._kernel_takes_groups(torch.zeros(1, dtype=torch.bfloat16))
+    if torch.cuda.is_available():
+        assert not layers._kernel_takes_groups(torch.zeros(1, device="cuda"))
+        ampere = torch.cuda.get_device_capability()[0] >= 8 and torch.version.hip is None
+        assert layers._kernel_takes_groups(torch.zeros(1, device="cuda", dtype=torch.bfloat16)) == ampere
 
 
 def test_gqa_stores_fewer_kv_heads() -> None:
