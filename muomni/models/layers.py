@@ -66,14 +66,16 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor 
 def _kernel_takes_groups(q: torch.Tensor) -> bool:
     """Whether SDPA's fused kernels for ``q`` take fewer key/value heads than query heads (``enable_gqa``).
 
-    The flash and cuDNN kernels do, in 16 bits on NVIDIA GPUs from Ampere on: there the copies of k and v
-    cost memory and two passes over them (on an H200, small preset training: 6.06 against 6.43 GiB, at the
-    same speed). The memory-efficient kernel (fp32, older GPUs), ROCm's flash and the CPU's kernels do
-    not: with ``enable_gqa`` SDPA would fall back to its math path, materializing every score.
+    The flash and cuDNN kernels do, in 16 bits on NVIDIA GPUs from Ampere on, for heads up to 256 wide
+    (flash's limit): there the copies of k and v cost memory and two passes over them (on an H200, small
+    preset training: 6.06 against 6.43 GiB, at the same speed). The memory-efficient kernel (fp32, older
+    GPUs, wider heads), ROCm's flash and the CPU's kernels do not: with ``enable_gqa`` SDPA would fall back
+    to its math path, materializing every score.
     """
     if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or torch.version.hip is not None:
         return False
-    return torch.cuda.get_device_properties(q.device).major >= 8
+    head_dim = q.shape[-1]
+    return head_dim <= 256 and head_dim % 8 == 0 and torch.cuda.get_device_properties(q.device).major >= 8
 
 
 def sdpa_attention(

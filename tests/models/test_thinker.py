@@ -72,12 +72,14 @@ def test_causal_sdpa_with_grouped_heads_matches_math_and_its_gradients(
 
 
 def test_only_the_kernels_that_take_grouped_heads_get_them() -> None:
-    """fp32 and the CPU go to kernels without grouped heads, where SDPA would fall back to its math path."""
-    assert not layers._kernel_takes_groups(torch.zeros(1, dtype=torch.bfloat16))
+    """fp32, heads wider than flash takes and the CPU go to kernels without grouped heads, where SDPA would
+    fall back to its math path."""
+    assert not layers._kernel_takes_groups(torch.zeros(1, 64, dtype=torch.bfloat16))
     if torch.cuda.is_available():
-        assert not layers._kernel_takes_groups(torch.zeros(1, device="cuda"))
+        assert not layers._kernel_takes_groups(torch.zeros(1, 64, device="cuda"))
+        assert not layers._kernel_takes_groups(torch.zeros(1, 512, device="cuda", dtype=torch.bfloat16))
         ampere = torch.cuda.get_device_capability()[0] >= 8 and torch.version.hip is None
-        assert layers._kernel_takes_groups(torch.zeros(1, device="cuda", dtype=torch.bfloat16)) == ampere
+        assert layers._kernel_takes_groups(torch.zeros(1, 64, device="cuda", dtype=torch.bfloat16)) == ampere
 
 
 def test_gqa_stores_fewer_kv_heads() -> None:
