@@ -13,12 +13,71 @@ on tensor cores in the cache's dtype (fp32 ones in full precision); scores, soft
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+try:  # Hopper's grid dependency control, in Triton from 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: the kernels launch one after another, as before
+    gdc_launch_dependents = gdc_wait = None
+
+# Programmatic dependent launch (PDL; Hopper and later, CUDA graphs keep it): each kernel lets the next one
+# start while it runs, and the next one issues the loads that depend on no kernel before it (weights, norm
+# gains, biases) and then waits, at `_wait_for_inputs`, until the kernel before it has finished and its
+# writes are visible; only then does it read activations, positions or caches, or store anything. A
+# decode step is some 70 kernels of a few microseconds, each mostly the latency of its launch and of its
+# first loads: with PDL those pass while the kernel before it still runs. False launches every kernel
+# only once the one before has finished.
+USE_PDL = True
+
+
+@triton.jit
+def _let_next_kernel_start(PDL: tl.constexpr):
+    """With PDL, allow the next kernel's launch once every program of this one has started."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _wait_for_inputs(PDL: tl.constexpr):
+    """With PDL, wait here until the kernel before has finished and its writes are visible.
+
+    Every program of a kernel launched with PDL must pass here before it reads anything a kernel wrote or
+    stores anything: the kernel after it waits for this one only, so this one must not finish first.
+    """
+    if PDL:
+        gdc_wait()
+
+
+def _pdl_in_triton() -> bool:
+    if gdc_wait is None:
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:  # pragma: no cover - a Triton without the NVIDIA back end
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+@functools.cache
+def _pdl_on(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with PDL: NVIDIA, compute capability 9 or more, Triton has it."""
+    if device.type != "cuda" or torch.version.hip or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9 and _pdl_in_triton()
+
+
+def _launch(device: torch.device) -> dict:
+    """The kernels' ``PDL`` constexpr and, with it on, Triton's launch option (see ``USE_PDL``)."""
+    if USE_PDL and _pdl_on(device):
+        return {"PDL": True, "launch_pdl": True}
+    return {"PDL": False}
+
 
 # Split-KV attention: cache slots per program (one block of them each: shorter programs, more of them),
 # the rows (batch x key/value heads) from which blocks are twice as long, and each program's warps. Chosen
@@ -56,12 +115,15 @@ def _partial_attention(
     slots, slots_per_split, n_splits, scale,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, QUERY_ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr, HAS_LAST: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, WHOLE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, WHOLE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program (b * KV_HEADS + kv head, split): running max, sum and weighted values of its slots, for the
     # GROUP query heads of its key/value head as rows of two tensor-core products, padded to QUERY_ROWS
     # (the fewest rows tl.dot takes): rows past GROUP are zeros, and those past GROUP_PAD are not stored.
     # WHOLE (one split: the program saw every slot) stores the normalized output itself, with no merge.
+    # Everything it reads was written by the kernels before (the query, the cache at the new slot).
+    _let_next_kernel_start(PDL)
+    _wait_for_inputs(PDL)
     row, split = tl.program_id(0), tl.program_id(1)
     b, kv = row // KV_HEADS, row % KV_HEADS
     g, d = tl.arange(0, QUERY_ROWS), tl.arange(0, DIM_PAD)
@@ -117,9 +179,11 @@ def _merge_splits(
     stride_ob, stride_oh, stride_od,
     n_splits,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program b * H + h: rescale every split's partial result to the common max and normalize.
+    _let_next_kernel_start(PDL)
+    _wait_for_inputs(PDL)
     head = tl.program_id(0)
     b, h = head // (KV_HEADS * GROUP), head % (KV_HEADS * GROUP)
     row, g = b * KV_HEADS + h // GROUP, h % GROUP
@@ -174,6 +238,7 @@ def split_kv_attention(
         acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
     valid = valid.view(torch.uint8)  # Triton reads bytes; a bool tensor is one byte per element
     shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
+    shape |= _launch(q.device)
     skip = last is not None and batch >= SKIP_MIN_BATCH
     _partial_attention[(rows, splits)](
         q, k, v, valid, last if skip else valid, m, l_sum, acc, out,  # without HAS_LAST, last_ptr is unread
@@ -216,24 +281,30 @@ def _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, K
     return w_ptr, bias_ptr, row
 
 
+# What the attention input's epilogue reads besides the products is loaded before the products (which
+# depend on none of it): its latency passes while the weights stream in, instead of adding memory round
+# trips after them.
 @triton.jit
-def _qkv_operands(j, j_ok, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, stride_rope, HALF, HAS_BIAS):
-    """What the attention input's epilogue reads besides the products, for pairs ``j`` of a head whose
-    first row is ``row``: the position, the RoPE angles' cos and sin there (cos[i] == cos[i + Dh/2]; a v
-    head does not use them), and the bias of rows i and i + Dh/2 (zeros without one), all fp32.
-
-    Loaded before the products: none depends on them, so their latency (the position, then the angles it
-    points to) passes while the weights stream in instead of adding two memory round trips after them.
-    """
-    pos = tl.load(pos_ptr)
-    cos = tl.load(cos_ptr + pos * stride_rope + j, mask=j_ok, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * stride_rope + j, mask=j_ok, other=0.0).to(tl.float32)
+def _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS):
+    """The bias of rows i and i + Dh/2 for pairs ``j`` of a head whose first row is ``row`` (zeros
+    without one), fp32: read before `_wait_for_inputs`, as no kernel writes them."""
     bias_low = tl.zeros(j.shape, tl.float32)
     bias_high = tl.zeros(j.shape, tl.float32)
     if HAS_BIAS:
         bias_low = tl.load(bias_ptr + row + j, mask=j_ok, other=0.0).to(tl.float32)
         bias_high = tl.load(bias_ptr + row + HALF + j, mask=j_ok, other=0.0).to(tl.float32)
-    return pos, cos, sin, bias_low, bias_high
+    return bias_low, bias_high
+
+
+@triton.jit
+def _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope):
+    """The new token's position and the RoPE angles' cos and sin there for pairs ``j`` (cos[i] ==
+    cos[i + Dh/2]; a v head does not use them), fp32. The position is written in the step, so these are
+    read after `_wait_for_inputs`."""
+    pos = tl.load(pos_ptr)
+    cos = tl.load(cos_ptr + pos * stride_rope + j, mask=j_ok, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + pos * stride_rope + j, mask=j_ok, other=0.0).to(tl.float32)
+    return pos, cos, sin
 
 
 @triton.jit
@@ -242,40 +313,43 @@ def _norm_qkv_rope(
     q_ptr, kc_ptr, vc_ptr,
     stride_xb, stride_qb, stride_qh,
     stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, stride_rope,
-    dim, eps,
-    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PAIRS_PER_BLOCK: tl.constexpr, COLUMNS: tl.constexpr,
+    eps,
+    DIM: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PAIRS_PER_BLOCK: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program (head block, b): rows i and i + Dh/2 of one q, k or v head applied to RMSNorm(x[b]), RoPE, store.
+    _let_next_kernel_start(PDL)
     block, b = tl.program_id(0), tl.program_id(1)
     blocks_per_head: tl.constexpr = (HALF + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK
     head = block // blocks_per_head
     j = (block % blocks_per_head) * PAIRS_PER_BLOCK + tl.arange(0, PAIRS_PER_BLOCK)  # [P]: pair within the head
     j_ok = j < HALF
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
-    pos, cos, sin, bias_low, bias_high = _qkv_operands(
-        j, j_ok, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, stride_rope, HALF, HAS_BIAS
-    )
+    bias_low, bias_high = _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS)
     # W (g * x / rms(x)) = (W (g * x)) / rms(x): the norm's statistic is gathered in the same pass as the
     # products, so no load waits on another. Unlike the eager RMSNorm, the normed row is not rounded to
-    # the model's dtype before the product: a difference within that dtype's rounding.
+    # the model's dtype before the product: a difference within that dtype's rounding. The loop is unrolled
+    # (one step for the presets), so the first step's weights are on their way before the wait.
     c = tl.arange(0, COLUMNS)
     squares = tl.zeros([COLUMNS], tl.float32)
     low = tl.zeros([PAIRS_PER_BLOCK], tl.float32)  # row i
     high = tl.zeros([PAIRS_PER_BLOCK], tl.float32)  # row i + Dh/2
-    for start in range(0, dim, COLUMNS):
+    for start in tl.static_range(0, DIM, COLUMNS):
         col = start + c
-        col_ok = col < dim
+        col_ok = col < DIM
         tile_ok = j_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
         gain = tl.load(norm_ptr + col, mask=col_ok, other=0.0).to(tl.float32)
-        w_low = tl.load(w_ptr + (row + j)[:, None] * dim + col[None, :], mask=tile_ok, other=0.0)
-        w_high = tl.load(w_ptr + (row + HALF + j)[:, None] * dim + col[None, :], mask=tile_ok, other=0.0)
+        w_low = tl.load(w_ptr + (row + j)[:, None] * DIM + col[None, :], mask=tile_ok, other=0.0)
+        w_high = tl.load(w_ptr + (row + HALF + j)[:, None] * DIM + col[None, :], mask=tile_ok, other=0.0)
+        if start == 0:
+            _wait_for_inputs(PDL)
+            pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
+        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
         squares += x * x
         gx = x * gain
         low += tl.sum(w_low.to(tl.float32) * gx[None, :], axis=1)
         high += tl.sum(w_high.to(tl.float32) * gx[None, :], axis=1)
-    inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / dim + eps)
+    inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / DIM + eps)
     low, high = low * inv_rms + bias_low, high * inv_rms + bias_high
     dtype = x_ptr.dtype.element_ty
     low, high = low.to(dtype).to(tl.float32), high.to(dtype).to(tl.float32)  # the projection's output
@@ -399,10 +473,11 @@ def _tile_norm_qkv_rope(
     batch, dim, eps,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program (pair block, split): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on
     # tensor cores, over the split's share of the depth.
+    _let_next_kernel_start(PDL)
     block = tl.program_id(0)
     blocks_per_head: tl.constexpr = (HALF + BN - 1) // BN
     head = block // blocks_per_head
@@ -410,9 +485,9 @@ def _tile_norm_qkv_rope(
     m = tl.arange(0, BM)
     j_ok, m_ok = j < HALF, m < batch
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
-    pos, cos, sin, bias_low, bias_high = _qkv_operands(
-        j, j_ok, bias_ptr, row, cos_ptr, sin_ptr, pos_ptr, stride_rope, HALF, HAS_BIAS
-    )
+    bias_low, bias_high = _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS)
+    _wait_for_inputs(PDL)
+    pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
     squares = tl.zeros([BM], tl.float32)
     low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
     high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
@@ -450,7 +525,7 @@ def _qkv_epilogue(
     dim, eps, HEADS, KV_HEADS, HALF,
 ):  # fmt: skip
     """The attention input's tile after its products: the norm's scale, bias, RoPE, the q and cache stores
-    (pos to bias_high: what :func:`_qkv_operands` loaded before the products)."""
+    (pos to bias_high: what :func:`_rope_angles` and :func:`_qkv_biases` loaded before the products)."""
     inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
     low, high = low * inv_rms + bias_low[None, :], high * inv_rms + bias_high[None, :]
     dtype = x_ptr.dtype.element_ty
@@ -506,7 +581,7 @@ def norm_qkv_rope(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), cos.stride(0),
     )  # fmt: skip
-    shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
+    shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None, **_launch(x.device)}
     if _tiled(batch):
         tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS}
         tiles = (heads + 2 * kv_heads) * triton.cdiv(half, QKV_TILE_PAIRS)
@@ -516,7 +591,7 @@ def norm_qkv_rope(
         )
         return q
     _norm_qkv_rope[((heads + 2 * kv_heads) * triton.cdiv(half, PAIRS), batch)](
-        *args, dim, eps, **shape,
+        *args, eps, DIM=dim, **shape,
         PAIRS_PER_BLOCK=PAIRS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=QKV_WARPS,
     )  # fmt: skip
     return q
@@ -534,25 +609,28 @@ HEAD_WARPS = 8
 def _norm_linear(
     x_ptr, norm_ptr, w_ptr, out_ptr,
     stride_xb, stride_ob,
-    rows, dim, eps,
-    ROWS: tl.constexpr, COLUMNS: tl.constexpr,
+    rows, eps,
+    DIM: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program (row block, b): rows of W applied to RMSNorm(x[b]), in the same single pass as _norm_qkv_rope.
+    _let_next_kernel_start(PDL)
     block, b = tl.program_id(0), tl.program_id(1)
     r = block * ROWS + tl.arange(0, ROWS)
     r_ok = r < rows
     c = tl.arange(0, COLUMNS)
     squares = tl.zeros([COLUMNS], tl.float32)
     acc = tl.zeros([ROWS], tl.float32)
-    for start in range(0, dim, COLUMNS):
+    for start in tl.static_range(0, DIM, COLUMNS):
         col = start + c
-        col_ok = col < dim
-        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
+        col_ok = col < DIM
         gain = tl.load(norm_ptr + col, mask=col_ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + r[:, None] * dim + col[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + r[:, None] * DIM + col[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
+        if start == 0:
+            _wait_for_inputs(PDL)
+        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
         squares += x * x
         acc += tl.sum(w.to(tl.float32) * (x * gain)[None, :], axis=1)
-    acc = acc / tl.sqrt(tl.sum(squares, axis=0) / dim + eps)
+    acc = acc / tl.sqrt(tl.sum(squares, axis=0) / DIM + eps)
     tl.store(out_ptr + b * stride_ob + r, acc.to(out_ptr.dtype.element_ty), mask=r_ok)
 
 
@@ -566,8 +644,8 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     rows = weight.shape[0]
     out = torch.empty(batch, rows, dtype=x.dtype, device=x.device)
     _norm_linear[(triton.cdiv(rows, HEAD_ROWS), batch)](
-        x, norm_weight, weight, out, x.stride(0), out.stride(0), rows, dim, eps,
-        ROWS=HEAD_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=HEAD_WARPS,
+        x, norm_weight, weight, out, x.stride(0), out.stride(0), rows, eps, DIM=dim, ROWS=HEAD_ROWS,
+        COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=HEAD_WARPS, **_launch(x.device),
     )  # fmt: skip
     return out
 
@@ -589,10 +667,11 @@ DOWN_COLUMNS = 2048
 def _norm_gate_up(
     x_ptr, norm_ptr, wg_ptr, wu_ptr, h_ptr,
     stride_xb, stride_hb,
-    rows, dim, eps,
-    ROWS: tl.constexpr, COLUMNS: tl.constexpr,
+    rows, eps,
+    DIM: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program (row block, b): silu(gate) * up of rows of both projections applied to RMSNorm(x[b]), one pass.
+    _let_next_kernel_start(PDL)
     block, b = tl.program_id(0), tl.program_id(1)
     r = block * ROWS + tl.arange(0, ROWS)
     r_ok = r < rows
@@ -600,19 +679,21 @@ def _norm_gate_up(
     squares = tl.zeros([COLUMNS], tl.float32)
     gate = tl.zeros([ROWS], tl.float32)
     up = tl.zeros([ROWS], tl.float32)
-    for start in range(0, dim, COLUMNS):
+    for start in tl.static_range(0, DIM, COLUMNS):
         col = start + c
-        col_ok = col < dim
+        col_ok = col < DIM
         tile_ok = r_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
         gain = tl.load(norm_ptr + col, mask=col_ok, other=0.0).to(tl.float32)
-        w_gate = tl.load(wg_ptr + r[:, None] * dim + col[None, :], mask=tile_ok, other=0.0)
-        w_up = tl.load(wu_ptr + r[:, None] * dim + col[None, :], mask=tile_ok, other=0.0)
+        w_gate = tl.load(wg_ptr + r[:, None] * DIM + col[None, :], mask=tile_ok, other=0.0)
+        w_up = tl.load(wu_ptr + r[:, None] * DIM + col[None, :], mask=tile_ok, other=0.0)
+        if start == 0:
+            _wait_for_inputs(PDL)
+        x = tl.load(x_ptr + b * stride_xb + col, mask=col_ok, other=0.0).to(tl.float32)
         squares += x * x
         gx = x * gain
         gate += tl.sum(w_gate.to(tl.float32) * gx[None, :], axis=1)
         up += tl.sum(w_up.to(tl.float32) * gx[None, :], axis=1)
-    inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / dim + eps)
+    inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / DIM + eps)
     dtype = h_ptr.dtype.element_ty
     gate = (gate * inv_rms).to(dtype).to(tl.float32)  # each projection's output, rounded as the modules round
     up = (up * inv_rms).to(dtype).to(tl.float32)
@@ -624,22 +705,25 @@ def _norm_gate_up(
 def _down_residual(
     h_ptr, w_ptr, x_ptr, out_ptr,
     stride_hb, stride_xb, stride_ob,
-    rows, dim,
-    ROWS: tl.constexpr, COLUMNS: tl.constexpr,
+    rows,
+    DIM: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    # Program (row block, b): x[b] + rows of W h[b]. The residual is loaded first: its latency then passes
-    # while the weights stream in, not after them.
+    # Program (row block, b): x[b] + rows of W h[b]. The residual is loaded with the first step's row of h,
+    # before the products: its latency then passes while the weights stream in, not after them.
+    _let_next_kernel_start(PDL)
     block, b = tl.program_id(0), tl.program_id(1)
     r = block * ROWS + tl.arange(0, ROWS)
     r_ok = r < rows
-    x = tl.load(x_ptr + b * stride_xb + r, mask=r_ok, other=0.0).to(tl.float32)
     c = tl.arange(0, COLUMNS)
     acc = tl.zeros([ROWS], tl.float32)
-    for start in range(0, dim, COLUMNS):
+    for start in tl.static_range(0, DIM, COLUMNS):
         col = start + c
-        col_ok = col < dim
+        col_ok = col < DIM
+        w = tl.load(w_ptr + r[:, None] * DIM + col[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
+        if start == 0:
+            _wait_for_inputs(PDL)
+            x = tl.load(x_ptr + b * stride_xb + r, mask=r_ok, other=0.0).to(tl.float32)
         h = tl.load(h_ptr + b * stride_hb + col, mask=col_ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + r[:, None] * dim + col[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
     dtype = out_ptr.dtype.element_ty
     tl.store(out_ptr + b * stride_ob + r, (x + acc.to(dtype).to(tl.float32)).to(dtype), mask=r_ok)
@@ -651,8 +735,11 @@ def _tile_norm_gate_up(
     stride_xb, stride_hb,
     batch, rows, dim, eps,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     # Program n: columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch (BM >= batch).
+    _let_next_kernel_start(PDL)
+    _wait_for_inputs(PDL)  # before the pipelined loop, which would otherwise be broken up
     m = tl.arange(0, BM)
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
@@ -689,11 +776,13 @@ def _tile_linear_residual(
     stride_hb, stride_xb, stride_ob,
     batch, rows, dim,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch),
     # over the split's share of the depth. Every program loads its residual tile first, as _down_residual
     # does (the last of a split tile uses it): its latency passes while the weights stream in.
+    _let_next_kernel_start(PDL)
+    _wait_for_inputs(PDL)
     tile = tl.program_id(0)
     m = tl.arange(0, BM)
     n = tile * BN + tl.arange(0, BN)
@@ -782,17 +871,18 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     batch, rows = x.shape
     dim = h.shape[1]
     out = torch.empty_like(x)
+    launch = _launch(x.device)
     if _tiled(batch):
         tiles, tile = triton.cdiv(rows, TILE_COLUMNS), _tile_shape(batch, weight.dtype, dim)
         splits, parts, locks = _split_buffers(x, tiles, tile, LINEAR_SPLITS, dim, tile["BM"] * TILE_COLUMNS)
         _tile_linear_residual[(tiles, splits)](
             h, weight, x, out, parts, locks, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
-            SPLITS=splits, **tile,
+            SPLITS=splits, **tile, **launch,
         )  # fmt: skip
         return out
     _down_residual[(triton.cdiv(rows, DOWN_ROWS), batch)](
-        h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), rows, dim,
-        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(dim), DOWN_COLUMNS), num_warps=DOWN_WARPS,
+        h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), rows, DIM=dim,
+        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(dim), DOWN_COLUMNS), num_warps=DOWN_WARPS, **launch,
     )  # fmt: skip
     return out
 
@@ -814,14 +904,15 @@ def swiglu_residual(
     w_gate, w_up, w_down = weights
     hidden = w_gate.shape[0]
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
+    launch = _launch(x.device)
     if _tiled(batch):
         tile = _gate_up_shape(batch, w_gate.dtype, dim)
         _tile_norm_gate_up[(triton.cdiv(hidden, tile["BN"]),)](
-            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps, **tile
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps, **tile, **launch
         )  # fmt: skip
     else:
         _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](
-            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), hidden, dim, eps,
-            ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS,
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), hidden, eps, DIM=dim,
+            ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS, **launch,
         )  # fmt: skip
     return linear_residual(x, h, w_down)

@@ -21,19 +21,24 @@ import pytest
 
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
-ROPE = {"HEADS": 12, "KV_HEADS": 4, "HALF": 32, "HAS_BIAS": True}
+# Every kernel as a Hopper GPU launches it: with programmatic dependent launch (the waits compiled in).
+PDL = {"PDL": True}
+ROPE = {"HEADS": 12, "KV_HEADS": 4, "HALF": 32, "HAS_BIAS": True, **PDL}
 ROW_KERNELS = {
     "_partial_attention": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "QUERY_ROWS": 16, "HEAD_DIM": 64, "DIM_PAD": 64,
-                           "BLOCK_S": 64, "HAS_LAST": True, "PRECISION": "tf32", "UPCAST": False, "WHOLE": False},
-    "_merge_splits": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "SPLITS_PAD": 64},
-    "_norm_qkv_rope": {**ROPE, "PAIRS_PER_BLOCK": 4, "COLUMNS": 1024},
-    "_norm_linear": {"ROWS": 8, "COLUMNS": 1024},
-    "_norm_gate_up": {"ROWS": 1, "COLUMNS": 1024},
-    "_down_residual": {"ROWS": 1, "COLUMNS": 2048},
+                           "BLOCK_S": 64, "HAS_LAST": True, "PRECISION": "tf32", "UPCAST": False, "WHOLE": False,
+                           **PDL},
+    "_merge_splits": {"KV_HEADS": 4, "GROUP": 3, "GROUP_PAD": 4, "HEAD_DIM": 64, "DIM_PAD": 64, "SPLITS_PAD": 64,
+                      **PDL},
+    "_norm_qkv_rope": {**ROPE, "DIM": 768, "PAIRS_PER_BLOCK": 4, "COLUMNS": 1024},
+    "_norm_linear": {"DIM": 768, "ROWS": 8, "COLUMNS": 1024, **PDL},
+    "_norm_gate_up": {"DIM": 768, "ROWS": 1, "COLUMNS": 1024, **PDL},
+    "_down_residual": {"DIM": 2048, "ROWS": 1, "COLUMNS": 2048, **PDL},
 }  # fmt: skip
-TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
+TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": PDL, "_tile_linear_residual": PDL}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
-HELPERS = {"_head_weights", "_qkv_operands", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive", "_sum_splits"}
+HELPERS = {"_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive",
+           "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs"}  # fmt: skip
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
 SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}
 CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, constexprs in ROW_KERNELS.items()} | {

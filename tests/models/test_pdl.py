@@ -1,0 +1,105 @@
+"""Programmatic dependent launch: the decode kernels give the same bits with it as without it.
+
+With PDL a kernel starts while the one before it still runs and must wait before it reads what that one
+wrote; a read placed before its wait is a race, which shows as different numbers. Here a few layers of
+decode steps (attention input, split-KV attention, output projection, MLP, head), at batch 1 (row kernels)
+and 16 (tiles, split-K), run replayed from a CUDA graph with PDL and launched one by one without it, and
+their logits and caches must agree exactly. The GPU part needs a Hopper GPU; the CPU part checks that no
+launch off such a GPU asks for PDL (Triton's interpreter, which runs the kernel tests there, has none).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the kernels are Triton's")
+
+from muomni.models import triton_decode as td  # noqa: E402
+
+HOPPER = torch.cuda.is_available() and td._pdl_on(torch.device("cuda"))
+D, HEADS, KV_HEADS, HEAD_DIM, D_FF, VOCAB, SLOTS, LAYERS = 768, 12, 4, 64, 2048, 2000, 128, 3
+
+
+def test_launches_off_a_hopper_gpu_do_not_ask_for_pdl(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert td._launch(torch.device("cpu")) == {"PDL": False}
+    monkeypatch.setattr(td, "USE_PDL", False)
+    assert td._launch(torch.device("cuda")) == {"PDL": False}
+
+
+def _weights(dtype: torch.dtype) -> dict:
+    g = torch.Generator().manual_seed(0)
+
+    def w(*shape: int, scale: float = 0.05) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=g)).to("cuda", dtype)
+
+    angles = torch.arange(SLOTS)[:, None] / 10000 ** (torch.arange(HEAD_DIM // 2) / (HEAD_DIM // 2))
+    angles = torch.cat([angles, angles], dim=1)
+    layers = [
+        {
+            "n1": 1 + w(D, scale=0.3),
+            "qkv": (w(HEADS * HEAD_DIM, D), w(KV_HEADS * HEAD_DIM, D), w(KV_HEADS * HEAD_DIM, D)),
+            "o": w(D, HEADS * HEAD_DIM),
+            "n2": 1 + w(D, scale=0.3),
+            "mlp": (w(D_FF, D), w(D_FF, D), w(D, D_FF)),
+        }
+        for _ in range(LAYERS)
+    ]
+    return {"layers": layers, "norm": 1 + w(D, scale=0.3), "head": w(VOCAB, D), "cos": angles.cos().cuda(),
+            "sin": angles.sin().cuda()}  # fmt: skip
+
+
+def _step(p: dict, x: torch.Tensor, pos: torch.Tensor, caches: list) -> torch.Tensor:
+    """One decode step over the layers, as the compiled step orders the kernels; returns the logits."""
+    batch = x.shape[0]
+    valid = (torch.arange(SLOTS, device="cuda") <= pos).expand(batch, SLOTS)
+    for layer, (k_cache, v_cache) in zip(p["layers"], caches, strict=True):
+        q = td.norm_qkv_rope(x, layer["n1"], 1e-5, layer["qkv"], None, p["cos"], p["sin"], pos, k_cache, v_cache)
+        attended = td.split_kv_attention(q, k_cache, v_cache, valid, pos)
+        x = td.linear_residual(x, attended.reshape(batch, -1), layer["o"])
+        x = td.swiglu_residual(x, layer["n2"], 1e-5, layer["mlp"])
+    return td.norm_linear(x, p["norm"], 1e-5, p["head"])
+
+
+def _run(p: dict, x: torch.Tensor, steps: int, pdl: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """``steps`` decode steps from position 40 on fresh caches; graph-replayed with PDL, eager without."""
+    monkeypatch.setattr(td, "USE_PDL", pdl)
+    g = torch.Generator().manual_seed(1)
+    shape = (x.shape[0], KV_HEADS, SLOTS, HEAD_DIM)
+    caches = [tuple(torch.randn(*shape, generator=g).to("cuda", x.dtype) for _ in range(2)) for _ in p["layers"]]
+    pos = torch.tensor([40], device="cuda")
+    logits = []
+    if not pdl:
+        for _ in range(steps):
+            logits.append(_step(p, x, pos, caches))
+            pos += 1
+        return torch.stack(logits), caches
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and make the split-K counts before capture
+        _step(p, x, pos.clone(), [tuple(c.clone() for c in pair) for pair in caches])
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _step(p, x, pos, caches)
+        pos += 1
+    for _ in range(steps):
+        graph.replay()
+        logits.append(out.clone())
+    return torch.stack(logits), caches
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs an NVIDIA GPU with programmatic dependent launch (Hopper on)")
+@pytest.mark.parametrize("batch", [1, 16])
+def test_kernels_launched_with_pdl_compute_what_they_compute_without(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = _weights(torch.bfloat16)
+    x = torch.randn(batch, D, generator=torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        want, want_caches = _run(p, x, 6, False, monkeypatch)
+        got, got_caches = _run(p, x, 6, True, monkeypatch)
+    assert torch.isfinite(want.float()).all()
+    assert torch.equal(got, want)
+    for (k_got, v_got), (k_want, v_want) in zip(got_caches, want_caches, strict=True):
+        assert torch.equal(k_got, k_want) and torch.equal(v_got, v_want)
