@@ -32,8 +32,16 @@ except ImportError:  # pragma: no cover - older Triton: the kernels launch one a
 # writes are visible; only then does it read activations, positions or caches, or store anything. A
 # decode step is some 70 kernels of a few microseconds, each mostly the latency of its launch and of its
 # first loads: with PDL those pass while the kernel before it still runs. False launches every kernel
-# only once the one before has finished.
+# only once the one before has finished. Up to PDL_MAX_BATCH rows: on an H200, alternating processes on one
+# start (docs/results/h200_decode_pdl_ab.json, h200_decode_b64_ab.json), small preset batch 1 ran 5,404
+# and 5,404 tokens/s with PDL against 3,968 and 4,018 without, batch 16 41,479 and 41,414 against 40,416
+# and 41,204 (42,698 and 41,816 with the tiles' first weights before the wait, see _weights_t), but batch
+# 64 82,807 and 82,837 against 104,856 and 105,314.
 USE_PDL = True
+PDL_MAX_BATCH = 16
+# The tile kernels' first step out of their loop without PDL too (see _weights_t): for tests of that
+# arithmetic where there is no PDL (Triton's interpreter has none).
+EARLY_WITHOUT_PDL = False
 
 
 @triton.jit
@@ -72,11 +80,17 @@ def _pdl_on(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9 and _pdl_in_triton()
 
 
-def _launch(device: torch.device) -> dict:
+def _launch(device: torch.device, batch: int) -> dict:
     """The kernels' ``PDL`` constexpr and, with it on, Triton's launch option (see ``USE_PDL``)."""
-    if USE_PDL and _pdl_on(device):
+    if USE_PDL and batch <= PDL_MAX_BATCH and _pdl_on(device):
         return {"PDL": True, "launch_pdl": True}
     return {"PDL": False}
+
+
+def _tile_launch(device: torch.device, batch: int) -> dict:
+    """:func:`_launch` for a tile kernel, with its ``EARLY`` constexpr (see :func:`_weights_t`)."""
+    launch = _launch(device, batch)
+    return {**launch, "EARLY": launch["PDL"] or EARLY_WITHOUT_PDL}
 
 
 # Split-KV attention: cache slots per program (one block of them each: shorter programs, more of them),
@@ -238,7 +252,7 @@ def split_kv_attention(
         acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
     valid = valid.view(torch.uint8)  # Triton reads bytes; a bool tensor is one byte per element
     shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
-    shape |= _launch(q.device)
+    shape |= _launch(q.device, batch)
     skip = last is not None and batch >= SKIP_MIN_BATCH
     _partial_attention[(rows, splits)](
         q, k, v, valid, last if skip else valid, m, l_sum, acc, out,  # without HAS_LAST, last_ptr is unread
@@ -464,6 +478,41 @@ def _gather_pair(a, b, squares, part_ptr, lock_ptr, BM: tl.constexpr, BN: tl.con
     return a, b, squares, last
 
 
+# Launched with PDL, the tile kernels take their depth's first step (for the presets' splits most often
+# their only one) out of the loop (EARLY): its weights are loaded before `_wait_for_inputs`, the rest in the
+# pipelined loop after it. Without PDL the first step stays in the loop, pipelined with the others.
+@triton.jit
+def _weights_t(w_ptr, rows, rows_ok, k, k_ok, dim):
+    """[BK, BN]: columns ``k`` of the weight rows ``rows``, transposed (as the product takes them)."""
+    return tl.load(w_ptr + rows[None, :] * dim + k[:, None], mask=k_ok[:, None] & rows_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb):
+    """[BM, BK]: columns ``k`` of the batch's rows, fp32 (rows past the batch are zeros)."""
+    return tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(
+        tl.float32
+    )
+
+
+@triton.jit
+def _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb):
+    """Columns ``k`` of the rows times the norm's gain, and the rows' sums of squares over them (the
+    norm's statistic): W (g * x) / rms(x), with 1 / rms(x) applied after the products, as in the row kernels."""
+    x = _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb)
+    gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+    return x * gain[None, :], tl.sum(x * x, axis=1)
+
+
+@triton.jit
+def _dot(a, w, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a w on tensor cores, ``a`` rounded to the weights' dtype (see :func:`_dot_precision`)."""
+    a = a.to(w.dtype)
+    if UPCAST:
+        a, w = a.to(tl.float32), w.to(tl.float32)
+    return tl.dot(a, w, acc, input_precision=PRECISION)
+
+
 @triton.jit
 def _tile_norm_qkv_rope(
     x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
@@ -473,7 +522,7 @@ def _tile_norm_qkv_rope(
     batch, dim, eps,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     # Program (pair block, split): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on
     # tensor cores, over the split's share of the depth.
@@ -486,27 +535,31 @@ def _tile_norm_qkv_rope(
     j_ok, m_ok = j < HALF, m < batch
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
     bias_low, bias_high = _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS)
-    _wait_for_inputs(PDL)
-    pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
+    k_start, k_end = _depth_range(dim, BK, SPLITS)
+    first = k_start
     squares = tl.zeros([BM], tl.float32)
     low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
     high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
-    k_start, k_end = _depth_range(dim, BK, SPLITS)
-    for start in range(k_start, k_end, BK):
+    if EARLY:  # the first step's weights before the wait
+        k = k_start + tl.arange(0, BK)
+        k_ok = k < k_end
+        w_low = _weights_t(w_ptr, row + j, j_ok, k, k_ok, dim)
+        w_high = _weights_t(w_ptr, row + HALF + j, j_ok, k, k_ok, dim)
+        _wait_for_inputs(PDL)
+        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        low = _dot(gx, w_low, low, PRECISION, UPCAST)
+        high = _dot(gx, w_high, high, PRECISION, UPCAST)
+        first = k_start + BK
+    else:
+        _wait_for_inputs(PDL)
+    pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
+    for start in range(first, k_end, BK):
         k = start + tl.arange(0, BK)
         k_ok = k < k_end
-        x = tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        w_ok = k_ok[:, None] & j_ok[None, :]
-        w_low = tl.load(w_ptr + (row + j)[None, :] * dim + k[:, None], mask=w_ok, other=0.0)  # [BK, BN] of W^T
-        w_high = tl.load(w_ptr + (row + HALF + j)[None, :] * dim + k[:, None], mask=w_ok, other=0.0)
-        x = x.to(tl.float32)
-        squares += tl.sum(x * x, axis=1)
-        gx = (x * gain[None, :]).to(w_low.dtype)  # W (g * x) / rms(x), as in the row kernel
-        if UPCAST:
-            gx, w_low, w_high = gx.to(tl.float32), w_low.to(tl.float32), w_high.to(tl.float32)
-        low = tl.dot(gx, w_low, low, input_precision=PRECISION)
-        high = tl.dot(gx, w_high, high, input_precision=PRECISION)
+        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        squares += step_squares
+        low = _dot(gx, _weights_t(w_ptr, row + j, j_ok, k, k_ok, dim), low, PRECISION, UPCAST)
+        high = _dot(gx, _weights_t(w_ptr, row + HALF + j, j_ok, k, k_ok, dim), high, PRECISION, UPCAST)
     last = True
     if SPLITS > 1:
         low, high, squares, last = _gather_pair(low, high, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
@@ -581,9 +634,9 @@ def norm_qkv_rope(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), cos.stride(0),
     )  # fmt: skip
-    shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None, **_launch(x.device)}
+    shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
     if _tiled(batch):
-        tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS}
+        tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS, **_tile_launch(x.device, batch)}
         tiles = (heads + 2 * kv_heads) * triton.cdiv(half, QKV_TILE_PAIRS)
         splits, parts, locks = _split_buffers(x, tiles, tile, QKV_SPLITS, dim, _pair_size(tile))
         _tile_norm_qkv_rope[(tiles, splits)](
@@ -591,7 +644,7 @@ def norm_qkv_rope(
         )
         return q
     _norm_qkv_rope[((heads + 2 * kv_heads) * triton.cdiv(half, PAIRS), batch)](
-        *args, eps, DIM=dim, **shape,
+        *args, eps, DIM=dim, **shape, **_launch(x.device, batch),
         PAIRS_PER_BLOCK=PAIRS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=QKV_WARPS,
     )  # fmt: skip
     return q
@@ -645,7 +698,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     out = torch.empty(batch, rows, dtype=x.dtype, device=x.device)
     _norm_linear[(triton.cdiv(rows, HEAD_ROWS), batch)](
         x, norm_weight, weight, out, x.stride(0), out.stride(0), rows, eps, DIM=dim, ROWS=HEAD_ROWS,
-        COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=HEAD_WARPS, **_launch(x.device),
+        COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=HEAD_WARPS, **_launch(x.device, batch),
     )  # fmt: skip
     return out
 
@@ -735,33 +788,36 @@ def _tile_norm_gate_up(
     stride_xb, stride_hb,
     batch, rows, dim, eps,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     # Program n: columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch (BM >= batch).
     _let_next_kernel_start(PDL)
-    _wait_for_inputs(PDL)  # before the pipelined loop, which would otherwise be broken up
     m = tl.arange(0, BM)
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
+    first = 0
     squares = tl.zeros([BM], tl.float32)
     gate = tl.zeros([BM, BN], tl.float32)
     up = tl.zeros([BM, BN], tl.float32)
-    for start in range(0, dim, BK):
+    if EARLY:  # the first step's weights before the wait
+        k = tl.arange(0, BK)
+        k_ok = k < dim
+        w_gate = _weights_t(wg_ptr, n, n_ok, k, k_ok, dim)
+        w_up = _weights_t(wu_ptr, n, n_ok, k, k_ok, dim)
+        _wait_for_inputs(PDL)
+        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        gate = _dot(gx, w_gate, gate, PRECISION, UPCAST)
+        up = _dot(gx, w_up, up, PRECISION, UPCAST)
+        first = BK
+    else:
+        _wait_for_inputs(PDL)
+    for start in range(first, dim, BK):
         k = start + tl.arange(0, BK)
         k_ok = k < dim
-        x = tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        w_ok = k_ok[:, None] & n_ok[None, :]
-        w_gate = tl.load(wg_ptr + n[None, :] * dim + k[:, None], mask=w_ok, other=0.0)  # [BK, BN] of W^T
-        w_up = tl.load(wu_ptr + n[None, :] * dim + k[:, None], mask=w_ok, other=0.0)
-        x = x.to(tl.float32)
-        squares += tl.sum(x * x, axis=1)
-        # As in the row kernels, the norm's 1 / rms(x) is applied to the products: W (g * x) / rms(x).
-        gx = (x * gain[None, :]).to(w_gate.dtype)
-        if UPCAST:
-            gx, w_gate, w_up = gx.to(tl.float32), w_gate.to(tl.float32), w_up.to(tl.float32)
-        gate = tl.dot(gx, w_gate, gate, input_precision=PRECISION)
-        up = tl.dot(gx, w_up, up, input_precision=PRECISION)
+        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        squares += step_squares
+        gate = _dot(gx, _weights_t(wg_ptr, n, n_ok, k, k_ok, dim), gate, PRECISION, UPCAST)
+        up = _dot(gx, _weights_t(wu_ptr, n, n_ok, k, k_ok, dim), up, PRECISION, UPCAST)
     inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
     dtype = h_ptr.dtype.element_ty
     gate = (gate * inv_rms).to(dtype).to(tl.float32)  # each projection's output, rounded as the modules round
@@ -776,30 +832,36 @@ def _tile_linear_residual(
     stride_hb, stride_xb, stride_ob,
     batch, rows, dim,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch),
-    # over the split's share of the depth. Every program loads its residual tile first, as _down_residual
-    # does (the last of a split tile uses it): its latency passes while the weights stream in.
+    # over the split's share of the depth. Every program loads its residual tile (the last of a split tile
+    # uses it) with its first rows of h, before the products, as _down_residual does.
     _let_next_kernel_start(PDL)
-    _wait_for_inputs(PDL)
     tile = tl.program_id(0)
     m = tl.arange(0, BM)
     n = tile * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
     tile_ok = m_ok[:, None] & n_ok[None, :]
-    x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    acc = tl.zeros([BM, BN], tl.float32)
     k_start, k_end = _depth_range(dim, BK, SPLITS)
-    for start in range(k_start, k_end, BK):
+    first = k_start
+    acc = tl.zeros([BM, BN], tl.float32)
+    if EARLY:  # the first step's weights before the wait
+        k = k_start + tl.arange(0, BK)
+        k_ok = k < k_end
+        w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
+        _wait_for_inputs(PDL)
+        x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        acc = _dot(_batch_rows(h_ptr, m, m_ok, k, k_ok, stride_hb), w, acc, PRECISION, UPCAST)
+        first = k_start + BK
+    else:
+        _wait_for_inputs(PDL)
+        x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    for start in range(first, k_end, BK):
         k = start + tl.arange(0, BK)
         k_ok = k < k_end
-        h = tl.load(h_ptr + m[:, None] * stride_hb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + n[None, :] * dim + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        h = h.to(w.dtype)
-        if UPCAST:
-            h, w = h.to(tl.float32), w.to(tl.float32)
-        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+        w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
+        acc = _dot(_batch_rows(h_ptr, m, m_ok, k, k_ok, stride_hb), w, acc, PRECISION, UPCAST)
     last = True
     if SPLITS > 1:
         block = m[:, None] * BN + tl.arange(0, BN)[None, :]
@@ -871,18 +933,18 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     batch, rows = x.shape
     dim = h.shape[1]
     out = torch.empty_like(x)
-    launch = _launch(x.device)
     if _tiled(batch):
         tiles, tile = triton.cdiv(rows, TILE_COLUMNS), _tile_shape(batch, weight.dtype, dim)
         splits, parts, locks = _split_buffers(x, tiles, tile, LINEAR_SPLITS, dim, tile["BM"] * TILE_COLUMNS)
         _tile_linear_residual[(tiles, splits)](
             h, weight, x, out, parts, locks, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
-            SPLITS=splits, **tile, **launch,
+            SPLITS=splits, **tile, **_tile_launch(x.device, batch),
         )  # fmt: skip
         return out
     _down_residual[(triton.cdiv(rows, DOWN_ROWS), batch)](
         h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), rows, DIM=dim,
-        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(dim), DOWN_COLUMNS), num_warps=DOWN_WARPS, **launch,
+        ROWS=DOWN_ROWS, COLUMNS=min(triton.next_power_of_2(dim), DOWN_COLUMNS), num_warps=DOWN_WARPS,
+        **_launch(x.device, batch),
     )  # fmt: skip
     return out
 
@@ -904,15 +966,15 @@ def swiglu_residual(
     w_gate, w_up, w_down = weights
     hidden = w_gate.shape[0]
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
-    launch = _launch(x.device)
     if _tiled(batch):
-        tile = _gate_up_shape(batch, w_gate.dtype, dim)
+        tile = {**_gate_up_shape(batch, w_gate.dtype, dim), **_tile_launch(x.device, batch)}
         _tile_norm_gate_up[(triton.cdiv(hidden, tile["BN"]),)](
-            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps, **tile, **launch
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps, **tile
         )  # fmt: skip
     else:
         _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](
             x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), hidden, eps, DIM=dim,
-            ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS, **launch,
+            ROWS=MLP_ROWS, COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=MLP_WARPS,
+            **_launch(x.device, batch),
         )  # fmt: skip
     return linear_residual(x, h, w_down)

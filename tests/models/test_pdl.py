@@ -4,8 +4,9 @@ With PDL a kernel starts while the one before it still runs and must wait before
 wrote; a read placed before its wait is a race, which shows as different numbers. Here a few layers of
 decode steps (attention input, split-KV attention, output projection, MLP, head), at batch 1 (row kernels)
 and 16 (tiles, split-K), run replayed from a CUDA graph with PDL and launched one by one without it, and
-their logits and caches must agree exactly. The GPU part needs a Hopper GPU; the CPU part checks that no
-launch off such a GPU asks for PDL (Triton's interpreter, which runs the kernel tests there, has none).
+their logits and caches must agree exactly. That part needs a Hopper GPU; the rest runs anywhere: no
+launch off such a GPU asks for PDL (Triton's interpreter, which runs the kernel tests there, has none),
+and the tile kernels' arithmetic on the PDL path is that of the loop it replaces.
 """
 
 from __future__ import annotations
@@ -22,9 +23,50 @@ D, HEADS, KV_HEADS, HEAD_DIM, D_FF, VOCAB, SLOTS, LAYERS = 768, 12, 4, 64, 2048,
 
 
 def test_launches_off_a_hopper_gpu_do_not_ask_for_pdl(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert td._launch(torch.device("cpu")) == {"PDL": False}
+    assert td._launch(torch.device("cpu"), 1) == {"PDL": False}
     monkeypatch.setattr(td, "USE_PDL", False)
-    assert td._launch(torch.device("cuda")) == {"PDL": False}
+    assert td._launch(torch.device("cuda"), 1) == {"PDL": False}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiles_with_their_first_step_out_of_the_loop_compute_what_the_loop_computes(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tile kernels' PDL path (EARLY: the first step's weights before the wait, the rest in the loop)
+    against the loop alone, without PDL so that it runs anywhere: the same bits. Split-K depths of several
+    steps a split, a split with no step at all (200 deep in 6 splits of 48), masked tails."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(td, "USE_PDL", False)
+    monkeypatch.setattr(td, "SPLIT_MIN_DEPTH", 64)
+    monkeypatch.setattr(td, "SPLIT_DEPTH", 32)  # 16 (fp32) or 32 (bf16) deep a step
+    monkeypatch.setattr(td, "TILE_DEPTH", 32)
+    batch, dim, heads, kv_heads, head_dim, hidden, slots = 5, 200, 4, 2, 16, 120, 8
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=g)).to(device, dtype)
+
+    x, h = rand(batch, dim), rand(batch, hidden)
+    qkv = (rand(heads * head_dim, dim, scale=0.1), rand(kv_heads * head_dim, dim, scale=0.1),
+           rand(kv_heads * head_dim, dim, scale=0.1))  # fmt: skip
+    biases = tuple(rand(w.shape[0], scale=0.1) for w in qkv)
+    mlp = (rand(hidden, dim, scale=0.1), rand(hidden, dim, scale=0.1), rand(dim, hidden, scale=0.1))
+    gain, w_out = 1 + rand(dim, scale=0.3), rand(dim, heads * head_dim, scale=0.1)
+    angles = torch.rand(slots, head_dim, generator=g).to(device)
+    pos = torch.tensor([3], device=device)
+    caches = [rand(batch, kv_heads, slots, head_dim) for _ in range(2)]
+
+    def run(early: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(td, "EARLY_WITHOUT_PDL", early)
+        k_cache, v_cache = (c.clone() for c in caches)
+        q = td.norm_qkv_rope(x, gain, 1e-5, qkv, biases, angles.cos(), angles.sin(), pos, k_cache, v_cache)
+        projected = td.linear_residual(x, q.reshape(batch, -1), w_out)
+        mlp_half, down = td.swiglu_residual(x, gain, 1e-5, mlp), td.linear_residual(x, h, mlp[2])
+        return [q, k_cache, v_cache, projected, mlp_half, down]
+
+    for got, want in zip(run(True), run(False), strict=True):
+        assert torch.isfinite(want.float()).all()
+        assert torch.equal(got, want)
 
 
 def _weights(dtype: torch.dtype) -> dict:

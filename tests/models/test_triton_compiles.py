@@ -35,10 +35,12 @@ ROW_KERNELS = {
     "_norm_gate_up": {"DIM": 768, "ROWS": 1, "COLUMNS": 1024, **PDL},
     "_down_residual": {"DIM": 2048, "ROWS": 1, "COLUMNS": 2048, **PDL},
 }  # fmt: skip
-TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": PDL, "_tile_linear_residual": PDL}
+TILE = {**PDL, "EARLY": True}  # the first step's weights before the wait, as launched with PDL
+TILE_KERNELS = {"_tile_norm_qkv_rope": {**ROPE, **TILE}, "_tile_norm_gate_up": TILE, "_tile_linear_residual": TILE}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive",
-           "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs"}  # fmt: skip
+           "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t", "_batch_rows", "_gained_rows",
+           "_dot"}  # fmt: skip
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
 SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}
 CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, constexprs in ROW_KERNELS.items()} | {
