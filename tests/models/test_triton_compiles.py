@@ -35,8 +35,8 @@ ROW_KERNELS = {
     "_norm_gate_up": {"DIM": 768, "ROWS": 1, "COLUMNS": 1024, **PDL},
     "_down_residual": {"DIM": 2048, "ROWS": 1, "COLUMNS": 2048, **PDL},
 }  # fmt: skip
-TILE = {**PDL, "EARLY": True}  # the first step's weights before the wait, as launched with PDL
-TILE_KERNELS = {"_tile_norm_qkv_rope": {**ROPE, **TILE}, "_tile_norm_gate_up": TILE, "_tile_linear_residual": TILE}
+# The tile kernels launch with PDL or without it by their rows, as their wrappers choose (in CHILD).
+TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive",
            "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t", "_batch_rows", "_gained_rows",
@@ -82,6 +82,8 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
         constexprs = {**constexprs, **shape}
         if name == "_tile_norm_qkv_rope":
             constexprs["BN"] = td.QKV_TILE_PAIRS
+        # PDL, and with it the first step's weights before the wait, as on a Hopper GPU for these rows
+        constexprs["PDL"] = constexprs["EARLY"] = rows <= td.PDL_MAX_BATCH
     value = "*bf16" if dtype == "bfloat16" else "*fp32"
     signature = {}
     for arg in kernel.arg_names:
