@@ -206,12 +206,22 @@ def infer_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _pdl_max_batch(device: torch.device) -> int | None:
+    """Up to how many rows compiled decoding's kernels launch with PDL here (None: no Triton kernels)."""
+    try:
+        from muomni.models.triton_decode import pdl_max_batch
+    except ImportError:  # no Triton: compiled decoding runs Inductor's kernels only
+        return None
+    return pdl_max_batch(device)
+
+
 def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = _model(args)
     device = model.lm_head.weight.device
     # 512 new tokens where the context has room for them after the prompt (tiny's 512 leaves 496).
     new = min(args.steps or (512 if device.type == "cuda" else 32), model.config.ctx_len - PROMPT_TOKENS)
     info = {**describe(device), "params": model.num_params(), "dtype": str(model.lm_head.weight.dtype)}
+    info["decode_pdl_max_batch"] = _pdl_max_batch(device)
     out = Path(args.out or "bench-out/infer")
     measured: Iterator[dict[str, Any]] = infer_rows(model, new, args.rows)
     if args.vs_hf:

@@ -56,13 +56,15 @@ def _wait_for_inputs(PDL: tl.constexpr):
     """With PDL, wait here until the kernel before has finished and its writes are visible.
 
     Every program of a kernel launched with PDL must pass here before it reads anything a kernel wrote or
-    stores anything: the kernel after it waits for this one only, so this one must not finish first.
+    stores anything, and pass here at all: the kernel after it waits for this one only, so this one must
+    not finish before the one it follows.
     """
     if PDL:
         gdc_wait()
 
 
 def _pdl_in_triton() -> bool:
+    """Whether this Triton has the grid dependency instructions and the ``launch_pdl`` launch option."""
     if gdc_wait is None:
         return False
     try:
@@ -80,9 +82,14 @@ def _pdl_on(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9 and _pdl_in_triton()
 
 
+def pdl_max_batch(device: torch.device) -> int:
+    """The most rows for which the decode kernels on ``device`` launch with PDL (0: none do)."""
+    return PDL_MAX_BATCH if USE_PDL and _pdl_on(device) else 0
+
+
 def _launch(device: torch.device, batch: int) -> dict:
     """The kernels' ``PDL`` constexpr and, with it on, Triton's launch option (see ``USE_PDL``)."""
-    if USE_PDL and batch <= PDL_MAX_BATCH and _pdl_on(device):
+    if batch <= pdl_max_batch(device):
         return {"PDL": True, "launch_pdl": True}
     return {"PDL": False}
 

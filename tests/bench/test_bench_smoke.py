@@ -73,9 +73,12 @@ def test_bench_train_table(tmp_path: Path, corpus: Path) -> None:
 def test_bench_infer_table(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _muomni("bench", "infer", "--config", "debug", "--steps", "6", "--out", str(out), "device=cpu", cwd=tmp_path)
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
     names = [r["name"] for r in rows]
     assert names[:4] == ["no KV cache", "KV cache", "KV cache + no_grad", "KV cache + compile"]
+    # Which decode launches used PDL is recorded with the timings: none on a CPU (None: no Triton here).
+    assert results["info"]["decode_pdl_max_batch"] in (0, None)
     assert "batch 64" in names and "| KV cache |" in proc.stdout
     for row in rows:
         assert _positive(row["tokens_per_s_total"]) and _positive(row["ms_per_step"])
