@@ -496,17 +496,16 @@ def _weights_t(w_ptr, rows, rows_ok, k, k_ok, dim):
 
 @triton.jit
 def _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb):
-    """[BM, BK]: columns ``k`` of the batch's rows, fp32 (rows past the batch are zeros)."""
-    return tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(
-        tl.float32
-    )
+    """[BM, BK]: columns ``k`` of the batch's rows (rows past the batch are zeros)."""
+    return tl.load(x_ptr + m[:, None] * stride_xb + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
 
 
 @triton.jit
 def _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb):
     """Columns ``k`` of the rows times the norm's gain, and the rows' sums of squares over them (the
-    norm's statistic): W (g * x) / rms(x), with 1 / rms(x) applied after the products, as in the row kernels."""
-    x = _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb)
+    norm's statistic), fp32: W (g * x) / rms(x), with 1 / rms(x) applied after the products, as in the row
+    kernels."""
+    x = _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb).to(tl.float32)
     gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
     return x * gain[None, :], tl.sum(x * x, axis=1)
 
