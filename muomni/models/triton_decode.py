@@ -422,14 +422,21 @@ SPLIT_MIN_DEPTH = 768
 SPLIT_DEPTH = 128
 LINEAR_SPLITS = 8
 QKV_SPLITS = 6
-# Gate/up is not split: its tiles step through a deep row instead, 32 columns wide for up to 16 rows. Chosen
-# on an H200, small preset, kernels alone over 12 layers in a CUDA graph (docs/results/h200_tile_stages.json
-# and h200_attention_whole.json): at batch 16, 6.7 us a layer at 32 columns, 8.8 at 16 (128 or 256 deep a
-# step, 2 or 4 warps, 1 to 6 pipeline stages: 32 x 128 x 2 warps with Triton's 3 stages was within 0.1 us
-# of the fastest); batch 5: 7.5 against 8.8; but batch 32: 9.5 against 9.2, batch 64: 14.1 against 10.9.
-# End to end, batch 16: 40,596 tokens/s against 38,363 (one start). The tiny preset's 256-deep tiles, one
-# step each, stay 16 wide (3.0 us, 3.6 at 32 columns).
+# Gate/up's tiles are 32 columns wide for up to 16 rows. Chosen on an H200, small preset, kernels alone over
+# 12 layers in a CUDA graph (docs/results/h200_tile_stages.json and h200_attention_whole.json): at batch 16,
+# 6.7 us a layer at 32 columns, 8.8 at 16 (128 or 256 deep a step, 2 or 4 warps, 1 to 6 pipeline stages:
+# 32 x 128 x 2 warps with Triton's 3 stages was within 0.1 us of the fastest); batch 5: 7.5 against 8.8;
+# but batch 32: 9.5 against 9.2, batch 64: 14.1 against 10.9. End to end, batch 16: 40,596 tokens/s
+# against 38,363 (one start). The tiny preset's 256-deep tiles, one step each, stay 16 wide (3.0 us, 3.6
+# at 32 columns). Those 16-row tiles (5 to 16 rows) are split GATE_UP_SPLITS ways from SPLIT_MIN_DEPTH, as
+# with PDL each program loads its first step before the wait: for the small preset three programs of two
+# 128-deep steps each then load half the depth early, where one program loaded one step of six (the tiles
+# of more rows were not measured split and are not). Without PDL, unsplit tiles had been 1 us a layer
+# faster than 8 splits. End to end with PDL, small preset batch 16, alternating on one start
+# (docs/results/h200_decode_gate_up_split_ab.json): 43,656 and 43,527 tokens/s in 3 splits, 43,133 and
+# 43,084 in 6, 42,856 and 42,816 unsplit.
 GATE_UP_COLUMNS = 32
+GATE_UP_SPLITS = 3
 SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
 _locks: dict[torch.device, torch.Tensor] = {}
 
@@ -790,46 +797,53 @@ def _down_residual(
 
 @triton.jit
 def _tile_norm_gate_up(
-    x_ptr, norm_ptr, wg_ptr, wu_ptr, h_ptr,
+    x_ptr, norm_ptr, wg_ptr, wu_ptr, h_ptr, part_ptr, lock_ptr,
     stride_xb, stride_hb,
     batch, rows, dim, eps,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    PDL: tl.constexpr, EARLY: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
-    # Program n: columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch (BM >= batch).
+    # Program (n, split): columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch
+    # (BM >= batch), over the split's share of the depth.
     _let_next_kernel_start(PDL)
     m = tl.arange(0, BM)
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
-    first = 0
+    k_start, k_end = _depth_range(dim, BK, SPLITS)
+    first = k_start
     squares = tl.zeros([BM], tl.float32)
     gate = tl.zeros([BM, BN], tl.float32)
     up = tl.zeros([BM, BN], tl.float32)
     if EARLY:  # the first step's weights before the wait
-        k = tl.arange(0, BK)
-        k_ok = k < dim
+        k = k_start + tl.arange(0, BK)
+        k_ok = k < k_end
         w_gate = _weights_t(wg_ptr, n, n_ok, k, k_ok, dim)
         w_up = _weights_t(wu_ptr, n, n_ok, k, k_ok, dim)
         _wait_for_inputs(PDL)
         gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
         gate = _dot(gx, w_gate, gate, PRECISION, UPCAST)
         up = _dot(gx, w_up, up, PRECISION, UPCAST)
-        first = BK
+        first = k_start + BK
     else:
         _wait_for_inputs(PDL)
-    for start in range(first, dim, BK):
+    for start in range(first, k_end, BK):
         k = start + tl.arange(0, BK)
-        k_ok = k < dim
+        k_ok = k < k_end
         gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
         squares += step_squares
         gate = _dot(gx, _weights_t(wg_ptr, n, n_ok, k, k_ok, dim), gate, PRECISION, UPCAST)
         up = _dot(gx, _weights_t(wu_ptr, n, n_ok, k, k_ok, dim), up, PRECISION, UPCAST)
-    inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
-    dtype = h_ptr.dtype.element_ty
-    gate = (gate * inv_rms).to(dtype).to(tl.float32)  # each projection's output, rounded as the modules round
-    up = (up * inv_rms).to(dtype).to(tl.float32)
-    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-    tl.store(h_ptr + m[:, None] * stride_hb + n[None, :], (silu * up).to(dtype), mask=m_ok[:, None] & n_ok[None, :])
+    last = True
+    if SPLITS > 1:
+        gate, up, squares, last = _gather_pair(gate, up, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
+    if last:
+        inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
+        dtype = h_ptr.dtype.element_ty
+        gate = (gate * inv_rms).to(dtype).to(tl.float32)  # each projection's output, rounded as the modules do
+        up = (up * inv_rms).to(dtype).to(tl.float32)
+        silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+        h_at = h_ptr + m[:, None] * stride_hb + n[None, :]
+        tl.store(h_at, (silu * up).to(dtype), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -974,8 +988,12 @@ def swiglu_residual(
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
     if _tiled(batch):
         tile = {**_gate_up_shape(batch, w_gate.dtype, dim), **_tile_launch(x.device, batch)}
-        _tile_norm_gate_up[(triton.cdiv(hidden, tile["BN"]),)](
-            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, dim, eps, **tile
+        tiles = triton.cdiv(hidden, tile["BN"])
+        most = GATE_UP_SPLITS if tile["BM"] == 16 else 1
+        splits, parts, locks = _split_buffers(x, tiles, tile, most, dim, _pair_size(tile))
+        _tile_norm_gate_up[(tiles, splits)](
+            x, norm_weight, w_gate, w_up, h, parts, locks, x.stride(0), h.stride(0), batch, hidden, dim, eps,
+            SPLITS=splits, **tile,
         )  # fmt: skip
     else:
         _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](

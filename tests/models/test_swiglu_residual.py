@@ -121,6 +121,38 @@ def test_split_k_is_one_fixed_sum_and_leaves_its_counts_at_zero(
     torch.testing.assert_close(got.float(), x.float() + h.float() @ weight.float().T, atol=tol * 4, rtol=tol * 4)
 
 
+@pytest.mark.parametrize("dtype", [FP32, BF16])
+def test_gate_up_split_k_matches_unsplit(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gate/up split over the depth (GATE_UP_SPLITS): the norm's statistic and both products are gathered
+    from every split before the SwiGLU product, so the result is the unsplit one up to the order of fp32
+    sums, the same bits on every launch, and the tiles' counts are zero again after."""
+    splits = []
+    split_buffers = triton_decode._split_buffers
+
+    def counted(*args: object) -> tuple:
+        found = split_buffers(*args)
+        splits.append(found[0])
+        return found
+
+    monkeypatch.setattr(triton_decode, "_split_buffers", counted)
+    monkeypatch.setattr(triton_decode, "GATE_UP_SPLITS", 3)
+    torch.manual_seed(0)
+    d_model, d_ff = 900, 40  # 900 deep: three splits of 384 (three 128-deep steps, the last one masked)
+    x = 3 * torch.randn(16, d_model, device=DEVICE, dtype=dtype)
+    gain = torch.randn(d_model, device=DEVICE, dtype=dtype)
+    weights = tuple(0.05 * torch.randn(*shape, device=DEVICE, dtype=dtype) for shape in
+                    [(d_ff, d_model), (d_ff, d_model), (d_model, d_ff)])  # fmt: skip
+    got = swiglu_residual(x, gain, 1e-5, weights)
+    assert splits[-2] == 3  # gate/up, then down (40 deep: unsplit)
+    assert not triton_decode._locks[x.device].any()
+    assert torch.equal(swiglu_residual(x, gain, 1e-5, weights), got)
+    monkeypatch.setattr(triton_decode, "GATE_UP_SPLITS", 1)
+    unsplit = swiglu_residual(x, gain, 1e-5, weights)
+    assert splits[-2] == 1
+    tol = 1e-5 if dtype == FP32 else 2e-2  # bf16: a rounding may land either side
+    torch.testing.assert_close(got, unsplit, atol=tol, rtol=tol)
+
+
 def test_the_layers_hand_the_fused_kernels_no_more_rows_than_a_tile_takes() -> None:
     """Past TILE_ROWS the kernels read the weights once per row (slower than the modules): the layers' cap
     on the fused MLP and output projection must stay within it."""

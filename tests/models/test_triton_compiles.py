@@ -42,7 +42,7 @@ HELPERS = {"_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_de
            "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t", "_batch_rows", "_gained_rows",
            "_dot"}  # fmt: skip
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
-SPLIT_K = {"_tile_norm_qkv_rope", "_tile_linear_residual"}
+SPLIT_K = {"_tile_norm_qkv_rope", "_tile_norm_gate_up", "_tile_linear_residual"}
 CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, constexprs in ROW_KERNELS.items()} | {
     f"{name}-{dtype}-{rows}-{dim}": [
         name, {**constexprs, "SPLITS": 4 if dim > 256 else 1} if name in SPLIT_K else constexprs, dtype, rows, dim
