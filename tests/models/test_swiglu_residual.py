@@ -89,22 +89,28 @@ def test_linear_residual_matches_the_modules(batch: int, dtype: torch.dtype) -> 
     torch.testing.assert_close(got - x, want - x, atol=tol, rtol=tol)
 
 
+@pytest.fixture
+def splits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The split count of every tile launch from here on, in launch order."""
+    found: list[int] = []
+    split_buffers = triton_decode._split_buffers
+
+    def counted(*args: object) -> tuple:
+        buffers = split_buffers(*args)
+        found.append(buffers[0])
+        return buffers
+
+    monkeypatch.setattr(triton_decode, "_split_buffers", counted)
+    return found
+
+
 @pytest.mark.parametrize("dtype", [FP32, BF16])
 def test_split_k_is_one_fixed_sum_and_leaves_its_counts_at_zero(
-    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    dtype: torch.dtype, splits: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A deep projection at batch 16 (as the MLP's down projection) is split over several programs per tile:
     the result is the unsplit one up to the order of fp32 sums, the same bits on every launch (the partials
     are added in split order, whichever program finishes last), and the tiles' counts are zero again after."""
-    splits = []
-    split_buffers = triton_decode._split_buffers
-
-    def counted(*args: object) -> tuple:
-        found = split_buffers(*args)
-        splits.append(found[0])
-        return found
-
-    monkeypatch.setattr(triton_decode, "_split_buffers", counted)
     torch.manual_seed(0)
     x = torch.randn(16, 200, device=DEVICE, dtype=dtype)
     h = torch.randn(16, 1100, device=DEVICE, dtype=dtype)
@@ -122,22 +128,15 @@ def test_split_k_is_one_fixed_sum_and_leaves_its_counts_at_zero(
 
 
 @pytest.mark.parametrize("dtype", [FP32, BF16])
-def test_gate_up_split_k_matches_unsplit(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gate_up_split_k_matches_unsplit(
+    dtype: torch.dtype, splits: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Gate/up split over the depth (GATE_UP_SPLITS): the norm's statistic and both products are gathered
     from every split before the SwiGLU product, so the result is the unsplit one up to the order of fp32
     sums, the same bits on every launch, and the tiles' counts are zero again after."""
-    splits = []
-    split_buffers = triton_decode._split_buffers
-
-    def counted(*args: object) -> tuple:
-        found = split_buffers(*args)
-        splits.append(found[0])
-        return found
-
-    monkeypatch.setattr(triton_decode, "_split_buffers", counted)
     monkeypatch.setattr(triton_decode, "GATE_UP_SPLITS", 3)
     torch.manual_seed(0)
-    d_model, d_ff = 900, 40  # 900 deep: three splits of 384 (three 128-deep steps, the last one masked)
+    d_model, d_ff = 900, 40  # splits 384, 384 and 132 deep: three 128-deep steps, and two, one masked
     x = 3 * torch.randn(16, d_model, device=DEVICE, dtype=dtype)
     gain = torch.randn(d_model, device=DEVICE, dtype=dtype)
     weights = tuple(0.05 * torch.randn(*shape, device=DEVICE, dtype=dtype) for shape in
