@@ -527,6 +527,51 @@ def _dot(a, w, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _normed_pair_first(
+    x_ptr, norm_ptr, wa_ptr, wb_ptr, rows_a, rows_b, rows_ok, m, m_ok, k_start, k_end, dim, stride_xb,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+):  # fmt: skip
+    """Two products of the gained rows (see :func:`_gained_rows`), with weight rows ``rows_a`` of wa and
+    ``rows_b`` of wb, [BM, BN] fp32 each, and the rows' sums of squares, so far: with EARLY the split's
+    first step, its weights loaded before `_wait_for_inputs`, otherwise nothing yet. Waits either way, and
+    returns them with the depth where :func:`_normed_pair_steps` goes on."""
+    a = tl.zeros([BM, BN], tl.float32)
+    b = tl.zeros([BM, BN], tl.float32)
+    squares = tl.zeros([BM], tl.float32)
+    first = k_start
+    if EARLY:
+        k = k_start + tl.arange(0, BK)
+        k_ok = k < k_end
+        w_a = _weights_t(wa_ptr, rows_a, rows_ok, k, k_ok, dim)
+        w_b = _weights_t(wb_ptr, rows_b, rows_ok, k, k_ok, dim)
+        _wait_for_inputs(PDL)
+        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        a = _dot(gx, w_a, a, PRECISION, UPCAST)
+        b = _dot(gx, w_b, b, PRECISION, UPCAST)
+        first = k_start + BK
+    else:
+        _wait_for_inputs(PDL)
+    return a, b, squares, first
+
+
+@triton.jit
+def _normed_pair_steps(
+    a, b, squares, first, k_end, x_ptr, norm_ptr, wa_ptr, wb_ptr, rows_a, rows_b, rows_ok, m, m_ok, dim, stride_xb,
+    BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """:func:`_normed_pair_first`'s products and sums of squares over the rest of the split, [first, k_end)."""
+    for start in range(first, k_end, BK):
+        k = start + tl.arange(0, BK)
+        k_ok = k < k_end
+        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        squares += step_squares
+        a = _dot(gx, _weights_t(wa_ptr, rows_a, rows_ok, k, k_ok, dim), a, PRECISION, UPCAST)
+        b = _dot(gx, _weights_t(wb_ptr, rows_b, rows_ok, k, k_ok, dim), b, PRECISION, UPCAST)
+    return a, b, squares
+
+
+@triton.jit
 def _tile_norm_qkv_rope(
     x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
     q_ptr, kc_ptr, vc_ptr, part_ptr, lock_ptr,
@@ -549,30 +594,16 @@ def _tile_norm_qkv_rope(
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
     bias_low, bias_high = _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS)
     k_start, k_end = _depth_range(dim, BK, SPLITS)
-    first = k_start
-    squares = tl.zeros([BM], tl.float32)
-    low = tl.zeros([BM, BN], tl.float32)  # rows i of the head
-    high = tl.zeros([BM, BN], tl.float32)  # rows i + Dh/2
-    if EARLY:  # the first step's weights before the wait
-        k = k_start + tl.arange(0, BK)
-        k_ok = k < k_end
-        w_low = _weights_t(w_ptr, row + j, j_ok, k, k_ok, dim)
-        w_high = _weights_t(w_ptr, row + HALF + j, j_ok, k, k_ok, dim)
-        _wait_for_inputs(PDL)
-        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
-        low = _dot(gx, w_low, low, PRECISION, UPCAST)
-        high = _dot(gx, w_high, high, PRECISION, UPCAST)
-        first = k_start + BK
-    else:
-        _wait_for_inputs(PDL)
+    # rows i (low) and i + Dh/2 (high) of the head's weight; the RoPE angles are read once the wait is passed
+    low, high, squares, first = _normed_pair_first(
+        x_ptr, norm_ptr, w_ptr, w_ptr, row + j, row + HALF + j, j_ok, m, m_ok, k_start, k_end, dim, stride_xb,
+        BM, BN, BK, PRECISION, UPCAST, PDL, EARLY,
+    )  # fmt: skip
     pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
-    for start in range(first, k_end, BK):
-        k = start + tl.arange(0, BK)
-        k_ok = k < k_end
-        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
-        squares += step_squares
-        low = _dot(gx, _weights_t(w_ptr, row + j, j_ok, k, k_ok, dim), low, PRECISION, UPCAST)
-        high = _dot(gx, _weights_t(w_ptr, row + HALF + j, j_ok, k, k_ok, dim), high, PRECISION, UPCAST)
+    low, high, squares = _normed_pair_steps(
+        low, high, squares, first, k_end, x_ptr, norm_ptr, w_ptr, w_ptr, row + j, row + HALF + j, j_ok, m, m_ok, dim,
+        stride_xb, BK, PRECISION, UPCAST,
+    )  # fmt: skip
     last = True
     if SPLITS > 1:
         low, high, squares, last = _gather_pair(low, high, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
@@ -810,29 +841,14 @@ def _tile_norm_gate_up(
     n = tl.program_id(0) * BN + tl.arange(0, BN)
     m_ok, n_ok = m < batch, n < rows
     k_start, k_end = _depth_range(dim, BK, SPLITS)
-    first = k_start
-    squares = tl.zeros([BM], tl.float32)
-    gate = tl.zeros([BM, BN], tl.float32)
-    up = tl.zeros([BM, BN], tl.float32)
-    if EARLY:  # the first step's weights before the wait
-        k = k_start + tl.arange(0, BK)
-        k_ok = k < k_end
-        w_gate = _weights_t(wg_ptr, n, n_ok, k, k_ok, dim)
-        w_up = _weights_t(wu_ptr, n, n_ok, k, k_ok, dim)
-        _wait_for_inputs(PDL)
-        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
-        gate = _dot(gx, w_gate, gate, PRECISION, UPCAST)
-        up = _dot(gx, w_up, up, PRECISION, UPCAST)
-        first = k_start + BK
-    else:
-        _wait_for_inputs(PDL)
-    for start in range(first, k_end, BK):
-        k = start + tl.arange(0, BK)
-        k_ok = k < k_end
-        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
-        squares += step_squares
-        gate = _dot(gx, _weights_t(wg_ptr, n, n_ok, k, k_ok, dim), gate, PRECISION, UPCAST)
-        up = _dot(gx, _weights_t(wu_ptr, n, n_ok, k, k_ok, dim), up, PRECISION, UPCAST)
+    gate, up, squares, first = _normed_pair_first(
+        x_ptr, norm_ptr, wg_ptr, wu_ptr, n, n, n_ok, m, m_ok, k_start, k_end, dim, stride_xb,
+        BM, BN, BK, PRECISION, UPCAST, PDL, EARLY,
+    )  # fmt: skip
+    gate, up, squares = _normed_pair_steps(
+        gate, up, squares, first, k_end, x_ptr, norm_ptr, wg_ptr, wu_ptr, n, n, n_ok, m, m_ok, dim, stride_xb,
+        BK, PRECISION, UPCAST,
+    )  # fmt: skip
     last = True
     if SPLITS > 1:
         gate, up, squares, last = _gather_pair(gate, up, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
