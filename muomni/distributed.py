@@ -72,8 +72,32 @@ def collective_timeout() -> datetime.timedelta:
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
 
 
-def setup(mode: str, device_type: str) -> DistEnv:
-    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU), or stay a single process."""
+# The oldest torch with which several CPU processes (gloo) learn what one process learns, per wrapper and
+# compilation: two ranks against one process, 4 steps (tests/distributed). FSDP2: torch 2.5.1 stops at its
+# first forward ("FSDP requires CUDA for streams"), 2.6.0 at its first backward (its CPU stream stub has no
+# record_event), 2.7.1 and 2.8.0 run but end 6.5e-3 away (relative, the first block's output projection);
+# 2.9.1 and 2.13 match. Compiled DDP: 2.5.1 and 2.6.0 end 6.3e-2 away (the embedding); 2.7.1 to 2.13 match.
+# Eager DDP matched on every one of them. (2.7.0 and 2.9.0 not tried; GPUs not tried below 2.11.)
+CPU_MIN_TORCH = {("fsdp", False): (2, 9), ("fsdp", True): (2, 9), ("ddp", True): (2, 7)}
+
+
+def cpu_unsupported(mode: str, compiled: bool, version: str = torch.__version__) -> str | None:
+    """Why this torch's ``mode`` (ddp or fsdp), compiled or not, cannot train on CPUs (None: it can)."""
+    least = CPU_MIN_TORCH.get((mode, compiled))
+    if least is None or torch.torch_version.TorchVersion(version) >= least:
+        return None
+    what = f"distributed={mode}" + (" with use_compile=true" if compiled else "")
+    fix = "use distributed=ddp" if mode == "fsdp" else "set use_compile=false"
+    return f"{what} on CPUs needs torch {'.'.join(map(str, least))} or newer (this is {version}); {fix}"
+
+
+def setup(mode: str, device_type: str, compiled: bool = False) -> DistEnv:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPU), or stay a single process.
+
+    Raises:
+        ConfigError: torchrun started several processes and ``distributed`` is none, or this torch cannot
+            train with ``mode`` (``compiled``: with use_compile) on CPUs (see ``CPU_MIN_TORCH``).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistEnv(mode=mode)
@@ -82,6 +106,8 @@ def setup(mode: str, device_type: str) -> DistEnv:
             f"config key 'distributed': started by torchrun with {world} processes but distributed is none; "
             "set distributed=ddp or distributed=fsdp"
         )
+    if device_type == "cpu" and (reason := cpu_unsupported(mode, compiled)):
+        raise ConfigError(f"config key 'distributed': {reason}")
     env = DistEnv(mode, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)

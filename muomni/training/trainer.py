@@ -76,7 +76,7 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         started = time.perf_counter()
         self.device = resolve_device(cfg.device)
-        self.env = distributed.setup(cfg.distributed, self.device.type)
+        self.env = distributed.setup(cfg.distributed, self.device.type, cfg.use_compile)
         if self.env.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.env.local_rank)
         auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"

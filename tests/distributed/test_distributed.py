@@ -19,10 +19,16 @@ import pytest
 import torch
 from training_helpers import ROOT, final_weights, overrides, read_metrics, tiny_settings, write_corpus
 
+from muomni.distributed import cpu_unsupported
 from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, load_tensors
 
 STEPS = 4
 TOLERANCE = 1e-5
+# Why this torch cannot run these on CPUs (None: it can; see muomni.distributed.CPU_MIN_TORCH).
+NO_FSDP = cpu_unsupported("fsdp", compiled=False) or cpu_unsupported("fsdp", compiled=True)
+NO_COMPILED_DDP = cpu_unsupported("ddp", compiled=True)
+needs_fsdp = pytest.mark.skipif(NO_FSDP is not None, reason=str(NO_FSDP))
+needs_compiled_ddp = pytest.mark.skipif(NO_COMPILED_DDP is not None, reason=str(NO_COMPILED_DDP))
 
 
 def _free_port() -> int:
@@ -77,6 +83,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("ddp_compiled", 2, {"distributed": "ddp", "use_compile": True}),
         ("fsdp_compiled", 2, {"distributed": "fsdp", "use_compile": True}),
     ):
+        if (keys.get("distributed") == "fsdp" and NO_FSDP) or (name == "ddp_compiled" and NO_COMPILED_DDP):
+            continue
         result = _train(root, name, procs, timeout=600, **keys)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
         (root / f"{name}.out").write_text(result.stdout)
@@ -94,13 +102,16 @@ def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
     assert len(losses) == STEPS and losses == pytest.approx(want, rel=1e-5)  # the mean over ranks is logged
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "mode", [pytest.param("ddp", marks=needs_compiled_ddp), pytest.param("fsdp", marks=needs_fsdp)]
+)
 def test_compiled_ranks_match_one_eager_process(work: Path, mode: str) -> None:
     # The compiled loss (chunked cross-entropy in the graph) under the wrapper: the head is synced or sharded too.
     assert "is not used" not in (work / f"{mode}_compiled.err").read_text()  # no fallback to eager
     _assert_close(final_weights(work / f"{mode}_compiled"), final_weights(work / "single"))
 
 
+@needs_fsdp
 def test_fsdp_matches_one_process_and_writes_a_plain_checkpoint(work: Path) -> None:
     _assert_close(final_weights(work / "fsdp"), final_weights(work / "single"))
     # The same single-process format: the same tensor names and optimizer keys as the reference's.
@@ -111,6 +122,7 @@ def test_fsdp_matches_one_process_and_writes_a_plain_checkpoint(work: Path) -> N
         assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
 
 
+@needs_fsdp
 @pytest.mark.parametrize("procs", [1, 2])
 def test_a_two_rank_fsdp_checkpoint_resumes_on_one_rank_and_on_two(work: Path, procs: int) -> None:
     ckpt = checkpoints_dir(work / "fsdp") / "step_00000002"
@@ -120,7 +132,7 @@ def test_a_two_rank_fsdp_checkpoint_resumes_on_one_rank_and_on_two(work: Path, p
     _assert_close(final_weights(work / f"resumed_{procs}"), final_weights(work / "fsdp"))
 
 
-@pytest.mark.parametrize(("mode", "how"), [("ddp", ""), ("fsdp", ":SIGKILL")])
+@pytest.mark.parametrize(("mode", "how"), [("ddp", ""), pytest.param("fsdp", ":SIGKILL", marks=needs_fsdp)])
 def test_a_failing_rank_ends_the_job_in_bounded_time_and_the_run_resumes(work: Path, mode: str, how: str) -> None:
     name = f"failed_{mode}"
     env = {"MUOMNI_TEST_FAIL_RANK": f"1:3{how}", "MUOMNI_DIST_TIMEOUT_S": "20"}
@@ -144,6 +156,7 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(work: Pa
     assert [p.name for p in checkpoints_dir(work / "stopped").iterdir()] == ["step_00000001"]
 
 
+@needs_fsdp
 def test_a_resume_with_another_global_batch_is_refused(work: Path) -> None:
     ckpt = checkpoints_dir(work / "fsdp") / "step_00000002"
     result = _run(
@@ -153,3 +166,26 @@ def test_a_resume_with_another_global_batch_is_refused(work: Path) -> None:
     )
     assert result.returncode == 2
     assert "global batch was 4 windows (2 x 1 accumulation x 2 processes) and is 2 now" in result.stderr
+
+
+def test_a_torch_whose_ranks_drift_from_one_process_is_refused_with_one_line() -> None:
+    """What to do, in one line, instead of a crash in the first step or weights that drift from one process's."""
+    for old in ("2.5.1+cu124", "2.6.0", "2.7.1", "2.8.0+cpu"):
+        reason = cpu_unsupported("fsdp", False, old)
+        assert reason is not None and "torch 2.9 or newer" in reason and old in reason and "distributed=ddp" in reason
+    for old in ("2.5.1", "2.6.0+cpu"):
+        reason = cpu_unsupported("ddp", True, old)
+        assert reason is not None and "torch 2.7 or newer" in reason and "use_compile=false" in reason
+    for new in ("2.9.1", "2.13.0+cpu", "2.14.0.dev20261101"):
+        assert cpu_unsupported("fsdp", True, new) is None
+    assert cpu_unsupported("ddp", True, "2.7.1") is None
+    assert cpu_unsupported("ddp", False, "2.5.1") is None  # eager DDP matched on every torch tried
+
+
+@pytest.mark.skipif(NO_FSDP is None, reason="this torch runs FSDP on CPUs")
+def test_torchrun_with_fsdp_on_a_cpu_ends_with_the_one_line_error(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "corpus.txt")
+    result = _train(tmp_path, "refused", 2, distributed="fsdp")
+    assert result.returncode != 0
+    assert f"muomni: error: config key 'distributed': {NO_FSDP}" in result.stderr
+    assert "FSDP requires CUDA" not in result.stderr and "record_event" not in result.stderr  # before any step
