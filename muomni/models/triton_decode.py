@@ -11,8 +11,8 @@ compiled decode step on CUDA only, through the custom op in :mod:`muomni.models.
 on tensor cores in the cache's dtype (fp32 ones in full precision); scores, softmax and sums are fp32.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Triton 3.1 (torch 2.5's) runs kernels in its interpreter
+# with their constexpr parameters as plain ints when the annotations are strings, and tl.arange refuses them.
 import functools
 import math
 import os
