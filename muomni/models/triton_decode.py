@@ -545,13 +545,12 @@ def _normed_pair_first(
         k_ok = k < k_end
         w_a = _weights_t(wa_ptr, rows_a, rows_ok, k, k_ok, dim)
         w_b = _weights_t(wb_ptr, rows_b, rows_ok, k, k_ok, dim)
-        _wait_for_inputs(PDL)
+    _wait_for_inputs(PDL)
+    if EARLY:
         gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
         a = _dot(gx, w_a, a, PRECISION, UPCAST)
         b = _dot(gx, w_b, b, PRECISION, UPCAST)
         first = k_start + BK
-    else:
-        _wait_for_inputs(PDL)
     return a, b, squares, first
 
 
@@ -622,7 +621,7 @@ def _qkv_epilogue(
     dim, eps, HEADS, KV_HEADS, HALF,
 ):  # fmt: skip
     """The attention input's tile after its products: the norm's scale, bias, RoPE, the q and cache stores
-    (pos to bias_high: what :func:`_rope_angles` and :func:`_qkv_biases` loaded before the products)."""
+    (pos to bias_high: what :func:`_rope_angles` and :func:`_qkv_biases` loaded before the last products)."""
     inv_rms = (1.0 / tl.sqrt(squares / dim + eps))[:, None]
     low, high = low * inv_rms + bias_low[None, :], high * inv_rms + bias_high[None, :]
     dtype = x_ptr.dtype.element_ty
@@ -886,13 +885,11 @@ def _tile_linear_residual(
         k = k_start + tl.arange(0, BK)
         k_ok = k < k_end
         w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
-        _wait_for_inputs(PDL)
-        x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    _wait_for_inputs(PDL)
+    x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    if EARLY:
         acc = _dot(_batch_rows(h_ptr, m, m_ok, k, k_ok, stride_hb), w, acc, PRECISION, UPCAST)
         first = k_start + BK
-    else:
-        _wait_for_inputs(PDL)
-        x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
     for start in range(first, k_end, BK):
         k = start + tl.arange(0, BK)
         k_ok = k < k_end
