@@ -24,7 +24,10 @@ from muomni.training.precision import Precision
 
 def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of the gradients, as ``clip_grad_norm_`` computes it, without clipping."""
-    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(nn.utils, "get_total_norm"):  # torch 2.6+: a foreach kernel per device and dtype, not one per tensor
+        return nn.utils.get_total_norm(grads)
+    norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
     return torch.linalg.vector_norm(torch.stack(norms))
 
 

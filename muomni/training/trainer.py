@@ -198,18 +198,20 @@ class Trainer:
         """The end of a step, after its backward passes: clip, read the loss (the step's one host sync),
         step unless non-finite, clear the gradients. Returns (loss, pre-clip norm, applied)."""
         scaler = self.precision.scaler
-        scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        norm = self.grad_norm(self.params)
-        # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
-        stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
         # A fused optimizer is launched before the host reads the loss, told on the device to skip a non-finite
         # step, and the host waits for the loss only (copied out before the update is queued): the GPU runs
-        # the update while the host prepares the next step, instead of idling after the wait.
+        # the update while the host prepares the next step, instead of idling after the wait. It also clips
+        # the gradients itself, in the pass that reads them (see step_unless).
         # Not under FSDP, whose parameters are DTensors: the flag is a plain tensor, and that was not tried there.
         on_device = skips_on_device(self.optimizer) and not scaler.is_enabled() and not self.env.sharded
+        scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        norm = total_grad_norm(self.params) if on_device else self.grad_norm(self.params)
+        # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
+        stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
         read_stats = copy_to_host(stats)  # queued before any update: the host need not wait for it
         if on_device:
-            step_unless(self.optimizer, ~torch.isfinite(stats).all())
+            clip = (norm, self.cfg.max_grad_norm) if self.cfg.max_grad_norm else None
+            step_unless(self.optimizer, ~torch.isfinite(stats).all(), clip)
         loss_value, norm_value = read_stats()  # the step's one host sync
         applied = math.isfinite(loss_value) and math.isfinite(norm_value)
         if applied and not on_device:

@@ -1,4 +1,4 @@
-"""Learning-rate schedules at known steps, and which parameters get weight decay."""
+"""Learning-rate schedules at known steps, which parameters get weight decay, and the on-device step."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from muomni.config import load_config
 from muomni.models.thinker import Thinker
+from muomni.training.features import total_grad_norm
 from muomni.training.optim import (
     Schedule,
     build_optimizer,
@@ -98,3 +99,27 @@ def test_step_unless_steps_as_a_plain_step_and_skips_without_a_trace() -> None:
     assert torch.equal(guarded_p, before)  # not NaN, and no weight decay either
     assert all(torch.equal(guarded.state[guarded_p][k], v) for k, v in state.items())  # the step count too
     assert not hasattr(guarded, "found_inf")  # the flag does not stay behind for GradScaler to find
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and a bound above the norm (no clipping)
+def test_step_unless_clips_inside_the_update_as_clip_grad_norm_does(max_norm: float) -> None:
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)]
+    starts = [torch.randn(s) for s in shapes]
+    plain_ps = [t.clone().requires_grad_() for t in starts]
+    fused_ps = [t.clone().requires_grad_() for t in starts]
+    plain, fused = _fused_adamw_on(plain_ps), _fused_adamw_on(fused_ps)
+    for step in range(3):
+        grads = [torch.randn(s) * (step + 1) for s in shapes]
+        for p, g in zip(plain_ps, grads, strict=True):
+            p.grad = g.clone()
+        for p, g in zip(fused_ps, grads, strict=True):
+            p.grad = g.clone()
+        norm = torch.nn.utils.clip_grad_norm_(plain_ps, max_norm)  # the reference: clip, then step
+        plain.step()
+        step_unless(fused, torch.tensor(False), (total_grad_norm(fused_ps), max_norm))
+        for a, b in zip(plain_ps, fused_ps, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=f"step {step}")
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-7)  # left clipped
+        assert (norm.item() > max_norm) is (max_norm == 0.5)  # the first case did clip
+    assert not hasattr(fused, "grad_scale")  # GradScaler must not find a stale divisor

@@ -17,6 +17,7 @@ from muomni.training import loss as loss_module
 from muomni.training import trainer as trainer_module
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, load_tensors
 from muomni.training.loss import lm_loss
+from muomni.training.optim import param_groups
 from muomni.training.precision import Precision
 from muomni.training.trainer import Trainer, total_grad_norm
 
@@ -41,6 +42,35 @@ def test_accumulation_matches_one_big_batch(corpus: Path, tmp_path: Path, optimi
         assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
     start = Trainer(tiny_config(corpus, tmp_path / "run", **common)).model.state_dict()
     assert any(not torch.equal(start[k], weights_a[k]) for k in start)  # the steps did change the weights
+
+
+def _fused_adamw(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:  # noqa: ANN001
+    """The trainer's AdamW as it is built on a GPU: fused (the kernel runs on CPUs too)."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.wd)]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 0.0])
+def test_fused_update_clips_as_the_eager_clip_does(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_norm: float
+) -> None:
+    # The GPU path (fused AdamW, clipped in its kernel, skipped on the device) against the CPU's
+    # (clip_grad_norm_, then the foreach AdamW): fused AdamW runs on CPUs too.
+    runs = []
+    for fused in (False, True):
+        if fused:
+            monkeypatch.setattr(trainer_module, "build_optimizer", _fused_adamw)
+        t = Trainer(tiny_config(corpus, tmp_path / f"run{fused}", dropout=0.0, max_grad_norm=max_norm, lr=3e-3))
+        assert trainer_module.skips_on_device(t.optimizer) is fused
+        norms = [t.train_step(t.next_batches())[1] for _ in range(3)]
+        runs.append((norms, {k: v.detach().clone() for k, v in t.model.state_dict().items()}))
+    (norms_a, weights_a), (norms_b, weights_b) = runs
+    assert norms_b == pytest.approx(norms_a, rel=1e-5)  # the logged norm is the pre-clip one on both paths
+    if max_norm:
+        assert min(norms_a) > max_norm  # every step did clip
+    for name, a in weights_a.items():
+        rel = ((weights_b[name] - a).norm() / a.norm()).item()
+        assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 0.0])
