@@ -60,22 +60,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-def side_by_side(x: torch.Tensor, linears: list[nn.Linear]) -> tuple[torch.Tensor, ...]:
-    """``tuple(linear(x) for linear in linears)`` as one matrix product over their weights side by side.
-
-    For many tokens at once (training, prefill) one wide product runs faster than several narrow ones: on
-    an H200 the small preset's q, k and v of 16,384 tokens took 53 us as one product and 69 us as three, and
-    the backward pass gains as much twice (the input's gradient in one product, not three and their sum).
-    The weights stay separate parameters (Hugging Face's names, the checkpoint's layout); the copy side by
-    side costs a pass over them, which is why one token per row (decoding) keeps the separate products.
-    """
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = None
-    if any(linear.bias is not None for linear in linears):
-        bias = torch.cat([weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears])
-    return F.linear(x, weight, bias).split([linear.out_features for linear in linears], dim=-1)
-
-
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 
 
@@ -384,13 +368,9 @@ class Attention(nn.Module):
             return self._attention(q, cache.k[:b], cache.v[:b], mask, input_pos)
         if norm is not None:
             x = norm(x)
-        if t > 1:
-            q, k, v = side_by_side(x, [self.q_proj, self.k_proj, self.v_proj])
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         rows = slice(0, t) if input_pos is None else input_pos
         cos, sin = cos[rows], sin[rows]  # [T, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -441,11 +421,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(F.gelu(self.up_proj(x)))
-        if x.dim() > 1 and x.shape[-2] > 1:  # more than one token per row (see side_by_side)
-            gate, up = side_by_side(x, [self.gate_proj, self.up_proj])
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
     def add_to(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
         """``x + self(norm(x))`` (no dropout): a block's MLP half, in two Triton kernels when this is a

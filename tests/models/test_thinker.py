@@ -131,40 +131,6 @@ def test_checkpointed_gradients_equal_plain() -> None:
         assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=0), name
 
 
-@pytest.mark.parametrize("qkv_bias", [False, True])
-def test_side_by_side_products_match_separate_ones_and_their_gradients(
-    monkeypatch: pytest.MonkeyPatch, qkv_bias: bool
-) -> None:
-    # Training runs q/k/v and gate/up as one product each over the weights side by side; the reference
-    # runs each projection by itself. Outputs and every parameter's gradient must agree.
-    x = tokens()
-    runs = []
-    for together in (True, False):
-        if not together:
-            monkeypatch.setattr(layers, "side_by_side", lambda h, linears: tuple(lin(h) for lin in linears))
-        model = tiny(qkv_bias=qkv_bias)
-        logits = model(x[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
-        runs.append((logits, {n: p.grad for n, p in model.named_parameters()}))
-    (logits_a, grads_a), (logits_b, grads_b) = runs
-    torch.testing.assert_close(logits_a, logits_b, rtol=1e-5, atol=1e-6)
-    assert grads_a.keys() == grads_b.keys() and any("q_proj.bias" in n for n in grads_a) is qkv_bias
-    for name, grad in grads_a.items():
-        torch.testing.assert_close(grad, grads_b[name], rtol=1e-5, atol=1e-7, msg=name)
-
-
-def test_side_by_side_splits_in_the_order_given() -> None:
-    torch.manual_seed(0)
-    linears = [torch.nn.Linear(8, n, bias=bias) for n, bias in ((4, True), (2, True), (3, True))]
-    x = torch.randn(5, 7, 8)
-    for got, linear in zip(layers.side_by_side(x, linears), linears, strict=True):
-        torch.testing.assert_close(got, linear(x))
-    for biases in ((False, True), (True, False), (False, False)):
-        mixed = [torch.nn.Linear(8, 4, bias=biases[0]), torch.nn.Linear(8, 2, bias=biases[1])]
-        for got, linear in zip(layers.side_by_side(x, mixed), mixed, strict=True):
-            torch.testing.assert_close(got, linear(x))
-
-
 def test_cached_decoding_matches_full_forward() -> None:
     model = tiny().eval()
     x = tokens(2, 20)
