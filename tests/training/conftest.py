@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The loss kernel's tests run it in Triton's interpreter where there is no GPU (see tests/models/conftest.py);
+# switched on before any test module imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The package need not be installed, and tests run with --import-mode=importlib: make the repository
 # root and this folder (for the test modules' `training_helpers`) importable.

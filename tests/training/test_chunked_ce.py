@@ -8,7 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from muomni.training import chunked_ce
 from muomni.training.chunked_ce import chunked_linear_cross_entropy
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(params=["torch", "kernel"])
+def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where to run: each chunk by PyTorch's operations on the CPU, or by the Triton kernel on the GPU
+    (in Triton's interpreter on the CPU without one)."""
+    if request.param == "torch":
+        monkeypatch.setattr(chunked_ce, "CE_KERNEL_DEVICES", set())
+        return "cpu"
+    pytest.importorskip("triton")
+    monkeypatch.setattr(chunked_ce, "CE_KERNEL_DEVICES", {KERNEL_DEVICE})
+    return KERNEL_DEVICE
 
 
 def plain_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -17,11 +32,11 @@ def plain_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 4096])
-def test_loss_and_gradients_equal_plain(chunk_size: int) -> None:
+def test_loss_and_gradients_equal_plain(chunk_size: int, device: str) -> None:
     torch.manual_seed(0)
-    hidden = torch.randn(3, 21, 24, requires_grad=True)
-    weight = torch.randn(97, 24, requires_grad=True)
-    targets = torch.randint(0, 97, (3, 21))
+    hidden = torch.randn(3, 21, 24, device=device, requires_grad=True)
+    weight = torch.randn(97, 24, device=device, requires_grad=True)
+    targets = torch.randint(0, 97, (3, 21), device=device)
     targets[1, 5] = -100  # ignored positions count for nothing
     scale = 1.0 / 62  # the trainer divides by the window's target count
     chunked = chunked_linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size)
@@ -35,11 +50,11 @@ def test_loss_and_gradients_equal_plain(chunk_size: int) -> None:
     assert torch.allclose(grads[1], weight.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_tied_weight_gets_both_gradients() -> None:
+def test_tied_weight_gets_both_gradients(device: str) -> None:
     """With tied embeddings the head weight also feeds the input: both gradient paths must add up."""
     torch.manual_seed(1)
-    emb = torch.nn.Embedding(50, 16)
-    ids = torch.randint(0, 50, (2, 9))
+    emb = torch.nn.Embedding(50, 16, device=device)
+    ids = torch.randint(0, 50, (2, 9), device=device)
     results = []
     for fn in (chunked_linear_cross_entropy, plain_loss):
         emb.zero_grad()
@@ -49,25 +64,25 @@ def test_tied_weight_gets_both_gradients() -> None:
     assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)  # fp32 sums in another order
 
 
-def test_bf16_autocast_is_close_to_plain_autocast() -> None:
+def test_bf16_autocast_is_close_to_plain_autocast(device: str) -> None:
     torch.manual_seed(2)
-    hidden = torch.randn(40, 32)
-    weight = torch.randn(128, 32)
-    targets = torch.randint(0, 128, (40,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    hidden = torch.randn(40, 32, device=device)
+    weight = torch.randn(128, 32, device=device)
+    targets = torch.randint(0, 128, (40,), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         chunked = chunked_linear_cross_entropy(hidden, weight, targets, chunk_size=16)
         plain = F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="sum")
     assert chunked.dtype == torch.float32
     assert torch.allclose(chunked, plain, rtol=2e-3)
 
 
-def test_traced_chunks_equal_plain() -> None:
+def test_traced_chunks_equal_plain(device: str) -> None:
     """Traced by torch.compile, a chunk makes its gradient from a one-hot comparison instead of the eager
-    in-place scatter: the same loss and gradients, ignored targets included."""
+    in-place scatter, or calls the kernel's custom op: the same loss and gradients, ignored targets included."""
     torch.manual_seed(3)
-    hidden = torch.randn(2, 13, 24, requires_grad=True)
-    weight = torch.randn(97, 24, requires_grad=True)
-    targets = torch.randint(0, 97, (2, 13))
+    hidden = torch.randn(2, 13, 24, device=device, requires_grad=True)
+    weight = torch.randn(97, 24, device=device, requires_grad=True)
+    targets = torch.randint(0, 97, (2, 13), device=device)
     targets[0, 3] = -100
     traced = torch.compile(chunked_linear_cross_entropy, backend="aot_eager", fullgraph=True)
     results = []
@@ -78,3 +93,29 @@ def test_traced_chunks_equal_plain() -> None:
         results.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
     for got, want in zip(*results):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_kernel_rows_match_log_softmax(dtype: torch.dtype, one_pass: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel against PyTorch's log-softmax, in fp32: losses (0 where ignored) and softmax - one_hot.
+    Rows wider than ONE_PASS_MAX are read in blocks twice (here 300 columns in blocks of 64)."""
+    triton_ce = pytest.importorskip("muomni.training.triton_ce")
+    if not one_pass:
+        monkeypatch.setattr(triton_ce, "ONE_PASS_MAX", 64)
+        monkeypatch.setattr(triton_ce, "BLOCK_TWO_PASS", 64)
+    torch.manual_seed(4)
+    logits = (torch.randn(6, 300) * 4).to(dtype).to(KERNEL_DEVICE)
+    logits[2, 17] = 60.0  # a row dominated by one column: the maximum must be taken out before exp
+    targets = torch.tensor([5, 299, 17, -100, 0, 128], device=KERNEL_DEVICE)
+    losses, grad = triton_ce.cross_entropy_rows(logits, targets, -100)
+    x = logits.float()
+    keep = targets != -100
+    safe = torch.where(keep, targets, 0)
+    want_losses = -x.log_softmax(-1).gather(1, safe[:, None]).squeeze(1) * keep
+    want_grad = x.softmax(-1) - F.one_hot(safe, 300).float()  # on the GPU, PyTorch's own kernels
+    assert losses.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(losses, want_losses, rtol=1e-5, atol=1e-5)
+    assert losses[3] == 0  # the ignored row
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 4e-3}
+    torch.testing.assert_close(grad.float(), want_grad.to(dtype).float(), **tolerance)
