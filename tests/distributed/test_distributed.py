@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo): DDP and FSDP learn what one process learns from the same windows.
+"""torchrun with 2 CPU processes (gloo), and 2 GPUs (NCCL) where there are: DDP and FSDP learn what one
+process learns from the same windows.
 
 2 ranks x batch 2 read exactly the windows 1 process x batch 4 reads, so after a few steps the weights must
 match (fp32, dropout off); an FSDP checkpoint written by 2 ranks resumes on 1 rank and on 2; and a rank that
@@ -100,6 +101,19 @@ def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
     losses = [m["loss"] for m in read_metrics(work / "ddp") if "loss" in m]
     want = [m["loss"] for m in read_metrics(work / "single") if "loss" in m]
     assert len(losses) == STEPS and losses == pytest.approx(want, rel=1e-5)  # the mean over ranks is logged
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_ddp_on_two_gpus_matches_one_gpu_in_fp32(tmp_path: Path) -> None:
+    # NCCL's reduction on GPUs. In fp32 and with SGD (linear in the gradient): with bf16 autocast, the GPU
+    # default, another split of the batch moves the weights by rounding alone (2 H200s: 3.7e-4 with SGD,
+    # 3.6e-3 with AdamW, whose first steps are lr x sign(g)); fp32 gave 5.6e-8.
+    write_corpus(tmp_path / "corpus.txt")
+    fp32_sgd = {"device": "cuda", "use_amp": False, "optimizer": "sgd", "lr": 0.05, "max_grad_norm": 0.0}
+    for name, procs, keys in (("single", 1, {}), ("ddp", 2, {"distributed": "ddp"})):
+        result = _train(tmp_path, name, procs, **fp32_sgd, **keys)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+    _assert_close(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single"))
 
 
 @pytest.mark.parametrize(
