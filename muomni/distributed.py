@@ -77,7 +77,7 @@ def collective_timeout() -> datetime.timedelta:
 # first forward ("FSDP requires CUDA for streams"), 2.6.0 at its first backward (its CPU stream stub has no
 # record_event), 2.7.1 and 2.8.0 run but end 6.5e-3 away (relative, the first block's output projection);
 # 2.9.1 and 2.13 match. Compiled DDP: 2.5.1 and 2.6.0 end 6.3e-2 away (the embedding); 2.7.1 to 2.13 match.
-# Eager DDP matched on every one of them. (2.7.0 and 2.9.0 not tried; several GPU processes not run.)
+# Eager DDP matched on every one of them. (2.7.0 and 2.9.0 not tried; on GPUs, NCCL: see the README.)
 CPU_MIN_TORCH = {("fsdp", False): (2, 9), ("fsdp", True): (2, 9), ("ddp", True): (2, 7)}
 
 

@@ -59,8 +59,8 @@ def chunk_loss_and_grads(
     keep = t != ignore_index  # [n]
     k = keep[:, None].to(h.dtype)
     if h.device.type in CE_KERNEL_DEVICES and _HAS_TRITON:
-        # One read of the logits and one write of their gradient (Inductor's reduction read them three
-        # times: 253 us a 4,096 x 32,000 chunk on an H200, against the kernel's ... us).
+        # On an H200, a 4,096 x 32,000 chunk of bf16 logits: 196 us, against 261 us for Inductor's reduction
+        # of the operations below; the tiny preset's +all step ran 5% faster, the small preset's 1%.
         losses, grad = cross_entropy_rows(h @ w.t(), t, ignore_index)
         return losses.sum(), (grad @ w) * k, grad.t() @ (h * k)
     logits = (h @ w.t()).float()  # [n, V]
