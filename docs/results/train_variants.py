@@ -6,19 +6,14 @@ the model does this where the fused kernels take it); "maxauto": ``compile_mode=
 of the row's reduce-overhead.
 """
 
-import json
 import sys
 
-import torch
 import torch.nn.functional as F
+from plus_all_row import run
 
 import muomni.models.layers as layers
-from muomni.bench.train import _spec, rows_for
-from muomni.bench.train_worker import run_row
-from muomni.config import load_config
 
 variant, out = sys.argv[1], sys.argv[2]
-row = [r for r in rows_for(torch.device("cuda")) if r.name == "+all"][0]
 if variant == "gqa":
     plain = layers.sdpa_attention
 
@@ -29,14 +24,10 @@ if variant == "gqa":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=groups)
 
     layers.sdpa_attention = sdpa_gqa  # read by each Attention module when it is built
-spec = _spec(load_config("small"), row, "muomni", 5, 30)
-if variant == "maxauto":
+
+
+def max_autotune(spec: dict) -> None:
     spec["config"]["compile_mode"] = "max-autotune"
-r = run_row(spec)
-r["variant"] = variant
-with open(out, "w") as f:
-    json.dump(r, f)
-median_ms = round(sorted(r["step_times"])[15] * 1e3, 2)
-peak = round(r["peak_memory_bytes"] / 2**30, 2)
-print("ROW", variant, round(r["tokens_per_s"]), "tok/s mfu", round(r["mfu"] * 100, 2), "median ms", median_ms,
-      "peak GiB", peak, "val", r["val_loss"], flush=True)  # fmt: skip
+
+
+run(variant, out, adjust=max_autotune if variant == "maxauto" else None)
