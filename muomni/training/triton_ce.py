@@ -65,16 +65,22 @@ def _cross_entropy_rows_kernel(
 
 
 def cross_entropy_rows(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [n, V] (rows contiguous), targets [n] -> (losses [n] fp32, gradient [n, V] in logits' dtype).
 
     The losses are 0 where a target is ``ignore_index``; those rows' gradients are ``softmax - one_hot(0)``.
+    ``out`` [n, V], contiguous, receives the gradient; it may be ``logits`` itself (each program reads a
+    block of its row before it writes it), which saves a second [n, V] buffer.
     """
     n, n_cols = logits.shape
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     targets = targets.contiguous()
-    grad = torch.empty((n, n_cols), dtype=logits.dtype, device=logits.device)
+    if out is None:
+        out = torch.empty((n, n_cols), dtype=logits.dtype, device=logits.device)
+    elif out.shape != logits.shape or out.dtype != logits.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {tuple(logits.shape)} tensor of {logits.dtype}")
+    grad = out
     losses = torch.empty(n, dtype=torch.float32, device=logits.device)
     if n == 0:
         return losses, grad

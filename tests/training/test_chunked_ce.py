@@ -97,11 +97,15 @@ def test_traced_chunks_equal_plain(device: str) -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block", [64, None])
-def test_kernel_rows_match_log_softmax(dtype: torch.dtype, block: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_rows_match_log_softmax(
+    dtype: torch.dtype, block: int | None, in_place: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The kernel against PyTorch's log-softmax, in fp32: losses (0 where ignored) and softmax - one_hot.
-    Rows of 300 columns in one block, or in blocks of 64 (the last one partly past the row)."""
+    Rows of 300 columns in one block, or in blocks of 64 (the last one partly past the row); the gradient
+    in a buffer of its own, or over the logits."""
     triton_ce = pytest.importorskip("muomni.training.triton_ce")
     if block is not None:
         monkeypatch.setattr(triton_ce, "BLOCK", block)
@@ -109,8 +113,9 @@ def test_kernel_rows_match_log_softmax(dtype: torch.dtype, block: int | None, mo
     logits = (torch.randn(6, 300) * 4).to(dtype).to(KERNEL_DEVICE)
     logits[2, 17] = 60.0  # a row dominated by one column: the maximum must be taken out before exp
     targets = torch.tensor([5, 299, 17, -100, 0, 128], device=KERNEL_DEVICE)
-    losses, grad = triton_ce.cross_entropy_rows(logits, targets, -100)
-    x = logits.float()
+    x = logits.float().clone()  # before an in-place call overwrites the logits
+    losses, grad = triton_ce.cross_entropy_rows(logits, targets, -100, out=logits if in_place else None)
+    assert (grad.data_ptr() == logits.data_ptr()) is in_place
     keep = targets != -100
     safe = torch.where(keep, targets, 0)
     want_losses = -x.log_softmax(-1).gather(1, safe[:, None]).squeeze(1) * keep
