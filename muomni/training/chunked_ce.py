@@ -18,8 +18,8 @@ import importlib.util
 import torch
 
 DEFAULT_CHUNK_TOKENS = 4096
-# Devices whose chunks run the one-pass Triton kernel of muomni.training.triton_ce for the loss and the
-# logits' gradient; tests add "cpu", where Triton's interpreter runs it.
+# Devices whose chunks run the Triton kernel of muomni.training.triton_ce for the loss and the logits'
+# gradient; tests add "cpu", where Triton's interpreter runs it.
 CE_KERNEL_DEVICES = {"cuda"}
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 

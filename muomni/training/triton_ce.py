@@ -1,4 +1,4 @@
-"""The cross-entropy of a chunk of logits and its gradient, in Triton: the logits read from memory once.
+"""The cross-entropy of a chunk of logits and its gradient, in one Triton kernel.
 
 The chunked loss (:mod:`muomni.training.chunked_ce`) turns each chunk's logits [n, V] into the per-row
 losses and the gradient ``softmax - one_hot`` before the two matrix products of the backward pass. Inductor
@@ -55,7 +55,7 @@ def _cross_entropy_rows_kernel(
         total = total * tl.exp(row_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
         row_max = new_max
     target_logit = tl.load(row_logits + target).to(tl.float32)
-    for start in range(0, n_cols, BLOCK):  # the row again, from L2
+    for start in range(0, n_cols, BLOCK):  # the row again (64 KB of bf16 at 32,000 columns: likely in L2)
         in_row = start + cols < n_cols
         x = tl.load(row_logits + start + cols, mask=in_row, other=-float("inf")).to(tl.float32)
         grad = tl.exp(x - row_max) / total - tl.where(start + cols == target, 1.0, 0.0)
