@@ -91,10 +91,11 @@ def test_traced_chunks_equal_plain(device: str) -> None:
         loss = fn(hidden, weight, targets)
         loss.backward()
         results.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
-    # fp32 sums in another order: on an H200 one element of hidden.grad was 2e-6 away (2.3e-5 of itself),
-    # where a wrong gradient is off by a tenth.
+    # The kernel on a GPU sums in fp32 in another order than PyTorch's softmax there: on an H200 one element
+    # of hidden.grad was 2e-6 away (2.3e-5 of itself), where a wrong gradient is off by a tenth.
+    atol = 1e-5 if device == "cuda" and device in chunked_ce.CE_KERNEL_DEVICES else 1e-6
     for name, got, want in zip(("loss", "hidden.grad", "weight.grad"), *results, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("in_place", [False, True])
