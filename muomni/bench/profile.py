@@ -3,7 +3,8 @@
 Writes a Chrome/Perfetto trace (``trace_train.json``, open it at ui.perfetto.dev) and a memory timeline,
 then prints the top operators by device time and by memory, the share of time spent in attention, MLP,
 the loss, the backward pass, the optimizer and data loading, and on a GPU the device time per step by kind
-of kernel (matrix products, attention, Triton's fused elementwise kernels, optimizer, copies) and how long
+of kernel (matrix products, attention, Triton's fused elementwise kernels, muomni's own kernels, optimizer,
+copies) and how long
 the device ran nothing (which the labels cannot show inside a compiled graph). Attention and MLP are
 labelled by forward hooks added from outside the model (the forward itself has no profiling code); the
 backward pass is one block, because autograd runs it outside those labels.
@@ -12,6 +13,7 @@ backward pass is one block, because autograd runs it outside those labels.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,9 +114,28 @@ KERNEL_KINDS = (
 )
 
 
+MUOMNI_KERNELS = "muomni's kernels (Triton)"
+
+
+@functools.cache
+def _muomni_kernel_names() -> frozenset[str]:
+    """The names of muomni's own Triton kernels (the decode step's, the loss's), as profilers show them:
+    the kernel's function name. Empty where Triton is not installed."""
+    try:
+        import triton
+
+        from muomni.models import triton_decode
+        from muomni.training import triton_ce
+    except ImportError:
+        return frozenset()
+    modules = (triton_decode, triton_ce)
+    return frozenset(n for m in modules for n, f in vars(m).items() if isinstance(f, triton.runtime.KernelInterface))
+
+
 def kernel_kind(name: str) -> str:
     lowered = name.lower()
-    return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+    kind = next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+    return MUOMNI_KERNELS if kind == "other" and name in _muomni_kernel_names() else kind
 
 
 def device_breakdown(kernels: list[tuple[str, float, float]], steps: int) -> dict[str, float]:

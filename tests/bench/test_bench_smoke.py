@@ -5,6 +5,7 @@ Values are not asserted (they are measurements); that each row ran, and its numb
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -212,7 +213,7 @@ def test_chart_draws_no_memory_bar_for_a_row_without_a_measured_peak(
 
 
 def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> None:
-    from muomni.bench.profile import device_breakdown, kernel_kind
+    from muomni.bench.profile import MUOMNI_KERNELS, device_breakdown, kernel_kind
 
     assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
     assert kernel_kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matrix products"
@@ -221,6 +222,10 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
     assert kernel_kind("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl<>>") == (
         "elementwise (PyTorch)"
     )
+    if importlib.util.find_spec("triton") is not None:  # muomni's kernels by their function names
+        assert kernel_kind("_cross_entropy_rows_kernel") == kernel_kind("_norm_gate_up") == MUOMNI_KERNELS
+        assert kernel_kind("_partial_attention") == "attention"
+    assert kernel_kind("_some_other_kernel") == "other"
     # Two steps: a product 0-10 us overlapping an elementwise kernel 5-12 on another stream, a gap to 20,
     # attention 20-30; the device ran nothing for 8 us of the 30.
     kernels = [("nvjet_gemm", 0.0, 10.0), ("triton_poi_add", 5.0, 7.0), ("flash_fwd", 20.0, 10.0)]
