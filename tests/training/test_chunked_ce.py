@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -126,3 +130,40 @@ def test_kernel_rows_match_log_softmax(
     assert losses[3] == 0  # the ignored row
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 4e-3}
     torch.testing.assert_close(grad.float(), want_grad.to(dtype).float(), **tolerance)
+
+
+COMPILE_FOR_HOPPER = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from muomni.training import triton_ce
+
+kernel, results = triton_ce._cross_entropy_rows_kernel, {}
+for value in ("*bf16", "*fp32"):
+    signature = {arg: "constexpr" if arg == "BLOCK" else value if arg in ("logits_ptr", "grad_ptr") else
+                 "*i64" if arg == "targets_ptr" else "*fp32" if arg == "loss_ptr" else "i32"
+                 for arg in kernel.arg_names}
+    constexprs = {(kernel.arg_names.index("BLOCK"),): triton_ce.BLOCK}
+    try:
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        options = {"num_warps": triton_ce.WARPS}
+        results[value] = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
+    except Exception as e:  # a compiler error, or no CUDA tool chain here (ptxas), or an older compiler API
+        results[value] = type(e).__name__ + ": " + str(e)[-600:]
+print(json.dumps(results))
+"""
+
+
+def test_kernel_compiles_for_hopper() -> None:
+    """Triton's interpreter runs the kernel on a CPU without compiling it: here Triton's compiler takes it
+    for sm_90, bf16 and fp32 logits (in a child process, without the interpreter)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    args = [sys.executable, "-c", COMPILE_FOR_HOPPER]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=True)
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for dtype, result in results.items():
+        if isinstance(result, str) and "CompilationError" not in result:
+            pytest.skip(f"{dtype}: {result[:200]}")  # no back end here, or an older compiler API
+        assert isinstance(result, int), f"{dtype}: {result}"  # the shared memory it asks for
