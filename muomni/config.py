@@ -91,6 +91,7 @@ class Config:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     cpu_offload: Literal["none", "activations", "optimizer"] = "none"
     chunked_ce: bool = True
+    overlap_steps: bool = True  # launch step n+1 before reading step n's loss (see trainer.py)
     auto_fit: bool | None = None
     empty_cache_steps: int = 0
     keep_checkpoints: int = 3

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,15 +78,25 @@ def _shares(prof: profile, cuda: bool) -> dict[str, float | None]:
 
 
 def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
-    """The trainer's step, split into labelled phases (the same work as ``Trainer.train_step``)."""
+    """The trainer's steps, split into labelled phases (the same work as ``Trainer.launch_step``). As in the
+    training loop, with ``overlap_steps`` each step's loss is read once the next step is launched."""
+    unread = None
     for _ in range(steps):
         with record_function("train_step"):
             with record_function("data"):
                 batches = trainer.next_batches()
-            _step(trainer, batches)
+            read = _step(trainer, batches)
+            if unread is not None:
+                unread()
+            if trainer.overlaps_steps:
+                unread = read
+            else:
+                read()  # the loss read now, as the loop does without overlap
+    if unread is not None:
+        unread()
 
 
-def _step(trainer, batches: list[torch.Tensor]) -> None:  # noqa: ANN001
+def _step(trainer, batches: list[torch.Tensor]) -> Callable[[], list[float]]:  # noqa: ANN001
     scaler = trainer.precision.scaler
     loss_sum = torch.zeros((), device=trainer.device)
     for tokens in batches:
@@ -98,7 +108,7 @@ def _step(trainer, batches: list[torch.Tensor]) -> None:  # noqa: ANN001
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
     with record_function("optimizer"):
-        trainer.update(loss_sum)  # the trainer's own: clipping, the host's read of the loss, the step
+        return trainer.update(loss_sum)  # the trainer's own: clipping, the step, and the read of the loss
 
 
 # Kinds of device kernels, by what their names contain (the first match wins: cuDNN's attention kernels

@@ -46,7 +46,8 @@ def _features_line(t: Trainer) -> str:
     ckpt = "gradient checkpointing" if cfg.use_gradient_checkpointing else "no gradient checkpointing"
     loss = "chunked linear cross-entropy" if cfg.chunked_ce else "full-logits cross-entropy"
     offload = "" if cfg.cpu_offload == "none" else f", {cfg.cpu_offload} offloaded to CPU"
-    return f"features: {compiled}, {ckpt}, {clip}, {loss}{offload}"
+    overlap = ", steps overlapped (the next launched before the loss is read)" if t.overlaps_steps else ""
+    return f"features: {compiled}, {ckpt}, {clip}, {loss}{offload}{overlap}"
 
 
 def _processes(t: Trainer) -> str:

@@ -23,7 +23,7 @@ def _train(cfg, steps: int = 3, fail_above: int | None = None) -> tuple[Trainer,
 
         trainer.loss_fn = loss_fn
     log = type("Log", (), {"info": lambda self, line: None})()
-    losses = [trainer.fitted_step(trainer.next_batches(), log)[0] for _ in range(steps)]
+    losses = [trainer.fitted_step(trainer.next_batches(), log).result().loss for _ in range(steps)]
     return trainer, losses
 
 

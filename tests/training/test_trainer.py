@@ -10,15 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import final_weights, overrides, read_metrics, step_losses, tiny_config, tiny_settings
+from training_helpers import (
+    final_weights,
+    fused_adamw,
+    overrides,
+    read_metrics,
+    step_losses,
+    tiny_config,
+    tiny_settings,
+)
 
 from muomni.cli import main
 from muomni.training import loss as loss_module
 from muomni.training import trainer as trainer_module
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, load_tensors
 from muomni.training.loss import lm_loss
-from muomni.training.optim import param_groups
 from muomni.training.precision import Precision
+from muomni.training.startup import describe_run
 from muomni.training.trainer import Trainer, total_grad_norm
 
 
@@ -44,12 +52,6 @@ def test_accumulation_matches_one_big_batch(corpus: Path, tmp_path: Path, optimi
     assert any(not torch.equal(start[k], weights_a[k]) for k in start)  # the steps did change the weights
 
 
-def _fused_adamw(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:  # noqa: ANN001
-    """The trainer's AdamW as it is built on a GPU: fused (the kernel runs on CPUs too)."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.wd)]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
-
-
 @pytest.mark.parametrize("max_norm", [0.05, 0.0])
 def test_fused_update_clips_as_the_eager_clip_does(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_norm: float
@@ -59,7 +61,7 @@ def test_fused_update_clips_as_the_eager_clip_does(
     runs = []
     for fused in (False, True):
         if fused:
-            monkeypatch.setattr(trainer_module, "build_optimizer", _fused_adamw)
+            monkeypatch.setattr(trainer_module, "build_optimizer", fused_adamw)
         t = Trainer(tiny_config(corpus, tmp_path / f"run{fused}", dropout=0.0, max_grad_norm=max_norm, lr=3e-3))
         assert trainer_module.skips_on_device(t.optimizer) is fused
         norms = [t.train_step(t.next_batches())[1] for _ in range(3)]
@@ -128,21 +130,22 @@ def _recording_step(t: Trainer, store: dict) -> object:
     return step
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["host-skip", "device-skip"])
+@pytest.mark.parametrize(
+    ("fused", "overlap", "stop_step"),
+    [(False, True, 7), (True, False, 7), (True, True, 8)],
+    ids=["host-skip", "device-skip", "device-skip-overlapped"],
+)
 def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, fused: bool
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    fused: bool,
+    overlap: bool,
+    stop_step: int,
 ) -> None:
     calls = {"train": 0}
     if fused:  # the GPU's path: the fused optimizer, launched before the loss is read, skips on the device
-        build = trainer_module.build_optimizer
-
-        def fused_adamw(model: torch.nn.Module, cfg: object, device: torch.device) -> torch.optim.Optimizer:
-            groups = [
-                {"params": g["params"], "weight_decay": g["weight_decay"]}
-                for g in build(model, cfg, device).param_groups
-            ]
-            return torch.optim.AdamW(groups, lr=1e-3, fused=True)
-
         monkeypatch.setattr(trainer_module, "build_optimizer", fused_adamw)
 
     def poisoned(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -155,15 +158,70 @@ def test_nonfinite_loss_is_skipped_then_stops_with_a_checkpoint(
 
     monkeypatch.setattr(loss_module, "lm_loss", poisoned)  # the full-logits loss, chosen at setup
     save_dir = tmp_path / "run"
-    settings = tiny_settings(Path(str(tmp_path / "corpus.txt")), save_dir, max_nonfinite_steps=3, chunked_ce=False)
+    settings = tiny_settings(corpus, save_dir, max_nonfinite_steps=3, chunked_ce=False, overlap_steps=overlap)
     rc = main(["train", *overrides(settings)])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "training stopped at step 7: 3 steps in a row had a non-finite loss" in err
-    assert [r.get("skipped") for r in read_metrics(save_dir) if "loss" in r] == [None] * 4 + ["nonfinite"] * 3
+    # With overlap, step 8 was launched before step 7 was read: it lands (skipped too) before the stop.
+    skipped = stop_step - 4
+    assert f"training stopped at step {stop_step}: {skipped} steps in a row had a non-finite loss" in err
+    assert [r.get("skipped") for r in read_metrics(save_dir) if "loss" in r] == [None] * 4 + ["nonfinite"] * skipped
     last_good = load_tensors(checkpoints_dir(save_dir) / "step_00000004" / MODEL_FILE)
-    stopped = load_tensors(checkpoints_dir(save_dir) / "step_00000007" / MODEL_FILE)
+    stopped = load_tensors(checkpoints_dir(save_dir) / f"step_{stop_step:08d}" / MODEL_FILE)
     assert all(torch.equal(last_good[k], stopped[k]) for k in last_good)
+
+
+def _launches(t: Trainer) -> list[tuple[int, int]]:
+    """Record (step number, steps in flight beside it) for every step ``t`` launches."""
+    seen: list[tuple[int, int]] = []
+    launch = t.launch_step
+
+    def recording(batches: list[torch.Tensor], ahead: int = 0) -> trainer_module.LaunchedStep:
+        launched = launch(batches, ahead)
+        seen.append((launched.number, ahead))
+        return launched
+
+    t.launch_step = recording
+    return seen
+
+
+def test_overlapped_steps_train_exactly_as_synchronous_ones(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Launching step n+1 before step n is read must change nothing but timing: the same losses, learning
+    # rates, norms, validations, checkpoints and weights as the loop that reads each step before the next.
+    # Dropout is on, so the RNG's order matters too.
+    monkeypatch.setattr(trainer_module, "build_optimizer", fused_adamw)
+    launches = {}
+    for overlap in (False, True):
+        t = Trainer(tiny_config(corpus, tmp_path / f"run{overlap}", overlap_steps=overlap))
+        assert t.overlaps_steps is overlap
+        assert any("steps overlapped" in line for line in describe_run(t)) is overlap  # the startup lines say so
+        launches[overlap] = _launches(t)
+        t.fit()
+    # Validation and checkpoints are due after steps 4, 8 and 12: those steps land before the next launch.
+    assert launches[False] == [(n, 0) for n in range(1, 13)]
+    assert launches[True] == [(n, 0 if n in (1, 5, 9) else 1) for n in range(1, 13)]
+
+    def curve(save_dir: Path) -> list[tuple]:
+        keys = ("step", "loss", "lr", "grad_norm", "val_loss")
+        return [tuple(m.get(k) for k in keys) for m in read_metrics(save_dir)]
+
+    sync, overlapped = tmp_path / "runFalse", tmp_path / "runTrue"
+    assert curve(overlapped) == curve(sync) and len(curve(sync)) == 12 + 3
+    for step in ("step_00000004", "step_00000008", "step_00000012"):
+        for name in (MODEL_FILE, STATE_FILE):
+            a, b = checkpoints_dir(sync) / step / name, checkpoints_dir(overlapped) / step / name
+            assert a.read_bytes() == b.read_bytes(), f"{step}/{name} differs"
+
+
+def test_overlap_needs_the_device_skip(corpus: Path, tmp_path: Path) -> None:
+    # The CPU's foreach AdamW is stepped by the host after it reads the loss: nothing to overlap.
+    t = Trainer(tiny_config(corpus, tmp_path / "run"))
+    assert not t.skips_on_device and not t.overlaps_steps
+    launches = _launches(t)
+    t.fit()
+    assert launches == [(n, 0) for n in range(1, 13)]
 
 
 def test_ctrl_c_finishes_the_step_checkpoints_and_exits_130(

@@ -72,12 +72,31 @@ def overrides(settings: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in settings.items()]
 
 
-def run_cli(args: list[str], cache: Path, env: dict[str, str] | None = None, timeout: float = 120):
-    """``python -m muomni <args>`` in a subprocess; returns the CompletedProcess (text output)."""
+def fused_adamw(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """The trainer's AdamW as it is built on a GPU: fused (the kernel runs on CPUs too). With it the trainer
+    takes the GPU's path on a CPU: non-finite steps skipped on the device, steps overlapped."""
+    from muomni.training.optim import param_groups
+
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.wd)]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+
+
+# ``python -c FUSED_MAIN <args>``: the muomni command with :func:`fused_adamw` as the trainer's optimizer.
+FUSED_MAIN = (
+    "import sys; sys.path.insert(0, 'tests/training'); from training_helpers import fused_adamw; "
+    "from muomni.training import trainer; trainer.build_optimizer = fused_adamw; "
+    "from muomni.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def run_cli(args: list[str], cache: Path, env: dict[str, str] | None = None, timeout: float = 120, fused: bool = False):
+    """``python -m muomni <args>`` in a subprocess (with ``fused``, :data:`FUSED_MAIN`); returns the
+    CompletedProcess (text output)."""
     base = {k: v for k, v in os.environ.items() if k != "MUOMNI_TEST_KILL_AT"}
     full_env = {**base, "MUOMNI_CACHE": str(cache), "PYTHONPATH": str(ROOT), **(env or {})}
+    command = ["-c", FUSED_MAIN] if fused else ["-m", "muomni"]
     return subprocess.run(
-        [sys.executable, "-m", "muomni", *args],
+        [sys.executable, *command, *args],
         cwd=ROOT,
         env=full_env,
         capture_output=True,
