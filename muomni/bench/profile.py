@@ -55,19 +55,28 @@ def labelled(model: torch.nn.Module) -> Iterator[None]:
             h.remove()
 
 
-def _shares(prof: profile, cuda: bool) -> dict[str, float | None]:
+def _shares(events: list, cuda: bool) -> dict[str, float | None]:
     """Time inside each labelled region as a fraction of the profiled steps' time (None: not labelled).
 
-    Summed over the CPU-side ranges only: on CUDA their device time is that of the kernels launched inside
-    them (the GPU-side copies of the same ranges, which key_averages would merge in, span idle gaps too).
-    Inside a compiled graph the forward hooks' ranges are dropped, so attention and MLP read None there.
+    ``events``: the profile's events (``prof.events()``). Summed over the CPU-side ranges only: on CUDA
+    their device time is that of the kernels launched inside them (the GPU-side copies of the same ranges,
+    which key_averages would merge in, span idle gaps too). Inside a compiled graph the forward hooks'
+    ranges are dropped, so attention and MLP read None there. On CUDA the autograd engine runs the backward
+    pass on a thread of its own, outside the training thread's ``backward`` range: there the backward's
+    share is the device time of that thread's outermost operations.
     """
     totals: dict[str, float] = {}
-    for e in prof.events():
-        if e.device_type != DeviceType.CPU:
-            continue
+    cpu_events = [e for e in events if e.device_type == DeviceType.CPU]
+    for e in cpu_events:
         value = float(getattr(e, "device_time_total", 0.0) or 0.0) if cuda else float(e.cpu_time_total)
         totals[e.name] = totals.get(e.name, 0.0) + value
+    if cuda:
+        main_threads = {e.thread for e in cpu_events if e.name == "train_step"}
+        totals["backward"] = totals.get("backward", 0.0) + sum(
+            float(getattr(e, "device_time_total", 0.0) or 0.0)
+            for e in cpu_events
+            if e.thread not in main_threads and e.cpu_parent is None
+        )
     step = totals.get("train_step") or 1.0
     shares: dict[str, float | None] = {name: totals[name] / step if name in totals else None for name in REGIONS}
     if "forward" in totals and "backbone" in totals:  # the output head and the cross-entropy
@@ -212,7 +221,7 @@ def run_profile(args: argparse.Namespace) -> int:
             torch.cuda.synchronize()
     prof.export_chrome_trace(str(out / "trace_train.json"))
     _memory_timeline(prof, out, trainer.device)
-    _print_tables(prof, cuda, _shares(prof, cuda))
+    _print_tables(prof, cuda, _shares(prof.events(), cuda))
     if cuda:
         _print_breakdown(device_breakdown(_device_kernels(prof), args.steps))
     if args.infer:

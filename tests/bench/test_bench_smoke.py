@@ -260,3 +260,34 @@ def test_infer_rows_are_compared_with_their_reference_rows() -> None:
         "KV cache": (pytest.approx(1.1), "no KV cache"),
         "KV cache + no_grad": (pytest.approx(0.9), "KV cache"),
     }
+
+
+def test_backward_share_counts_the_autograd_threads_device_time_on_cuda() -> None:
+    # On CUDA the autograd engine runs the backward on a thread of its own: its outermost operations hold the
+    # backward's kernels, which the training thread's `backward` range does not (its device time is ~0).
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from muomni.bench.profile import _shares
+
+    def event(name: str, thread: int, device_us: float, parent: object = None) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name, thread=thread, device_type=DeviceType.CPU, device_time_total=device_us, cpu_parent=parent
+        )
+
+    step = event("train_step", 1, 100.0)
+    backward_range = event("backward", 1, 1.0, step)
+    engine_op = event("autograd::engine::evaluate_function: MmBackward0", 7, 60.0)
+    events = [
+        step,
+        event("forward", 1, 25.0, step),
+        backward_range,
+        event("optimizer", 1, 10.0, step),
+        engine_op,
+        event("aten::mm", 7, 60.0, engine_op),  # inside the engine's operation: counted once, through it
+        event("kernel on the device", 7, 0.0),
+    ]
+    events[-1].device_type = DeviceType.CUDA
+    shares = _shares(events, cuda=True)
+    assert shares["backward"] == pytest.approx(0.61) and shares["optimizer"] == pytest.approx(0.10)
