@@ -81,6 +81,7 @@ class ThinkerModel(nn.Module):
         self.register_buffer("key_valid", torch.ones(1, cfg.ctx_len, dtype=torch.bool), persistent=False)
         self.cached = False
         self.cache_len = 0  # slots of the static KV cache, when one is set up
+        self.residual_bf16 = cfg.residual_dtype == "bf16"
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         return self.norm(self.residual_stream(tokens, input_pos))
@@ -89,6 +90,10 @@ class ThinkerModel(nn.Module):
         """The last block's output [B, T, D], before the final norm."""
         mask = None if input_pos is None else self.attention_mask(input_pos, tokens.shape[0])
         x = self.embed_dropout(self.embed_tokens(tokens))  # [B, T, D]
+        if self.residual_bf16 and torch.is_autocast_enabled(x.device.type):
+            # Autocast leaves the fp32 embedding's output in fp32, and every residual add with it; in bf16 the
+            # stream, and each norm's read of it, moves half the bytes (the norms still compute in fp32).
+            x = x.to(torch.bfloat16)
         for layer in self.layers:  # each takes its tokens' rows of the RoPE tables
             x = layer(x, self.rope_cos, self.rope_sin, mask, input_pos)
         return x

@@ -56,6 +56,11 @@ def refuse_unavailable(cfg: Config, precision: Precision) -> None:
             "config key 'amp_dtype': fp16 loss scaling does not combine with distributed=fsdp (each rank would "
             "see only its shard's overflows); use amp_dtype=bf16 or use_amp=false"
         )
+    if cfg.residual_dtype == "bf16" and precision.dtype != torch.bfloat16:
+        raise ConfigError(
+            "config key 'residual_dtype': a bf16 residual stream needs bf16 autocast, and this run is "
+            f"{precision.describe()}; set use_amp=true amp_dtype=bf16, or residual_dtype=fp32"
+        )
     if cfg.cpu_offload == "optimizer" and precision.scaler.is_enabled():
         raise ConfigError(
             "config key 'cpu_offload': optimizer offload needs bf16 or fp32, not fp16 loss scaling; "

@@ -39,6 +39,23 @@ def test_output_shape_and_dtype() -> None:
     assert torch.isfinite(logits).all()
 
 
+def test_bf16_residual_stream_only_under_autocast() -> None:
+    # residual_dtype=bf16: under bf16 autocast the blocks read and add into a bf16 stream (fp32 otherwise);
+    # without autocast (fp32 inference, export) the model is the same; the logits stay as close to the fp32
+    # stream's as bf16's rounding allows.
+    fp32_stream, bf16_stream = tiny(), tiny(residual_dtype="bf16")
+    seen: dict[str, list[torch.dtype]] = {"fp32": [], "bf16": []}
+    for name, model in (("fp32", fp32_stream), ("bf16", bf16_stream)):
+        model.model.layers[1].register_forward_pre_hook(lambda m, args, name=name: seen[name].append(args[0].dtype))
+    x = tokens()
+    assert torch.equal(bf16_stream(x), fp32_stream(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference, got = fp32_stream(x).float(), bf16_stream(x).float()
+    assert seen == {"fp32": [torch.float32] * 2, "bf16": [torch.float32, torch.bfloat16]}
+    error = ((got - reference).norm() / reference.norm()).item()
+    assert 0 < error < 2e-2, error
+
+
 @pytest.mark.parametrize("kv_groups", [1, 2, 4])
 def test_sdpa_matches_math_attention(kv_groups: int) -> None:
     flash = tiny(kv_groups=kv_groups, use_flash=True)

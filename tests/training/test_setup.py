@@ -36,11 +36,21 @@ def test_bf16_autocast_trains_on_cpu(corpus: Path, tmp_path: Path) -> None:
     assert t.model.lm_head.weight.dtype is torch.float32  # weights stay fp32
 
 
+def test_bf16_residual_stream_trains_like_the_fp32_one(corpus: Path, tmp_path: Path) -> None:
+    losses = {}
+    for residual in ("fp32", "bf16"):
+        t = Trainer(tiny_config(corpus, tmp_path / residual, amp_dtype="bf16", dropout=0.0, residual_dtype=residual))
+        losses[residual] = [t.train_step(t.next_batches()).loss for _ in range(3)]
+    assert losses["bf16"] != losses["fp32"]  # the stream did change
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=1e-2)
+
+
 @pytest.mark.parametrize(
     ("keys", "named"),
     [
         ({"distributed": "fsdp", "cpu_offload": "optimizer"}, "cpu_offload"),
         ({"distributed": "fsdp", "use_amp": True, "amp_dtype": "fp16", "device": "cuda"}, "device|amp_dtype"),
+        ({"residual_dtype": "bf16"}, "residual_dtype"),  # the CPU runs fp32 unless amp_dtype=bf16
     ],
 )
 def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, keys: dict, named: str) -> None:
