@@ -371,7 +371,7 @@ class Trainer:
 
     def _may_overlap(self, in_flight: LaunchedStep) -> bool:
         """Whether the next step may be launched before ``in_flight`` lands (see :meth:`_run_steps`)."""
-        return self.overlaps_steps and not self._periodic_due(in_flight.number)
+        return self.overlaps_steps and not any(self._due(in_flight.number))
 
     def _land(self, launched: LaunchedStep, log: RunLog, stop: StopSignals) -> None:
         """Read a launched step's loss, count and log it, then act on a stop signal or the periodic actions."""
@@ -444,19 +444,19 @@ class Trainer:
             )
         log.step(record)
 
-    def _periodic_due(self, step: int) -> bool:
-        """Whether validation, a checkpoint or emptying the CUDA cache is due after ``step``."""
+    def _due(self, step: int) -> tuple[bool, bool, bool]:
+        """Whether validation, a checkpoint and emptying the CUDA cache are due after ``step``."""
         cfg = self.cfg
-        empty_cache = cfg.empty_cache_steps and self.device.type == "cuda" and step % cfg.empty_cache_steps == 0
-        return step % cfg.val_freq == 0 or step % cfg.checkpoint_freq == 0 or bool(empty_cache)
+        empty_cache = bool(cfg.empty_cache_steps) and self.device.type == "cuda" and step % cfg.empty_cache_steps == 0
+        return step % cfg.val_freq == 0, step % cfg.checkpoint_freq == 0, empty_cache
 
     def _periodic(self, log: RunLog) -> None:
-        step = self.progress.step
-        if step % self.cfg.val_freq == 0:
+        validate, checkpoint, empty_cache = self._due(self.progress.step)
+        if validate:
             self._evaluate(log)
-        if step % self.cfg.checkpoint_freq == 0:
+        if checkpoint:
             self._checkpoint(log)
-        if self.cfg.empty_cache_steps and self.device.type == "cuda" and step % self.cfg.empty_cache_steps == 0:
+        if empty_cache:
             torch.cuda.empty_cache()  # returns cached blocks to the driver, for other processes or fragmentation
 
     def _finish(self, log: RunLog) -> Path | None:
