@@ -291,3 +291,44 @@ def test_backward_share_counts_the_autograd_threads_device_time_on_cuda() -> Non
     events[-1].device_type = DeviceType.CUDA
     shares = _shares(events, cuda=True)
     assert shares["backward"] == pytest.approx(0.61) and shares["optimizer"] == pytest.approx(0.10)
+
+
+def test_train_row_worker_overlaps_steps_and_learns_the_same(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The row worker runs the training loop's overlap itself (the next step launched before this one is read).
+    # With the fused AdamW (the GPU's; its kernel runs on CPUs) it must overlap, and learn what the
+    # synchronous worker learns, to the bit: the same validation loss after the same steps.
+    import torch
+
+    from muomni.bench.train import _spec, rows_for
+    from muomni.bench.train_worker import run_row
+    from muomni.config import load_config
+    from muomni.training import trainer as trainer_module
+    from muomni.training.optim import param_groups
+
+    def fused_adamw(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:  # noqa: ANN001
+        groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.wd)]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+
+    monkeypatch.setattr(trainer_module, "build_optimizer", fused_adamw)
+    launch = trainer_module.Trainer.launch_step
+    aheads: list[int] = []
+
+    def recording(self, batches, ahead=0):  # noqa: ANN001, ANN202
+        aheads.append(ahead)
+        return launch(self, batches, ahead)
+
+    monkeypatch.setattr(trainer_module.Trainer, "launch_step", recording)
+    cfg = load_config("debug").replace(train_text=str(corpus), device="cpu", max_steps=5, warmup_steps=1)
+    baseline = next(r for r in rows_for(torch.device("cpu")) if r.name == "baseline")
+    val_losses = {}
+    for overlap in (False, True):
+        aheads.clear()
+        spec = _spec(cfg, baseline, "muomni", 1, 4)
+        spec["config"]["overlap_steps"] = overlap
+        result = run_row(spec)
+        assert len(result["step_times"]) == 4 and all(_positive(t) for t in result["step_times"])
+        assert aheads == ([0] + [1] * 4 if overlap else [0] * 5)
+        val_losses[overlap] = result["val_loss"]
+    assert val_losses[True] == val_losses[False] and _positive(val_losses[True])
