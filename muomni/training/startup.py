@@ -46,8 +46,9 @@ def _features_line(t: Trainer) -> str:
     ckpt = "gradient checkpointing" if cfg.use_gradient_checkpointing else "no gradient checkpointing"
     loss = "chunked linear cross-entropy" if cfg.chunked_ce else "full-logits cross-entropy"
     offload = "" if cfg.cpu_offload == "none" else f", {cfg.cpu_offload} offloaded to CPU"
+    residual = ", bf16 residual stream" if cfg.residual_dtype == "bf16" else ""
     overlap = ", steps overlapped (the next launched before the loss is read)" if t.overlaps_steps else ""
-    return f"features: {compiled}, {ckpt}, {clip}, {loss}{offload}{overlap}"
+    return f"features: {compiled}, {ckpt}, {clip}, {loss}{residual}{offload}{overlap}"
 
 
 def _processes(t: Trainer) -> str:

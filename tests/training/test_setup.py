@@ -14,6 +14,7 @@ from muomni.errors import ConfigError
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
 from muomni.training.loss import lm_loss
 from muomni.training.precision import amp_dtype
+from muomni.training.startup import describe_run
 from muomni.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -40,6 +41,7 @@ def test_bf16_residual_stream_trains_like_the_fp32_one(corpus: Path, tmp_path: P
     losses = {}
     for residual in ("fp32", "bf16"):
         t = Trainer(tiny_config(corpus, tmp_path / residual, amp_dtype="bf16", dropout=0.0, residual_dtype=residual))
+        assert any("bf16 residual stream" in line for line in describe_run(t)) is (residual == "bf16")
         losses[residual] = [t.train_step(t.next_batches()).loss for _ in range(3)]
     assert losses["bf16"] != losses["fp32"]  # the stream did change
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=1e-2)
