@@ -65,26 +65,49 @@ def test_sigkill_then_resume_is_bitwise_equal(shared: dict[str, Any], tmp_path: 
     assert not list(checkpoints_dir(run).glob(".tmp-*"))  # a torn write is cleaned up
 
 
+@pytest.fixture(scope="module")
+def overlapped_reference(shared: dict[str, Any]) -> Path:
+    """An uninterrupted run of the GPU's loop on a CPU (fused AdamW: steps overlap)."""
+    reference = shared["root"] / "overlapped_reference"
+    assert _train_fused(shared, reference).returncode == 0
+    return reference
+
+
+def _train_fused(shared: dict[str, Any], save_dir: Path, env: dict[str, str] | None = None):
+    args = ["train", *overrides(tiny_settings(shared["corpus"], save_dir))]
+    return run_cli(args, shared["cache"], env, fused=True)
+
+
 @pytest.mark.parametrize("kill_at", ["step_end:6", "mid_step:7"])
 def test_sigkill_with_overlapped_steps_then_resume_is_bitwise_equal(
-    shared: dict[str, Any], tmp_path: Path, kill_at: str
+    shared: dict[str, Any], overlapped_reference: Path, tmp_path: Path, kill_at: str
 ) -> None:
-    # The GPU's loop on a CPU (fused AdamW: steps overlap). At step 6's end step 7 is already launched,
-    # and at step 7's middle step 6 is not read yet: neither may leak into what the resumed run trains.
-    def train(save_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        args = ["train", *overrides(tiny_settings(shared["corpus"], save_dir))]
-        return run_cli(args, shared["cache"], env, fused=True)
-
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train(reference).returncode == 0
-    killed = train(run, env={"MUOMNI_TEST_KILL_AT": kill_at})
+    # At step 6's end step 7 is already launched, and at step 7's middle step 6 is not read yet: neither
+    # may leak into what the resumed run trains.
+    reference, run = overlapped_reference, tmp_path / "run"
+    killed = _train_fused(shared, run, env={"MUOMNI_TEST_KILL_AT": kill_at})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    resumed = train(run)
+    resumed = _train_fused(shared, run)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "step_00000004 at step 4" in resumed.stdout
     for name, weights in final_weights(reference).items():
         assert torch.equal(weights, final_weights(run)[name]), f"{name} differs from the uninterrupted run"
     assert _curve(run) == _curve(reference)
+
+
+def test_sigterm_with_overlapped_steps_finishes_the_step_in_flight_too(
+    shared: dict[str, Any], overlapped_reference: Path, tmp_path: Path
+) -> None:
+    # SIGTERM as step 3 lands, with step 4 already launched: step 4 lands too, and the run stops there with
+    # a checkpoint of step 4, the same file as the uninterrupted run's checkpoint of step 4.
+    run = tmp_path / "run"
+    stopped = _train_fused(shared, run, env={"MUOMNI_TEST_KILL_AT": "step_end:3:SIGTERM"})
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped by SIGTERM after step 4" in stopped.stdout
+    assert [p.name for p in checkpoints_dir(run).iterdir()] == ["step_00000004"]
+    reference_file = checkpoints_dir(overlapped_reference) / "step_00000004" / MODEL_FILE
+    assert (checkpoints_dir(run) / "step_00000004" / MODEL_FILE).read_bytes() == reference_file.read_bytes()
+    assert _curve(run) == [row for row in _curve(overlapped_reference) if row[0] <= 4 and row[1] is not None]
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(shared: dict[str, Any], tmp_path: Path) -> None:
