@@ -58,32 +58,56 @@ def labelled(model: torch.nn.Module) -> Iterator[None]:
 def _shares(events: list, cuda: bool) -> dict[str, float | None]:
     """Time inside each labelled region as a fraction of the profiled steps' time (None: not labelled).
 
-    ``events``: the profile's events (``prof.events()``). Summed over the CPU-side ranges only: on CUDA
-    their device time is that of the kernels launched inside them (the GPU-side copies of the same ranges,
-    which key_averages would merge in, span idle gaps too). Inside a compiled graph the forward hooks'
-    ranges are dropped, so attention and MLP read None there. On CUDA the autograd engine runs the backward
-    pass on a thread of its own, outside the training thread's ``backward`` range: there the backward's
-    share is the device time of that thread's outermost operations.
+    ``events``: the profile's events (``prof.events()``). On the CPU: each region's host time over the
+    ``train_step`` ranges'. On CUDA: see :func:`_device_shares`. Inside a compiled graph the forward hooks'
+    ranges are dropped, so attention and MLP read None there.
     """
-    totals: dict[str, float] = {}
     cpu_events = [e for e in events if e.device_type == DeviceType.CPU]
-    for e in cpu_events:
-        value = float(getattr(e, "device_time_total", 0.0) or 0.0) if cuda else float(e.cpu_time_total)
-        totals[e.name] = totals.get(e.name, 0.0) + value
     if cuda:
-        main_threads = {e.thread for e in cpu_events if e.name == "train_step"}
-        totals["backward"] = totals.get("backward", 0.0) + sum(
-            float(getattr(e, "device_time_total", 0.0) or 0.0)
-            for e in cpu_events
-            if e.thread not in main_threads and e.cpu_parent is None
-        )
-    step = totals.get("train_step") or 1.0
-    shares: dict[str, float | None] = {name: totals[name] / step if name in totals else None for name in REGIONS}
-    if "forward" in totals and "backbone" in totals:  # the output head and the cross-entropy
-        shares["loss"] = max(totals["forward"] - totals["backbone"], 0.0) / step
-    else:
-        shares["loss"] = None
+        return _device_shares(events, cpu_events)
+    totals: dict[str, float] = {}
+    for e in cpu_events:
+        totals[e.name] = totals.get(e.name, 0.0) + float(e.cpu_time_total)
+    return _region_shares(totals, totals.get("train_step") or 1.0)
+
+
+def _region_shares(totals: dict[str, float], whole: float) -> dict[str, float | None]:
+    """``totals`` (time by range name, every range present named) as shares of ``whole``; the loss is the
+    forward outside the backbone: the output head and the cross-entropy."""
+    shares = {r: (totals[r] / whole if r in totals else None) for r in REGIONS}
+    if "forward" in totals and "backbone" in totals:
+        shares["loss"] = max(totals["forward"] - totals["backbone"], 0.0) / whole
     return shares
+
+
+def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
+    """Each region's share of the device's kernel time, every kernel counted once.
+
+    A kernel belongs to the host operation that launched it (``e.kernels``) and so to every labelled range
+    around that operation. A range's device time as the profiler totals it (``device_time_total``) will not
+    do: it adds the span the range draws on the device timeline, idle gaps included, to its operations'
+    kernels, so it counts them twice. And the backward's kernels are in none of the training thread's
+    ranges: the autograd engine launches them from a thread of its own, whose kernels are the backward.
+    """
+    main_threads = {e.thread for e in cpu_events if e.name == "train_step"}
+    device_total = sum(duration for _, _, duration in _device_kernels(events))
+    totals: dict[str, float] = {}
+    for e in cpu_events:
+        # A range's own name among its kernels is that span on the device timeline, not a kernel.
+        own = sum(k.duration for k in getattr(e, "kernels", ()) if k.name != e.name)
+        if not own:
+            continue
+        regions = {"backward"} if e.thread not in main_threads else set()
+        node = e
+        while node is not None:
+            regions.add(node.name)
+            node = node.cpu_parent
+        for region in regions:
+            totals[region] = totals.get(region, 0.0) + own
+    if not device_total:
+        return dict.fromkeys(REGIONS)
+    labelled = {e.name for e in cpu_events} | {"backward"}
+    return _region_shares({name: totals.get(name, 0.0) for name in labelled}, device_total)
 
 
 def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
@@ -176,11 +200,11 @@ def device_breakdown(kernels: list[tuple[str, float, float]], steps: int) -> dic
     return {**totals, "idle": (span - busy) / steps, "span": span / steps}
 
 
-def _device_kernels(prof: profile) -> list[tuple[str, float, float]]:
+def _device_kernels(events: list) -> list[tuple[str, float, float]]:
     """The device's kernels and copies, without the ranges user annotations draw on its timeline."""
     return [
         (e.name, e.time_range.start, e.time_range.elapsed_us())
-        for e in prof.events()
+        for e in events
         if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
     ]
 
@@ -197,7 +221,8 @@ def _print_tables(prof: profile, memory_prof: profile, cuda: bool, shares: dict[
     mem_sort = "self_cuda_memory_usage" if cuda else "self_cpu_memory_usage"
     print(memory_prof.key_averages().table(sort_by=mem_sort, row_limit=10))
     parts = [f"{k} {'n/a' if v is None else f'{100 * v:.1f}%'}" for k, v in shares.items()]
-    print("share of step time: " + ", ".join(parts))
+    of = "the device's kernel time" if cuda else "step time"
+    print(f"share of {of}: " + ", ".join(parts))
     print("(attention and mlp: forward only, backward holds both directions' gradients; n/a: inside a compiled graph)")
 
 
@@ -221,15 +246,18 @@ def run_profile(args: argparse.Namespace) -> int:
         _train_steps(trainer, args.steps)
         if cuda:
             torch.cuda.synchronize()
+    # The first pass is written out and read before the second starts: exported after it, on an H200, the
+    # trace had every kernel at zero duration.
+    prof.export_chrome_trace(str(out / "trace_train.json"))
+    events = prof.events()
     with profile(activities=activities, record_shapes=True, profile_memory=True, with_stack=True) as memory_prof:
         _train_steps(trainer, args.steps)
         if cuda:
             torch.cuda.synchronize()
-    prof.export_chrome_trace(str(out / "trace_train.json"))
     _memory_timeline(memory_prof, out, trainer.device)
-    _print_tables(prof, memory_prof, cuda, _shares(prof.events(), cuda))
+    _print_tables(prof, memory_prof, cuda, _shares(events, cuda))
     if cuda:
-        _print_breakdown(device_breakdown(_device_kernels(prof), args.steps))
+        _print_breakdown(device_breakdown(_device_kernels(events), args.steps))
     if args.infer:
         _profile_decoding(trainer, out, activities)
     print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")
@@ -237,6 +265,9 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def _memory_timeline(prof: profile, out: Path, device: torch.device) -> None:
+    if device.type == "cuda" and device.index is None:
+        # The timeline keeps the allocations whose device equals this one: "cuda" matches none of "cuda:0"'s.
+        device = torch.device("cuda", torch.cuda.current_device())
     try:
         prof.export_memory_timeline(str(out / "memory_timeline.json"), device=str(device))
     except Exception as e:  # the timeline is experimental in PyTorch and missing from some builds

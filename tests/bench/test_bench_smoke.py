@@ -120,7 +120,26 @@ def test_profile_writes_trace(tmp_path: Path, corpus: Path) -> None:
     )
     assert "share of step time: attention" in proc.stdout
     trace = json.loads((out / "trace_train.json").read_text())
-    assert trace["traceEvents"]
+    assert any(e.get("cat") == "cpu_op" and e["dur"] > 0 for e in trace["traceEvents"])
+    times, sizes = json.loads((out / "memory_timeline.json").read_text())
+    assert times and max(max(s) for s in sizes) > 0  # the allocations of the steps, not an empty timeline
+
+
+def test_memory_timeline_names_the_cuda_device_with_its_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The timeline keeps the allocations whose device equals the one asked for, and "cuda" equals no
+    # allocation's "cuda:0": asked for "cuda", it came out empty on an H200.
+    from types import SimpleNamespace
+
+    import torch
+
+    from muomni.bench.profile import _memory_timeline
+
+    asked: list[str] = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    prof = SimpleNamespace(export_memory_timeline=lambda path, device: asked.append(device))
+    _memory_timeline(prof, tmp_path, torch.device("cuda"))
+    _memory_timeline(prof, tmp_path, torch.device("cpu"))
+    assert asked == ["cuda:0", "cpu"]
 
 
 def test_plan_writes_a_valid_config(tmp_path: Path, corpus: Path) -> None:
@@ -262,35 +281,58 @@ def test_infer_rows_are_compared_with_their_reference_rows() -> None:
     }
 
 
-def test_backward_share_counts_the_autograd_threads_device_time_on_cuda() -> None:
-    # On CUDA the autograd engine runs the backward on a thread of its own: its outermost operations hold the
-    # backward's kernels, which the training thread's `backward` range does not (its device time is ~0).
+def test_device_shares_count_each_kernel_once_and_the_autograd_threads_as_backward() -> None:
+    # The profiler's own device total of a range adds the span the range draws on the device timeline to its
+    # operations' kernels (train_step read 177% of the device's time on an H200), and on CUDA the autograd
+    # engine launches the backward's kernels from a thread of its own, outside the training thread's ranges.
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
 
     from muomni.bench.profile import _shares
 
-    def event(name: str, thread: int, device_us: float, parent: object = None) -> SimpleNamespace:
+    def op(name: str, thread: int, kernels: dict[str, float], parent: object = None) -> SimpleNamespace:
+        kernels_ = [SimpleNamespace(name=k, duration=us) for k, us in kernels.items()]
         return SimpleNamespace(
-            name=name, thread=thread, device_type=DeviceType.CPU, device_time_total=device_us, cpu_parent=parent
+            name=name, thread=thread, device_type=DeviceType.CPU, kernels=kernels_, cpu_parent=parent
         )
 
-    step = event("train_step", 1, 100.0)
-    backward_range = event("backward", 1, 1.0, step)
-    engine_op = event("autograd::engine::evaluate_function: MmBackward0", 7, 60.0)
+    def device(name: str, start: float, us: float, annotation: bool = False) -> SimpleNamespace:
+        span = SimpleNamespace(start=start, elapsed_us=lambda: us)
+        return SimpleNamespace(name=name, device_type=DeviceType.CUDA, time_range=span, is_user_annotation=annotation)
+
+    step = op("train_step", 1, {"train_step": 150.0})  # its span on the device timeline: not a kernel
+    forward = op("forward", 1, {"forward": 40.0}, step)
+    backbone = op("backbone", 1, {"backbone": 30.0}, forward)
+    attention = op("attention", 1, {"attention": 12.0}, backbone)
+    optimizer = op("optimizer", 1, {}, step)
+    engine = op("autograd::engine::evaluate_function: MmBackward0", 7, {"elementwise": 5.0})
     events = [
         step,
-        event("forward", 1, 25.0, step),
-        backward_range,
-        event("optimizer", 1, 10.0, step),
-        engine_op,
-        event("aten::mm", 7, 60.0, engine_op),  # inside the engine's operation: counted once, through it
-        event("kernel on the device", 7, 0.0),
-    ]
-    events[-1].device_type = DeviceType.CUDA
+        op("data", 1, {}, step),
+        forward,
+        backbone,
+        attention,
+        op("aten::mm", 1, {"gemm": 15.0}, forward),  # the output head: forward, outside the backbone
+        op("aten::_flash_attention_forward", 1, {"flash_fwd": 10.0}, attention),
+        op("backward", 1, {}, step),
+        optimizer,
+        op("aten::_fused_adamw_", 1, {"adam": 10.0}, optimizer),
+        engine,
+        op("aten::mm", 7, {"gemm": 55.0}, engine),
+        device("train_step", 0.0, 150.0, annotation=True),
+        *(device(n, t, us) for n, t, us in [("gemm", 0, 15), ("flash_fwd", 15, 10), ("elementwise", 25, 5),
+                                             ("gemm", 30, 55), ("adam", 85, 10), ("memset", 95, 5)]),
+    ]  # fmt: skip
     shares = _shares(events, cuda=True)
-    assert shares["backward"] == pytest.approx(0.61) and shares["optimizer"] == pytest.approx(0.10)
+    assert shares == {
+        "attention": pytest.approx(0.10),
+        "mlp": None,  # never labelled
+        "loss": pytest.approx(0.15),
+        "backward": pytest.approx(0.60),
+        "optimizer": pytest.approx(0.10),
+        "data": 0.0,
+    }
 
 
 def test_train_row_worker_overlaps_steps_and_learns_the_same(
