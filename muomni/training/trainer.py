@@ -13,7 +13,7 @@ ranks' gradients). There is one host synchronisation per step: the loss and the 
 (a non-finite one is skipped, counted and logged) and to log them.
 
 Where the optimizer itself skips a non-finite step on the device (the fused AdamW on a GPU, without fp16's
-loss scaler, in one process), that read need not hold the device back: with ``overlap_steps`` the host
+loss scaler, not under FSDP), that read need not hold the device back: with ``overlap_steps`` the host
 launches step n+1 before it reads step n's loss, so the GPU need not wait for the host between steps (see
 :meth:`Trainer._run_steps`).
 
@@ -74,6 +74,7 @@ class StepResult(NamedTuple):
     grad_norm: float  # before clipping
     lr: float
     applied: bool  # False: the loss or the norm was not finite, and the weights were left as they were
+    stop_requested: bool = False  # a rank had a stop signal when the step was launched (every rank reads alike)
 
 
 class LaunchedStep:
@@ -87,8 +88,9 @@ class LaunchedStep:
 
     def result(self) -> StepResult:
         if self._result is None:
-            loss, norm = self._read()
-            self._result = StepResult(loss, norm, self.lr, math.isfinite(loss) and math.isfinite(norm))
+            loss, norm, stop = self._read()
+            applied = math.isfinite(loss) and math.isfinite(norm)
+            self._result = StepResult(loss, norm, self.lr, applied, stop_requested=stop > 0)
         return self._result
 
 
@@ -180,9 +182,8 @@ class Trainer:
         # plain tensor, and that was not tried there.
         scaler = self.precision.scaler
         self.skips_on_device = skips_on_device(self.optimizer) and not scaler.is_enabled() and not self.env.sharded
-        # Whether the next step may be launched before this one's loss is read (see _run_steps). Not under
-        # torchrun: the ranks agree on a stop signal after every step with a collective the host waits for.
-        self.overlaps_steps = self.skips_on_device and cfg.overlap_steps and not self.env.enabled
+        # Whether the next step may be launched before this one's loss is read (see _run_steps).
+        self.overlaps_steps = self.skips_on_device and cfg.overlap_steps
 
     def _compile(self) -> bool:
         """Compile what the loss calls (eager when that fails on any rank); see :func:`try_compile`."""
@@ -217,11 +218,12 @@ class Trainer:
         """Forward, backward, clip and (unless non-finite) step, then read the step's loss and norm."""
         return self.launch_step(batches).result()
 
-    def launch_step(self, batches: list[torch.Tensor], ahead: int = 0) -> LaunchedStep:
+    def launch_step(self, batches: list[torch.Tensor], ahead: int = 0, stop_requested: bool = False) -> LaunchedStep:
         """Queue a whole step on the device: forward, backward, clip and (unless non-finite) the update.
 
         ``ahead`` steps were launched before this one and are not read yet (0 or 1; see :meth:`_run_steps`);
-        the schedule takes them as applied. Where the update is not skipped on the device
+        the schedule takes them as applied. ``stop_requested``: this process has a stop signal; the step's
+        result says whether any rank had one. Where the update is not skipped on the device
         (:attr:`skips_on_device`), the host reads the loss here and the step is complete on return.
         """
         number = self.progress.step + ahead + 1
@@ -240,11 +242,15 @@ class Trainer:
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
         fault_point("mid_step", number)
-        return LaunchedStep(number, lr, self.update(loss_sum))
+        return LaunchedStep(number, lr, self.update(loss_sum, stop_requested))
 
-    def update(self, loss_sum: torch.Tensor) -> Callable[[], list[float]]:
+    def update(self, loss_sum: torch.Tensor, stop_requested: bool = False) -> Callable[[], list[float]]:
         """The end of a step, after its backward passes: clip, step unless non-finite, clear the gradients.
-        Returns the read of the step's [loss, pre-clip norm], the step's one host sync.
+        Returns the read of the step's [loss, pre-clip norm, stop], the step's one host sync; stop > 0 when a
+        rank had a stop signal (``stop_requested``) as the step was launched.
+
+        Under torchrun the ranks agree on a stop through the mean they take of the loss and norm anyway: a
+        collective of its own, read on the host, would wait for the step launched after this one too.
 
         Where the optimizer skips on the device, it is launched before the host reads the loss, told on the
         device to skip a non-finite step, and the stats are copied out before the update is queued: the read
@@ -257,26 +263,29 @@ class Trainer:
         scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         norm = total_grad_norm(self.params) if on_device else self.grad_norm(self.params)
         # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
-        stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float()]), self.env)
+        stop = loss_sum.new_full((), float(stop_requested))  # a fill on the device: no copy, no sync
+        stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float(), stop]), self.env)
         read_stats = copy_to_host(stats)  # queued before any update: the read need not wait for it
         if on_device:
             clip = (norm, self.cfg.max_grad_norm) if self.cfg.max_grad_norm else None
             step_unless(self.optimizer, ~torch.isfinite(stats).all(), clip)
             self.optimizer.zero_grad(set_to_none=True)
             return read_stats
-        loss_value, norm_value = read_stats()
-        if math.isfinite(loss_value) and math.isfinite(norm_value):
+        values = read_stats()
+        if math.isfinite(values[0]) and math.isfinite(values[1]):
             scaler.step(self.optimizer)
         scaler.update()  # with fp16, an overflow (inf gradients after unscale_) lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
-        return lambda: [loss_value, norm_value]
+        return lambda: values
 
-    def fitted_step(self, batches: list[torch.Tensor], log: RunLog, ahead: int = 0) -> LaunchedStep:
+    def fitted_step(
+        self, batches: list[torch.Tensor], log: RunLog, ahead: int = 0, stop_requested: bool = False
+    ) -> LaunchedStep:
         """:meth:`launch_step`; with ``auto_fit``, retried after an out-of-memory error with the next remedy."""
         rng = RngSnapshot(self.device) if self.auto_fit else None  # only a retry needs it
         while True:
             try:
-                return self.launch_step(batches, ahead)
+                return self.launch_step(batches, ahead, stop_requested)
             except torch.OutOfMemoryError:
                 if rng is None:
                     raise
@@ -351,7 +360,8 @@ class Trainer:
             halted = self.stop_signal is not None or self._diverged
             may_launch = not halted and not self._done(ahead=int(in_flight is not None))
             if may_launch and (in_flight is None or self._may_overlap(in_flight)):
-                launched = self.fitted_step(self.next_batches(), log, ahead=int(in_flight is not None))
+                ahead = int(in_flight is not None)
+                launched = self.fitted_step(self.next_batches(), log, ahead, stop_requested=stop.requested)
                 if in_flight is not None:
                     self._land(in_flight, log, stop)
                 in_flight = launched
@@ -380,7 +390,7 @@ class Trainer:
         self._after_step(log, result, now - self._landed_at)
         fault_point("step_end", self.progress.step)
         distributed.inject_failure(self.env, self.progress.step)
-        if not self._diverged and not self._stop_agreed(stop):
+        if not self._diverged and not self._stop_agreed(stop, result):
             self._periodic(log)
         self._landed_at = time.perf_counter()  # the next step's time leaves out validation and checkpoints
 
@@ -388,9 +398,11 @@ class Trainer:
     def _diverged(self) -> bool:
         return self.progress.nonfinite_in_row >= self.cfg.max_nonfinite_steps
 
-    def _stop_agreed(self, stop: StopSignals) -> bool:
-        """Whether any rank received a stop signal (torchrun forwards one to every worker, not in step)."""
-        if not distributed.any_rank(stop.requested, self.env, self.device):
+    def _stop_agreed(self, stop: StopSignals, landed: StepResult) -> bool:
+        """Whether to stop after the step just landed. Under torchrun, which forwards a signal to every
+        worker but not in step: whether any rank had received one when that step was launched (the ranks
+        agree through the step's own collective, see :meth:`update`), so each stops after the same step."""
+        if not (landed.stop_requested if self.env.enabled else stop.requested):
             return False
         self.stop_signal = stop.received or signal.SIGTERM
         return True

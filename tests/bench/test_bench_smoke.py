@@ -357,9 +357,9 @@ def test_train_row_worker_overlaps_steps_and_learns_the_same(
     launch = trainer_module.Trainer.launch_step
     aheads: list[int] = []
 
-    def recording(self, batches, ahead=0):  # noqa: ANN001, ANN202
+    def recording(self, batches, ahead=0, stop=False):  # noqa: ANN001, ANN202
         aheads.append(ahead)
-        return launch(self, batches, ahead)
+        return launch(self, batches, ahead, stop)
 
     monkeypatch.setattr(trainer_module.Trainer, "launch_step", recording)
     cfg = load_config("debug").replace(train_text=str(corpus), device="cpu", max_steps=5, warmup_steps=1)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from training_helpers import ROOT, final_weights, overrides, read_metrics, tiny_settings, write_corpus
+from training_helpers import FUSED_MAIN, ROOT, final_weights, overrides, read_metrics, tiny_settings, write_corpus
 
 from muomni.distributed import cpu_unsupported
 from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, load_tensors
@@ -38,18 +38,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args: list[str], cache: Path, procs: int, env: dict[str, str] | None = None, timeout: float = 120):
-    """``muomni train`` on one process, or under torchrun on ``procs`` (a CompletedProcess, text output)."""
+def _run(
+    args: list[str],
+    cache: Path,
+    procs: int,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    fused: bool = False,
+):
+    """``muomni train`` on one process, or under torchrun on ``procs`` (a CompletedProcess, text output).
+    ``fused``: with the GPU's fused AdamW (:data:`FUSED_MAIN`), so that the GPU's loop runs: steps overlap."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("MUOMNI_TEST_")}
     full_env = {**base, "MUOMNI_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     launcher = [sys.executable]
     if procs > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(_free_port())]
-    cmd = [*launcher, "-m", "muomni", "train", *args]
+    if fused:  # torchrun runs a script or a module, not -c
+        script = cache.parent / "fused_main.py"
+        script.write_text(FUSED_MAIN.replace("; ", "\n") + "\n")
+        program = [str(script)] if procs > 1 else ["-c", FUSED_MAIN]
+    else:
+        program = ["-m", "muomni"]
+    cmd = [*launcher, *program, "train", *args]
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def _train(work: Path, name: str, procs: int, env: dict[str, str] | None = None, timeout: float = 120, **changes: Any):
+def _train(
+    work: Path,
+    name: str,
+    procs: int,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    fused: bool = False,
+    **changes: Any,
+):
     settings = tiny_settings(
         work / "corpus.txt",
         work / name,
@@ -61,8 +83,7 @@ def _train(work: Path, name: str, procs: int, env: dict[str, str] | None = None,
         keep_checkpoints=5,
         **changes,
     )
-    result = _run(overrides(settings), work / "cache", procs, env, timeout)
-    return result
+    return _run(overrides(settings), work / "cache", procs, env, timeout, fused)
 
 
 def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
@@ -74,7 +95,8 @@ def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference run (1 process, batch 4), a DDP run and an FSDP run (2 processes x batch 2)."""
+    """The reference run (1 process, batch 4), a DDP run and an FSDP run (2 processes x batch 2); the same
+    with the fused AdamW (``_fused``: 1 process, and DDP, both with steps overlapped)."""
     root = tmp_path_factory.mktemp("dist")
     write_corpus(root / "corpus.txt")
     for name, procs, keys in (
@@ -83,10 +105,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("fsdp", 2, {"distributed": "fsdp"}),
         ("ddp_compiled", 2, {"distributed": "ddp", "use_compile": True}),
         ("fsdp_compiled", 2, {"distributed": "fsdp", "use_compile": True}),
+        ("single_fused", 1, {}),
+        ("ddp_fused", 2, {"distributed": "ddp"}),
     ):
         if (keys.get("distributed") == "fsdp" and NO_FSDP) or (name == "ddp_compiled" and NO_COMPILED_DDP):
             continue
-        result = _train(root, name, procs, timeout=600, **keys)
+        result = _train(root, name, procs, timeout=600, fused=name.endswith("_fused"), **keys)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
         (root / f"{name}.out").write_text(result.stdout)
         (root / f"{name}.err").write_text(result.stderr)
@@ -163,11 +187,31 @@ def test_a_failing_rank_ends_the_job_in_bounded_time_and_the_run_resumes(work: P
     _assert_close(final_weights(work / name), final_weights(work / mode))
 
 
-def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(work: Path) -> None:
-    result = _train(work, "stopped", 2, env={"MUOMNI_TEST_FAIL_RANK": "1:1:SIGTERM"}, distributed="ddp")
+def test_ddp_overlaps_steps_and_learns_what_one_process_does(work: Path) -> None:
+    # The GPU's loop (the fused AdamW skips non-finite steps on the device) under torchrun: each rank launches
+    # step n+1 before it reads step n, and the ranks agree on a stop through the step's own mean of the loss.
+    out = (work / "ddp_fused.out").read_text()
+    assert "steps overlapped" in out
+    _assert_close(final_weights(work / "ddp_fused"), final_weights(work / "single_fused"))
+    losses = [(m["step"], m["loss"]) for m in read_metrics(work / "ddp_fused") if "loss" in m]
+    want = [(m["step"], m["loss"]) for m in read_metrics(work / "single_fused") if "loss" in m]
+    assert [s for s, _ in losses] == [s for s, _ in want] == list(range(1, STEPS + 1))
+    assert [v for _, v in losses] == pytest.approx([v for _, v in want], rel=1e-5)
+
+
+@pytest.mark.parametrize(("fused", "step"), [(False, 2), (True, 4)], ids=["synchronous", "overlapped"])
+def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(work: Path, fused: bool, step: int) -> None:
+    # Rank 1 alone gets SIGTERM as step 1 lands. The ranks agree through the mean they take of each step's
+    # loss, which carries whether a rank had a signal when the step was launched. Synchronous: step 2 is
+    # launched after the signal and says so as it lands. Overlapped: step 2 was launched before step 1
+    # landed, so step 3 says so; step 4, launched beside it, lands too. A rank that stopped alone would leave
+    # the other waiting in a collective, and the job would fail.
+    name = f"stopped_{'overlapped' if fused else 'synchronous'}"
+    env = {"MUOMNI_TEST_FAIL_RANK": "1:1:SIGTERM"}
+    result = _train(work, name, 2, env=env, fused=fused, distributed="ddp")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
-    assert "stopped by SIGTERM after step 1" in result.stdout
-    assert [p.name for p in checkpoints_dir(work / "stopped").iterdir()] == ["step_00000001"]
+    assert f"stopped by SIGTERM after step {step}" in result.stdout
+    assert checkpoints_dir(work / name).joinpath(f"step_{step:08d}").is_dir()
 
 
 @needs_fsdp

@@ -86,7 +86,8 @@ def test_clipping_bounds_the_norm_and_logs_the_pre_clip_norm(corpus: Path, tmp_p
     seen = []
     original_step = t.optimizer.step
     t.optimizer.step = lambda *a, **k: (seen.append(total_grad_norm(t.params).item()), original_step(*a, **k))[1]
-    _, logged, _, applied = t.train_step(batches)
+    result = t.train_step(batches)
+    logged, applied = result.grad_norm, result.applied
     assert applied and len(seen) == 1
     assert logged == pytest.approx(expected, rel=1e-5)
     if max_norm:
@@ -176,8 +177,8 @@ def _launches(t: Trainer) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     launch = t.launch_step
 
-    def recording(batches: list[torch.Tensor], ahead: int = 0) -> trainer_module.LaunchedStep:
-        launched = launch(batches, ahead)
+    def recording(batches: list[torch.Tensor], ahead: int = 0, stop: bool = False) -> trainer_module.LaunchedStep:
+        launched = launch(batches, ahead, stop)
         seen.append((launched.number, ahead))
         return launched
 
