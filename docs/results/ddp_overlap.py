@@ -1,5 +1,6 @@
 """muomni train under torchrun (DDP, 2 GPUs) on the tiny preset's +all keys, overlap_steps off and on in
-turn: tokens/s as the loop logs it (global), losses, and final weights. argv: out.json"""
+turn: tokens/s as the loop logs it (global), losses, and final weights. argv: out.json [steps [pairs]]
+(100 steps and 2 pairs by default)"""
 
 import json
 import os
@@ -16,12 +17,16 @@ KEYS = ["use_amp=true", "amp_dtype=bf16", "use_flash=true", "use_compile=true", 
 ENV = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
+STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+PAIRS = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+
+
 def train(name: str, overlap: str) -> dict:
     d = Path(f"/tmp/ddp_{name}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "muomni", "train",
-           "--config", "tiny", *KEYS, f"overlap_steps={overlap}", "max_steps=100", "val_freq=50",
-           "checkpoint_freq=100", "print_freq=1", f"save_dir={d}", "resume=never"]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=200)
+           "--config", "tiny", *KEYS, f"overlap_steps={overlap}", f"max_steps={STEPS}", f"val_freq={STEPS // 2}",
+           f"checkpoint_freq={STEPS}", "print_freq=1", f"save_dir={d}", "resume=never"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     metrics = d / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     steps = [r for r in rows if "loss" in r]
@@ -48,7 +53,7 @@ def max_diff(a: list[float], b: list[float]) -> float:
 
 
 res = {}
-order = [f"{overlap}_{i}" for i, overlap in enumerate(("false", "true", "false", "true"))]
+order = [f"{overlap}_{i}" for i, overlap in enumerate(("false", "true") * PAIRS)]
 for name in order:
     res[name] = train(name, name.split("_")[0])
 try:
