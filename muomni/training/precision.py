@@ -1,8 +1,9 @@
 """Mixed precision, decided once at setup: an autocast context (or a null one) and a GradScaler.
 
-``amp_dtype auto``: bf16 on CUDA GPUs that have it, else fp16 with loss scaling. On the CPU autocast
-runs only when bf16 is asked for; fp16 autocast on the CPU is slower than fp32 on most CPUs and needs
-loss scaling, so it falls back to fp32 with a warning. A disabled :class:`torch.amp.GradScaler` is a
+``amp_dtype auto``: bf16 on CUDA GPUs that have it, else fp16 with loss scaling. On a CPU, bf16 where the
+CPU computes in bf16 itself (AVX-512 BF16 or AMX; see :func:`cpu_has_native_bf16`), else fp32; bf16 when
+asked for. fp16 autocast on the CPU is slower than fp32 on most CPUs and needs loss scaling, so it falls
+back to fp32 with a warning. A disabled :class:`torch.amp.GradScaler` is a
 no-op (``scale`` returns the loss, ``step`` calls ``optimizer.step``), so the training step reads the same
 with and without fp16.
 """
@@ -67,13 +68,22 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
         if cfg.amp_dtype == "fp16" or not has_bf16:
             return torch.float16
         return torch.bfloat16
-    if cfg.amp_dtype == "bf16":
+    if cfg.amp_dtype == "bf16" or (cfg.amp_dtype == "auto" and cpu_has_native_bf16()):
         return torch.bfloat16
     if cfg.amp_dtype == "fp16":
         warnings.warn(
             "amp_dtype=fp16 is for CUDA; on the CPU training runs in fp32 (amp_dtype=bf16 for AMP)", stacklevel=3
         )
     return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16, or AMX's tiles), so that bf16 autocast runs
+    bf16 arithmetic rather than emulating it. On one (a 2-core AMD EPYC with AVX-512 BF16) the built-in
+    default job trained in 2:32 against 3:24 in fp32, in 0.90 against 1.30 GB, to the same loss; CPUs
+    without them (most laptops' AVX2, ARM) keep fp32, where bf16 was not measured."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private but since 2.1
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(cfg: Config, device: torch.device) -> Precision:
@@ -111,4 +121,4 @@ def sdpa_backend(device: torch.device, dtype: torch.dtype | None, n_heads: int, 
         return "one of the enabled: " + ", ".join(k for k, on in flags.items() if on)
 
 
-__all__ = ["Precision", "amp_dtype", "resolve_precision", "sdpa_backend"]
+__all__ = ["Precision", "amp_dtype", "cpu_has_native_bf16", "resolve_precision", "sdpa_backend"]

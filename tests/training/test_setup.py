@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from training_helpers import final_weights, tiny_config
 
 from muomni.errors import ConfigError
+from muomni.training import precision
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
 from muomni.training.loss import lm_loss
 from muomni.training.precision import amp_dtype
@@ -20,17 +21,29 @@ from muomni.training.trainer import Trainer
 CPU = torch.device("cpu")
 
 
-def test_cpu_precision_is_fp32_unless_bf16_is_asked(corpus: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(corpus, tmp_path)
-    assert amp_dtype(cfg, CPU) is None  # auto
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_cpu_precision_is_bf16_where_the_cpu_has_bf16_else_fp32(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
+    cfg = tiny_config(corpus, tmp_path, use_amp=True)  # amp_dtype auto
+    assert amp_dtype(cfg, CPU) is (torch.bfloat16 if native_bf16 else None)
     assert amp_dtype(cfg.replace(amp_dtype="bf16"), CPU) is torch.bfloat16
+    assert amp_dtype(cfg.replace(use_amp=False), CPU) is None
     assert amp_dtype(cfg.replace(amp_dtype="bf16", use_amp=False), CPU) is None
     with pytest.warns(UserWarning, match="fp16 is for CUDA"):
         assert amp_dtype(cfg.replace(amp_dtype="fp16"), CPU) is None
 
 
+def test_cpu_bf16_check_reads_the_cpus_instruction_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bf16, amx, want in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert precision.cpu_has_native_bf16() is want
+
+
 def test_bf16_autocast_trains_on_cpu(corpus: Path, tmp_path: Path) -> None:
-    t = Trainer(tiny_config(corpus, tmp_path / "run", amp_dtype="bf16"))
+    t = Trainer(tiny_config(corpus, tmp_path / "run", use_amp=True, amp_dtype="bf16"))
     assert t.precision.dtype is torch.bfloat16 and not t.precision.scaler.is_enabled()
     losses = [t.train_step(t.next_batches())[0] for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -40,7 +53,11 @@ def test_bf16_autocast_trains_on_cpu(corpus: Path, tmp_path: Path) -> None:
 def test_bf16_residual_stream_trains_like_the_fp32_one(corpus: Path, tmp_path: Path) -> None:
     losses = {}
     for residual in ("fp32", "bf16"):
-        t = Trainer(tiny_config(corpus, tmp_path / residual, amp_dtype="bf16", dropout=0.0, residual_dtype=residual))
+        t = Trainer(
+            tiny_config(
+                corpus, tmp_path / residual, use_amp=True, amp_dtype="bf16", dropout=0.0, residual_dtype=residual
+            )
+        )
         assert any("bf16 residual stream" in line for line in describe_run(t)) is (residual == "bf16")
         losses[residual] = [t.train_step(t.next_batches()).loss for _ in range(3)]
     assert losses["bf16"] != losses["fp32"]  # the stream did change
@@ -52,7 +69,7 @@ def test_bf16_residual_stream_trains_like_the_fp32_one(corpus: Path, tmp_path: P
     [
         ({"distributed": "fsdp", "cpu_offload": "optimizer"}, "cpu_offload"),
         ({"distributed": "fsdp", "use_amp": True, "amp_dtype": "fp16", "device": "cuda"}, "device|amp_dtype"),
-        ({"residual_dtype": "bf16"}, "residual_dtype"),  # the CPU runs fp32 unless amp_dtype=bf16
+        ({"residual_dtype": "bf16"}, "residual_dtype"),  # the tests run fp32
     ],
 )
 def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, keys: dict, named: str) -> None:
