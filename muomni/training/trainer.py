@@ -272,7 +272,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return read_stats
         values = read_stats()
-        if math.isfinite(values[0]) and math.isfinite(values[1]):
+        loss_value, norm_value, _ = values
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
             scaler.step(self.optimizer)
         scaler.update()  # with fp16, an overflow (inf gradients after unscale_) lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
