@@ -2,10 +2,10 @@
 
 Writes a Chrome/Perfetto trace (``trace_train.json``, open it at ui.perfetto.dev) and a memory timeline,
 then prints the top operators by device time and by memory, the share of time spent in attention, MLP,
-the loss, the backward pass, the optimizer and data loading, and on a GPU the device time per step by kind
-of kernel (matrix products, attention, Triton's fused elementwise kernels, muomni's own kernels, optimizer,
-copies) and how long
-the device ran nothing (which the labels cannot show inside a compiled graph). Attention and MLP are
+the loss, the backward pass, the optimizer and data loading, and on a GPU the kernels that take the most
+device time, the device time per step by kind of kernel (matrix products, attention, Triton's fused
+elementwise kernels, muomni's own kernels, optimizer, copies) and how long the device ran nothing (which
+the labels cannot show inside a compiled graph). Attention and MLP are
 labelled by forward hooks added from outside the model (the forward itself has no profiling code); the
 backward pass is one block, because autograd runs it outside those labels.
 """
@@ -209,6 +209,25 @@ def _device_kernels(events: list) -> list[tuple[str, float, float]]:
     ]
 
 
+def top_kernels(kernels: list[tuple[str, float, float]], steps: int, n: int = 15) -> list[str]:
+    """The ``n`` kernels that take the most device time, a line each: time and launches per step, the time
+    of one launch, the kind and the name. The profiler's operator table mixes them with the ranges around
+    them, whose device time counts their kernels again."""
+    totals: dict[str, list[float]] = {}
+    for name, _, duration in kernels:
+        entry = totals.setdefault(name, [0.0, 0])
+        entry[0] += duration
+        entry[1] += 1
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
+    lines = [f"top kernels by device time ({len(totals)} distinct): us per step, launches per step, us each, kind"]
+    for name, (us, launches) in ranked:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(
+            f"{us / steps:10.1f} {launches / steps:7.1f} {us / launches:9.1f}  {kernel_kind(name):26s} {short}"
+        )
+    return lines
+
+
 def _print_breakdown(breakdown: dict[str, float]) -> None:
     span = breakdown.pop("span")
     parts = [f"{kind} {us / 1e3:.2f} ms" for kind, us in sorted(breakdown.items(), key=lambda kv: -kv[1])]
@@ -257,7 +276,9 @@ def run_profile(args: argparse.Namespace) -> int:
     _memory_timeline(memory_prof, out, trainer.device)
     _print_tables(prof, memory_prof, cuda, _shares(events, cuda))
     if cuda:
-        _print_breakdown(device_breakdown(_device_kernels(events), args.steps))
+        kernels = _device_kernels(events)
+        print("\n".join(top_kernels(kernels, args.steps)))
+        _print_breakdown(device_breakdown(kernels, args.steps))
     if args.infer:
         _profile_decoding(trainer, out, activities)
     print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")

@@ -258,6 +258,18 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
     }
 
 
+def test_top_kernels_sums_each_kernels_launches_and_ranks_them_by_time() -> None:
+    from muomni.bench.profile import top_kernels
+
+    # Two steps: a product launched twice a step (10 us each), an elementwise kernel once a step (30 us).
+    kernels = [("nvjet_gemm", t, 10.0) for t in (0, 20, 100, 120)] + [("triton_poi_add", t, 30.0) for t in (40, 140)]
+    header, first, second = top_kernels(kernels, steps=2)
+    assert "2 distinct" in header
+    assert first.split()[:4] == ["30.0", "1.0", "30.0", "fused"] and first.endswith("triton_poi_add")
+    assert second.split()[:4] == ["20.0", "2.0", "10.0", "matrix"] and second.endswith("nvjet_gemm")
+    assert len(top_kernels(kernels, steps=2, n=1)) == 2
+
+
 def test_infer_rows_are_compared_with_their_reference_rows() -> None:
     """What the table's ``speed vs`` column says, for the rows of a GPU run, without running any."""
     from muomni.bench.infer import speed_versus
