@@ -113,20 +113,15 @@ def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
 def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
     """The trainer's steps, split into labelled phases (the same work as ``Trainer.launch_step``). As in the
     training loop, with ``overlap_steps`` each step's loss is read once the next step is launched."""
-    unread = None
+    from muomni.training.trainer import InFlight, LaunchedStep
+
+    in_flight = InFlight(LaunchedStep.result, overlap=trainer.overlaps_steps)
     for _ in range(steps):
         with record_function("train_step"):
             with record_function("data"):
                 batches = trainer.next_batches()
-            read = _step(trainer, batches)
-            if unread is not None:
-                unread()
-            if trainer.overlaps_steps:
-                unread = read
-            else:
-                read()  # the loss read now, as the loop does without overlap
-    if unread is not None:
-        unread()
+            in_flight.push(LaunchedStep(0, 0.0, _step(trainer, batches)))  # number and rate unused here
+    in_flight.drain()
 
 
 def _step(trainer, batches: list[torch.Tensor]) -> Callable[[], list[float]]:  # noqa: ANN001

@@ -69,35 +69,28 @@ def _time_steps(step: Callable[[], None], device: torch.device, warmup: int, ste
 
 def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     from muomni.training.runlog import RunLog
-    from muomni.training.trainer import LaunchedStep, Trainer
+    from muomni.training.trainer import InFlight, LaunchedStep, Trainer
 
     trainer = Trainer(cfg)
     device = trainer.device
     Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
     log = RunLog(Path(cfg.save_dir), 0, cfg.max_steps, cfg.print_freq)  # auto_fit says what it changed here
 
-    in_flight: list[LaunchedStep] = []  # the step launched and not yet read, with overlap_steps
-
     def land(launched: LaunchedStep) -> None:
         # The loop's bookkeeping (fit() does it after logging): the schedule follows the applied steps.
         trainer.progress.step += 1
         trainer.progress.applied_steps += int(launched.result().applied)
 
+    in_flight = InFlight(land, overlap=trainer.overlaps_steps)
+
     def step() -> None:
         # The loop's step (Trainer._run_steps without its periodic actions), with auto_fit's out-of-memory
         # recovery when it is on: with overlap, the next step is launched before this one is read.
-        launched = trainer.fitted_step(trainer.next_batches(), log, ahead=len(in_flight))
-        while in_flight:
-            land(in_flight.pop())
-        if trainer.overlaps_steps:
-            in_flight.append(launched)
-        else:
-            land(launched)
+        in_flight.push(trainer.fitted_step(trainer.next_batches(), log, ahead=in_flight.ahead))
 
     reset_peak_memory(device)
     times, warm_s = _time_steps(step, device, spec["warmup"], spec["steps"])
-    while in_flight:
-        land(in_flight.pop())
+    in_flight.drain()
     peak = peak_memory_bytes(device)
     log.close()
     result = {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": trainer.evaluate()}

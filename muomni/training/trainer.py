@@ -94,6 +94,37 @@ class LaunchedStep:
         return self._result
 
 
+class InFlight:
+    """The step a loop has launched and not landed yet: at most one (see :meth:`Trainer._run_steps`).
+
+    :meth:`push` takes the step just launched and lands the one launched before it, so the host lands step
+    n while the device runs step n+1; with ``overlap`` off the new step lands at once as well. The training
+    loop, the bench's row worker and ``muomni profile`` land their steps through it, in the same order.
+    """
+
+    def __init__(self, land: Callable[[LaunchedStep], object], overlap: bool = True) -> None:
+        self._land, self.overlap = land, overlap
+        self.step: LaunchedStep | None = None
+
+    @property
+    def ahead(self) -> int:
+        """Steps launched and not landed (0 or 1): the next launch's schedule takes them as applied."""
+        return int(self.step is not None)
+
+    def push(self, launched: LaunchedStep) -> None:
+        previous, self.step = self.step, launched
+        if previous is not None:
+            self._land(previous)
+        if not self.overlap:
+            self.drain()
+
+    def drain(self) -> None:
+        """Land the step in flight, if there is one."""
+        if self.step is not None:
+            step, self.step = self.step, None
+            self._land(step)
+
+
 class Trainer:
     """Trains a Thinker as a config says, resuming from the run folder's newest checkpoint by default.
 
@@ -355,20 +386,17 @@ class Trainer:
         beside it has the schedule's next learning rate, one position ahead, and the schedule follows the
         applied steps again from the step after. The weights are the same as without overlap otherwise.
         """
-        in_flight: LaunchedStep | None = None
+        # Whether to overlap is decided here, step by step (_may_overlap), so the queue itself always may.
+        in_flight = InFlight(lambda launched: self._land(launched, log, stop))
         self._landed_at = time.perf_counter()
         while True:
             halted = self.stop_signal is not None or self._diverged
-            may_launch = not halted and not self._done(ahead=int(in_flight is not None))
-            if may_launch and (in_flight is None or self._may_overlap(in_flight)):
-                ahead = int(in_flight is not None)
-                launched = self.fitted_step(self.next_batches(), log, ahead, stop_requested=stop.requested)
-                if in_flight is not None:
-                    self._land(in_flight, log, stop)
-                in_flight = launched
-            elif in_flight is not None:
-                self._land(in_flight, log, stop)
-                in_flight = None
+            may_launch = not halted and not self._done(ahead=in_flight.ahead)
+            if may_launch and (in_flight.step is None or self._may_overlap(in_flight.step)):
+                batches = self.next_batches()
+                in_flight.push(self.fitted_step(batches, log, in_flight.ahead, stop_requested=stop.requested))
+            elif in_flight.step is not None:
+                in_flight.drain()
             else:
                 break
         if self._diverged:

@@ -216,6 +216,23 @@ def test_overlapped_steps_train_exactly_as_synchronous_ones(
             assert a.read_bytes() == b.read_bytes(), f"{step}/{name} differs"
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_in_flight_lands_each_step_once_the_next_is_launched(overlap: bool) -> None:
+    # The order the loop, the bench's row worker and the profile share: launch n+1, then land n.
+    events: list[str] = []
+    in_flight = trainer_module.InFlight(lambda s: events.append(f"land {s.number}"), overlap=overlap)
+    for n in (1, 2, 3):
+        assert in_flight.ahead == int(overlap and n > 1)
+        events.append(f"launch {n}")
+        in_flight.push(trainer_module.LaunchedStep(n, 0.0, lambda: [0.0, 0.0, 0.0]))
+    in_flight.drain()
+    in_flight.drain()  # nothing left: lands nothing twice
+    if overlap:
+        assert events == ["launch 1", "launch 2", "land 1", "launch 3", "land 2", "land 3"]
+    else:
+        assert events == ["launch 1", "land 1", "launch 2", "land 2", "launch 3", "land 3"]
+
+
 def test_overlap_needs_the_device_skip(corpus: Path, tmp_path: Path) -> None:
     # The CPU's foreach AdamW is stepped by the host after it reads the loss: nothing to overlap.
     t = Trainer(tiny_config(corpus, tmp_path / "run"))
