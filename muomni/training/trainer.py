@@ -74,7 +74,7 @@ class StepResult(NamedTuple):
     grad_norm: float  # before clipping
     lr: float
     applied: bool  # False: the loss or the norm was not finite, and the weights were left as they were
-    stop_requested: bool = False  # a rank had a stop signal when the step was launched (every rank reads alike)
+    stop_requested: bool  # a rank had a stop signal when the step was launched (every rank reads alike)
 
 
 class LaunchedStep:
@@ -90,7 +90,7 @@ class LaunchedStep:
         if self._result is None:
             loss, norm, stop = self._read()
             applied = math.isfinite(loss) and math.isfinite(norm)
-            self._result = StepResult(loss, norm, self.lr, applied, stop_requested=stop > 0)
+            self._result = StepResult(loss, norm, self.lr, applied, stop > 0)
         return self._result
 
 
