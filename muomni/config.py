@@ -93,6 +93,7 @@ class Config:
     chunked_ce: bool = True
     overlap_steps: bool = True  # launch step n+1 before reading step n's loss (see trainer.py)
     residual_dtype: Literal["fp32", "bf16"] = "fp32"  # the residual stream's dtype under bf16 autocast
+    weight_dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: linear layers compute with bf16 weight copies
     auto_fit: bool | None = None
     empty_cache_steps: int = 0
     keep_checkpoints: int = 3

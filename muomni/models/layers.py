@@ -31,6 +31,31 @@ HEAD_FUSED_MAX_BATCH = 4
 FUSED_MAX_BATCH = 64
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` that may compute with a low-precision copy of its weight (``weight_dtype=bf16``).
+
+    ``compute_weight``, when set, is a bf16 leaf tensor holding the weight rounded to bf16: the forward and
+    backward use it (its gradient lands on it, in bf16) while ``weight`` stays the fp32 master copy that is
+    saved, loaded and updated (see :mod:`muomni.training.master_weights`). It is a non-persistent buffer:
+    state dicts, and so checkpoints and exports, are those of ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("compute_weight", None, persistent=False)
+
+    def active_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight a product with ``x`` uses: the bf16 copy under autocast (which would cast ``weight`` to
+        bf16 anyway) or for a bf16 ``x``; else ``weight`` (fp32 work, such as sampling without autocast)."""
+        copy = self.compute_weight
+        if copy is not None and (x.dtype == copy.dtype or torch.is_autocast_enabled(x.device.type)):
+            return copy
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.active_weight(x), self.bias)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 whatever the input dtype."""
 
@@ -303,10 +328,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.q_proj = Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(n_heads * self.head_dim, d_model, bias=False)
         self.attend: AttentionFn = sdpa_attention if use_flash else math_attention
         self.kv_cache: KVCache | None = None
 
@@ -414,9 +439,9 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, swiglu: bool = True) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, d_ff, bias=False) if swiglu else None
-        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+        self.gate_proj = Linear(d_model, d_ff, bias=False) if swiglu else None
+        self.up_proj = Linear(d_model, d_ff, bias=False)
+        self.down_proj = Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
@@ -443,7 +468,7 @@ class MoE(nn.Module):
     def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int, swiglu: bool = True) -> None:
         super().__init__()
         self.top_k = top_k
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = Linear(d_model, num_experts, bias=False)
         self.experts = nn.ModuleList(MLP(d_model, d_ff, swiglu) for _ in range(num_experts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from muomni.models.layers import (
     HEAD_FUSED_MAX_BATCH,
     MLP,
     Attention,
+    Linear,
     MoE,
     RMSNorm,
     norm_linear,
@@ -122,7 +123,7 @@ class Thinker(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = ThinkerModel(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         # Residual projections start smaller so the residual stream's variance does not grow with depth
         # (GPT-2, Radford et al. 2019).

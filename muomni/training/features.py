@@ -25,6 +25,14 @@ from muomni.training.precision import Precision
 def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of the gradients, as ``clip_grad_norm_`` computes it, without clipping."""
     grads = [p.grad for p in params if p.grad is not None]
+    if any(g.dtype != torch.float32 for g in grads):
+        # bf16 gradients (weight_dtype=bf16): each norm computed in fp32, as it is of their fp32 versions;
+        # get_total_norm would return each in bf16, and the clip would follow its rounding.
+        try:
+            norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+        except TypeError:  # torch before 2.4: no dtype argument
+            norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+        return torch.linalg.vector_norm(torch.stack(norms))
     if hasattr(nn.utils, "get_total_norm"):  # torch 2.6+: a foreach kernel per device and dtype, not one per tensor
         return nn.utils.get_total_norm(grads)
     norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
@@ -61,11 +69,32 @@ def refuse_unavailable(cfg: Config, precision: Precision) -> None:
             "config key 'residual_dtype': a bf16 residual stream needs bf16 autocast, and this run is "
             f"{precision.describe()}; set use_amp=true amp_dtype=bf16, or residual_dtype=fp32"
         )
+    if cfg.weight_dtype == "bf16":
+        _refuse_bf16_weights(cfg, precision)
     if cfg.cpu_offload == "optimizer" and precision.scaler.is_enabled():
         raise ConfigError(
             "config key 'cpu_offload': optimizer offload needs bf16 or fp32, not fp16 loss scaling; "
             "set amp_dtype=bf16 or use_amp=false"
         )
+
+
+def _refuse_bf16_weights(cfg: Config, precision: Precision) -> None:
+    """What ``weight_dtype=bf16`` (:mod:`~muomni.training.master_weights`) does not combine with."""
+    problem = None
+    if precision.dtype != torch.bfloat16:
+        problem = f"bf16 weights need bf16 autocast, and this run is {precision.describe()}"
+        fix = "set use_amp=true amp_dtype=bf16"
+    elif cfg.optimizer != "adamw":
+        problem, fix = "bf16 weights are trained by AdamW only", "use optimizer=adamw"
+    elif cfg.cpu_offload == "optimizer":
+        problem, fix = "bf16 weights do not combine with optimizer offload", "use cpu_offload=none or activations"
+    elif cfg.distributed != "none":
+        problem, fix = "bf16 weights are not yet available under torchrun", "use distributed=none"
+    elif cfg.use_moe:
+        problem = "bf16 weights are not yet available with mixture-of-experts (an expert may get no gradient)"
+        fix = "use use_moe=false"
+    if problem:
+        raise ConfigError(f"config key 'weight_dtype': {problem}; {fix}, or weight_dtype=fp32")
 
 
 # How far the compiled loss may be from the eager one on the probe batch (autocast's rounding differs
@@ -116,7 +145,8 @@ def try_compile(
     Returns:
         Whether a compiled version is used.
     """
-    params = [p for p in loss_module.parameters() if p.requires_grad]
+    # The bf16 weight copies (buffers) take gradients too: the probe must clear theirs.
+    params = [t for t in (*loss_module.parameters(), *loss_module.buffers()) if t.requires_grad]
     reference = None
     if check:
         try:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from muomni.models.layers import Linear
 from muomni.models.thinker import Thinker
 from muomni.training.chunked_ce import chunked_linear_cross_entropy
 
@@ -58,7 +59,8 @@ def chunked_lm_loss(
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden = backbone(inputs)  # [B, T, D]
     ce = chunked_linear_cross_entropy if in_graph else _chunked_ce_outside_graph
-    return ce(hidden, head.weight, targets, compiled=compiled), targets.numel()
+    weight = head.active_weight(hidden) if isinstance(head, Linear) else head.weight  # a bf16 copy, if any
+    return ce(hidden, weight, targets, compiled=compiled), targets.numel()
 
 
 class LossModule(nn.Module):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from muomni.config import Config
+from muomni.training.master_weights import MasterWeightAdamW, attach_compute_weights
 from muomni.training.offload import CPUOffloadOptimizer
 
 
@@ -51,6 +52,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (fused kernel on CUDA) or SGD with Nesterov momentum, with :func:`param_groups`.
 
+    With ``weight_dtype=bf16`` the linear layers get bf16 copies of their weights to compute with, and
+    :class:`~muomni.training.master_weights.MasterWeightAdamW` trains the fp32 weights from them.
+
     SGD's ``weight_decay`` is the classic L2 term added to the gradient; AdamW's is decoupled.
     The learning rate is set before every step by the trainer from :func:`lr_at`.
     """
@@ -59,6 +63,9 @@ def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torc
         if cfg.optimizer == "adamw":
             return CPUOffloadOptimizer(groups, torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         return CPUOffloadOptimizer(groups, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.weight_dtype == "bf16":  # refused with SGD, offload and torchrun (features.refuse_unavailable)
+        copies = attach_compute_weights(model)
+        return MasterWeightAdamW(groups, copies, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     if cfg.optimizer == "adamw":
         # The fused kernel updates every parameter in one launch; on CPU the foreach path is the default.
         fused = True if device.type == "cuda" else None

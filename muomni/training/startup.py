@@ -47,6 +47,7 @@ def _features_line(t: Trainer) -> str:
     loss = "chunked linear cross-entropy" if cfg.chunked_ce else "full-logits cross-entropy"
     offload = "" if cfg.cpu_offload == "none" else f", {cfg.cpu_offload} offloaded to CPU"
     residual = ", bf16 residual stream" if cfg.residual_dtype == "bf16" else ""
+    residual += ", bf16 linear weights (fp32 master weights in the optimizer)" if cfg.weight_dtype == "bf16" else ""
     overlap = ", steps overlapped (the next launched before the loss is read)" if t.overlaps_steps else ""
     return f"features: {compiled}, {ckpt}, {clip}, {loss}{residual}{offload}{overlap}"
 

@@ -43,6 +43,7 @@ from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, prune_checkp
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
 from muomni.training.loss import LossModule, run_loss
+from muomni.training.master_weights import MasterWeightAdamW
 from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr, skips_on_device, step_unless
 from muomni.training.precision import resolve_precision
@@ -270,6 +271,8 @@ class Trainer:
                 loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
+            if len(batches) > 1 and isinstance(self.optimizer, MasterWeightAdamW):
+                self.optimizer.accumulate()  # the bf16 copies' gradients summed in fp32
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
         fault_point("mid_step", number)
@@ -292,7 +295,8 @@ class Trainer:
         scaler = self.precision.scaler
         on_device = self.skips_on_device
         scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        norm = total_grad_norm(self.params) if on_device else self.grad_norm(self.params)
+        grads = self.optimizer.grad_tensors() if isinstance(self.optimizer, MasterWeightAdamW) else self.params
+        norm = total_grad_norm(grads) if on_device else self.grad_norm(grads)
         # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
         stop = loss_sum.new_full((), float(stop_requested))  # a fill on the device: no copy, no sync
         stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float(), stop]), self.env)
