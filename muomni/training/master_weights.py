@@ -81,7 +81,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.device = first.device
         self.defaults["fused"] = self.device.type == "cuda"
         self._steps = torch.zeros((), dtype=torch.float32, device=self.device)
-        self._blocks: dict[tuple, tuple[torch.Tensor, ...]] = {}  # Triton launch tables, by group and sizes
+        self._tables: dict[tuple, tuple] = {}  # the Triton kernel's tables, by group and addresses
 
     # --- gradients ---
     def grad_tensors(self) -> list[torch.Tensor]:
@@ -193,19 +193,23 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         divisor: torch.Tensor | None,
         grad_bf16: bool,
     ) -> None:
-        from muomni.training.triton_adamw import adamw_step, block_tables, pointer_table
+        from muomni.training.triton_adamw import adamw_step, block_tables, tensor_list
 
         # Weights, moments and copies keep their storage from step to step; their tables are built once
         # (a load_state_dict replaces the moments: the key changes with their addresses).
         key = (index, grad_bf16, copies is not None, tuple(m.data_ptr() for m in exp_avgs))
-        if key not in self._blocks:
-            static = [params, exp_avgs, exp_avg_sqs] + ([copies] if copies is not None else [])
-            tables = tuple(pointer_table(ts, self.device) for ts in static)
-            self._blocks[key] = block_tables([p.numel() for p in params], self.device) + tables
-        block_tensor, block_start, numels, weights, exp_avg_t, exp_avg_sq_t, *copy_t = self._blocks[key]
+        if key not in self._tables:
+            lists = [tensor_list(ts, self.device) for ts in (params, exp_avgs, exp_avg_sqs)]
+            lists.append(tensor_list(copies, self.device) if copies is not None else None)
+            self._tables[key] = (block_tables([p.numel() for p in params], self.device), *lists)
+        blocks, weights, moments1, moments2, copy_list = self._tables[key]
         adamw_step(
-            (block_tensor, block_start, numels),
-            (weights, pointer_table(grads, self.device), exp_avg_t, exp_avg_sq_t, copy_t[0] if copy_t else None),
+            blocks,
+            weights,
+            tensor_list(grads, self.device),  # new gradients every step
+            moments1,
+            moments2,
+            copy_list,
             self._steps,
             skip,
             divisor.float() if divisor is not None else None,
@@ -213,7 +217,6 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             betas=group["betas"],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
-            grad_bf16=grad_bf16,
         )
 
 

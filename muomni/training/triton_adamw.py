@@ -21,6 +21,7 @@ divided gradient back: the trainer clears the gradients after the step.
 # No ``from __future__ import annotations``: Triton 3.1's interpreter needs real constexpr annotations
 # (see muomni.models.triton_decode).
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -45,11 +46,16 @@ def _adamw_kernel(
     block_tensor,
     block_start,
     numels,
-    weight_ptrs,
-    grad_ptrs,
-    exp_avg_ptrs,
-    exp_avg_sq_ptrs,
-    copy_ptrs,
+    weights,
+    weight_offsets,
+    grads,
+    grad_offsets,
+    exp_avgs,
+    exp_avg_offsets,
+    exp_avg_sqs,
+    exp_avg_sq_offsets,
+    copies,
+    copy_offsets,
     step_ptr,
     skip_ptr,
     divisor_ptr,
@@ -60,31 +66,33 @@ def _adamw_kernel(
     log_beta2,
     eps,
     weight_decay,
-    GRAD_BF16: tl.constexpr,
     HAS_COPY: tl.constexpr,
     HAS_DIVISOR: tl.constexpr,
+    W_ALIGN: tl.constexpr,
+    G_ALIGN: tl.constexpr,
+    C_ALIGN: tl.constexpr,
+    N_ALIGN: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Step ``BLOCK`` elements of tensor ``block_tensor[pid]`` from ``block_start[pid]``."""
+    """Step ``BLOCK`` elements of tensor ``block_tensor[pid]`` from ``block_start[pid]``. Tensor i of a list
+    starts ``offsets[i]`` elements from the list's base (its first tensor); the ``*_ALIGN`` hints (elements,
+    checked on the host) let the loads and stores go 16 bytes at a time."""
     pid = tl.program_id(0)
     skip = tl.load(skip_ptr)
     if skip == 0:
         index = tl.load(block_tensor + pid)
-        start = tl.load(block_start + pid)
-        n = tl.load(numels + index)
+        start = tl.multiple_of(tl.load(block_start + pid), BLOCK)
+        n = tl.multiple_of(tl.load(numels + index), N_ALIGN)
         offsets = start + tl.arange(0, BLOCK)
         inside = offsets < n
-        weight_ptr = tl.load(weight_ptrs + index).to(tl.pointer_type(tl.float32))
-        if GRAD_BF16:
-            grad_ptr = tl.load(grad_ptrs + index).to(tl.pointer_type(tl.bfloat16))
-        else:
-            grad_ptr = tl.load(grad_ptrs + index).to(tl.pointer_type(tl.float32))
-        exp_avg_ptr = tl.load(exp_avg_ptrs + index).to(tl.pointer_type(tl.float32))
-        exp_avg_sq_ptr = tl.load(exp_avg_sq_ptrs + index).to(tl.pointer_type(tl.float32))
-        grad = tl.load(grad_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        w = tl.load(weight_ptr + offsets, mask=inside, other=0.0)
-        m = tl.load(exp_avg_ptr + offsets, mask=inside, other=0.0)
-        v = tl.load(exp_avg_sq_ptr + offsets, mask=inside, other=0.0)
+        w_at = weights + tl.multiple_of(tl.load(weight_offsets + index), W_ALIGN) + offsets
+        g_at = grads + tl.multiple_of(tl.load(grad_offsets + index), G_ALIGN) + offsets
+        m_at = exp_avgs + tl.multiple_of(tl.load(exp_avg_offsets + index), W_ALIGN) + offsets
+        v_at = exp_avg_sqs + tl.multiple_of(tl.load(exp_avg_sq_offsets + index), W_ALIGN) + offsets
+        grad = tl.load(g_at, mask=inside, other=0.0).to(tl.float32)
+        w = tl.load(w_at, mask=inside, other=0.0)
+        m = tl.load(m_at, mask=inside, other=0.0)
+        v = tl.load(v_at, mask=inside, other=0.0)
         if HAS_DIVISOR:
             grad = grad / tl.load(divisor_ptr)
         t = tl.load(step_ptr) + 1.0
@@ -95,37 +103,67 @@ def _adamw_kernel(
         v = beta2 * v + (1.0 - beta2) * grad * grad
         denom = tl.sqrt(v) / bias_correction2_sqrt + eps
         w = w - (lr / bias_correction1) * m / denom
-        tl.store(weight_ptr + offsets, w, mask=inside)
-        tl.store(exp_avg_ptr + offsets, m, mask=inside)
-        tl.store(exp_avg_sq_ptr + offsets, v, mask=inside)
+        tl.store(w_at, w, mask=inside)
+        tl.store(m_at, m, mask=inside)
+        tl.store(v_at, v, mask=inside)
         if HAS_COPY:
-            copy_ptr = tl.load(copy_ptrs + index).to(tl.pointer_type(tl.bfloat16))
-            tl.store(copy_ptr + offsets, _to_bf16_nearest_even(w), mask=inside)
+            c_at = copies + tl.multiple_of(tl.load(copy_offsets + index), C_ALIGN) + offsets
+            tl.store(c_at, _to_bf16_nearest_even(w), mask=inside)
 
 
-def pointer_table(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The tensors' addresses as an int64 device tensor (copied from pinned memory without a wait)."""
-    table = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, pin_memory=device.type == "cuda")
-    return table.to(device, non_blocking=True)
+class TensorList(NamedTuple):
+    """Tensors of one dtype on one device, for the kernel: the first, each one's distance from it in
+    elements (an int64 device tensor), and how many elements those distances are all multiples of, up to
+    16 bytes' worth (1 when not)."""
+
+    base: torch.Tensor
+    offsets: torch.Tensor
+    align: int
 
 
-def block_tables(numels: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tensor index, start) of each program, and the tensors' sizes, as device tensors."""
+def tensor_list(tensors: list[torch.Tensor], device: torch.device) -> TensorList:
+    """:class:`TensorList` of ``tensors`` (contiguous, one dtype); the distances are copied to the device
+    from pinned memory without a wait."""
+    base = tensors[0]
+    size = base.element_size()
+    distances = [t.data_ptr() - base.data_ptr() for t in tensors]
+    aligned = base.data_ptr() % 16 == 0 and all(d % 16 == 0 for d in distances)
+    table = torch.tensor([d // size for d in distances], dtype=torch.int64, pin_memory=device.type == "cuda")
+    return TensorList(base, table.to(device, non_blocking=True), 16 // size if aligned else 1)
+
+
+class Blocks(NamedTuple):
+    """Each program's tensor index and start, the tensors' sizes (device tensors), and how many elements
+    every size is a multiple of (16, or 1)."""
+
+    tensor: torch.Tensor
+    start: torch.Tensor
+    numels: torch.Tensor
+    size_align: int
+
+
+def block_tables(numels: list[int], device: torch.device) -> Blocks:
+    """:class:`Blocks` of tensors of ``numels`` elements."""
     index, start = [], []
     for i, n in enumerate(numels):
         blocks = -(-n // BLOCK)
         index += [i] * blocks
         start += [b * BLOCK for b in range(blocks)]
-    return (
+    return Blocks(
         torch.tensor(index, dtype=torch.int32, device=device),
         torch.tensor(start, dtype=torch.int64, device=device),
         torch.tensor(numels, dtype=torch.int64, device=device),
+        16 if all(n % 16 == 0 for n in numels) else 1,
     )
 
 
 def adamw_step(
-    blocks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+    blocks: Blocks,
+    weights: TensorList,
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    copies: TensorList | None,
     step: torch.Tensor,
     skip: torch.Tensor,
     divisor: torch.Tensor | None,
@@ -134,27 +172,31 @@ def adamw_step(
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
-    grad_bf16: bool,
 ) -> None:
-    """Launch the kernel over the tensors of ``tables`` = (weights, gradients, exp_avg, exp_avg_sq, bf16
-    copies or None), each an int64 pointer table, with ``blocks`` from :func:`block_tables`.
+    """Launch the kernel over fp32 ``weights`` and moments, their gradients (bf16 or fp32) and, if given,
+    the weights' bf16 ``copies``, with ``blocks`` from :func:`block_tables` for the same sizes.
 
     ``step`` (fp32, 0-d) is the count of steps applied before this one; the caller advances it (unless
     ``skip``). ``skip``: 0-d, nonzero leaves everything untouched. ``divisor``: 0-d fp32 every gradient is
     divided by (clipping), or None.
     """
-    block_tensor, block_start, numels = blocks
-    weights, grads, exp_avgs, exp_avg_sqs, copies = tables
     beta1, beta2 = betas
-    _adamw_kernel[(block_tensor.numel(),)](
-        block_tensor,
-        block_start,
-        numels,
-        weights,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        copies if copies is not None else weights,
+    moments_aligned = exp_avgs.align == exp_avg_sqs.align == weights.align
+    copies = copies if copies is not None else weights
+    _adamw_kernel[(blocks.tensor.numel(),)](
+        blocks.tensor,
+        blocks.start,
+        blocks.numels,
+        weights.base,
+        weights.offsets,
+        grads.base,
+        grads.offsets,
+        exp_avgs.base,
+        exp_avgs.offsets,
+        exp_avg_sqs.base,
+        exp_avg_sqs.offsets,
+        copies.base,
+        copies.offsets,
         step,
         skip,
         divisor if divisor is not None else step,
@@ -165,12 +207,15 @@ def adamw_step(
         math.log(beta2) if beta2 > 0 else -math.inf,
         eps,
         weight_decay,
-        GRAD_BF16=grad_bf16,
-        HAS_COPY=copies is not None,
+        HAS_COPY=copies is not weights,
         HAS_DIVISOR=divisor is not None,
+        W_ALIGN=weights.align if moments_aligned else 1,
+        G_ALIGN=grads.align,
+        C_ALIGN=copies.align,
+        N_ALIGN=blocks.size_align,
         BLOCK=BLOCK,
         num_warps=WARPS,
     )
 
 
-__all__ = ["BLOCK", "adamw_step", "block_tables", "pointer_table"]
+__all__ = ["BLOCK", "Blocks", "TensorList", "adamw_step", "block_tables", "tensor_list"]
