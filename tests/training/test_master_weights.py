@@ -123,7 +123,7 @@ def test_triton_kernel_matches_the_pytorch_ops(sizes: list[tuple[int, ...]]) -> 
 
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("Triton's interpreter was not switched on before Triton was imported")
-    from muomni.training.triton_adamw import BLOCK, adamw_step, block_tables, tensor_list
+    from muomni.training.triton_adamw import adamw_step, block_tables, tensor_list
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(3)
