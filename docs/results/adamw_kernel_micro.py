@@ -1,7 +1,7 @@
 """The optimizer step of the small preset alone, timed with CUDA events (50 steps after 5): PyTorch's fused
 AdamW on fp32 weights and gradients (what ``+all`` ran before ``weight_dtype=bf16``, with the casts autocast
 does a step timed apart), against :class:`MasterWeightAdamW` on bf16 copies and gradients, for each of a few
-block sizes and warp counts of its Triton kernel. argv: out.json"""
+block sizes and warp counts of its Triton kernel; and the gradient norm of each. argv: out.json"""
 
 import json
 import sys
@@ -69,6 +69,10 @@ def our_step():
     ours.step()
 
 
+from muomni.training.features import total_grad_norm  # noqa: E402
+
+results["norm_torch_fp32_us"] = timed(lambda: total_grad_norm(params))
+results["norm_master_bf16_us"] = timed(ours.grad_norm)
 for block in (1024, 2048, 4096, 8192):
     for warps in (4, 8):
         triton_adamw.BLOCK, triton_adamw.WARPS = block, warps

@@ -138,6 +138,43 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.refresh_compute_weights()  # the model's fp32 weights were loaded before the optimizer
 
     # --- the step ---
+    def _classes(self) -> list[tuple[tuple, dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]:
+        """The parameters with a gradient this step, split by group and by kind (where the gradient is,
+        whether there is a copy to write): one kernel launch each. Items: (key, group, params, holders)."""
+        classes: dict[tuple, tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]] = {}
+        for index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                holder = self._grad_holder(p)
+                if holder.grad is not None:
+                    key = (index, holder is not p, p in self.compute_weights)
+                    _, params, holders = classes.setdefault(key, (group, [], []))
+                    params.append(p)
+                    holders.append(holder)
+        return [(key, *value) for key, value in classes.items()]
+
+    def _blocks(self, key: tuple, params: list[torch.Tensor]):  # noqa: ANN202 (triton_adamw.Blocks)
+        from muomni.training.triton_adamw import block_tables
+
+        numels = tuple(p.numel() for p in params)
+        if (key, numels) not in self._tables:
+            self._tables[(key, numels)] = block_tables(list(numels), self.device)
+        return self._tables[(key, numels)]
+
+    @torch.no_grad()
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of this step's gradients (fp32, 0-d), as ``clip_grad_norm_`` computes it of
+        their fp32 versions. On CUDA one kernel a class (:func:`~muomni.training.triton_adamw.sum_of_squares`)."""
+        if self.device.type != "cuda":
+            from muomni.training.features import total_grad_norm
+
+            return total_grad_norm(self.grad_tensors())
+        from muomni.training.triton_adamw import sum_of_squares, tensor_list
+
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        for key, _, params, holders in self._classes():
+            total += sum_of_squares(self._blocks(key, params), tensor_list([h.grad for h in holders], self.device))
+        return total.sqrt()
+
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
         if closure is not None:
@@ -147,42 +184,23 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         skip = found_inf if found_inf is not None else torch.zeros((), device=self.device)
         if self.device.type != "cuda" and bool(skip):
             return
-        for index, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if self._grad_holder(p).grad is not None]
-            if params:
-                self._step_group(index, group, params, skip, divisor)
-        self._steps.add_(1 - skip.float().clamp(max=1))  # a skipped step does not count
-
-    def _step_group(
-        self,
-        index: int,
-        group: dict[str, Any],
-        params: list[torch.Tensor],
-        skip: torch.Tensor,
-        divisor: torch.Tensor | None,
-    ) -> None:
-        states = [self._init_state(p) for p in params]
-        holders = [self._grad_holder(p) for p in params]
-        # A class per kind of gradient and copy: one launch each on CUDA.
-        kinds: dict[tuple[bool, bool], list[int]] = {}
-        for i, (p, holder) in enumerate(zip(params, holders)):
-            kinds.setdefault((holder is not p, p in self.compute_weights), []).append(i)
-        for (grad_bf16, has_copy), members in kinds.items():
-            ps = [params[i] for i in members]
-            grads = [holders[i].grad for i in members]
-            exp_avgs = [states[i]["exp_avg"] for i in members]
-            exp_avg_sqs = [states[i]["exp_avg_sq"] for i in members]
-            copies = [self.compute_weights[p] for p in ps] if has_copy else None
+        for key, group, params, holders in self._classes():
+            states = [self._init_state(p) for p in params]
+            grads = [h.grad for h in holders]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            copies = [self.compute_weights[p] for p in params] if key[2] else None
             if self.device.type == "cuda":
-                self._launch(index, group, ps, grads, exp_avgs, exp_avg_sqs, copies, skip, divisor, grad_bf16)
-            else:
-                for j, p in enumerate(ps):
-                    copy = copies[j] if copies is not None else None
-                    _adamw_reference(p, grads[j], exp_avgs[j], exp_avg_sqs[j], copy, self._steps, divisor, group)
+                self._launch(key, group, params, grads, exp_avgs, exp_avg_sqs, copies, skip, divisor)
+                continue
+            for j, p in enumerate(params):
+                copy = copies[j] if copies is not None else None
+                _adamw_reference(p, grads[j], exp_avgs[j], exp_avg_sqs[j], copy, self._steps, divisor, group)
+        self._steps.add_(1 - skip.float().clamp(max=1))  # a skipped step does not count
 
     def _launch(
         self,
-        index: int,
+        key: tuple,
         group: dict[str, Any],
         params: list[torch.Tensor],
         grads: list[torch.Tensor],
@@ -191,20 +209,18 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         copies: list[torch.Tensor] | None,
         skip: torch.Tensor,
         divisor: torch.Tensor | None,
-        grad_bf16: bool,
     ) -> None:
-        from muomni.training.triton_adamw import adamw_step, block_tables, tensor_list
+        from muomni.training.triton_adamw import adamw_step, tensor_list
 
         # Weights, moments and copies keep their storage from step to step; their tables are built once
         # (a load_state_dict replaces the moments: the key changes with their addresses).
-        key = (index, grad_bf16, copies is not None, tuple(m.data_ptr() for m in exp_avgs))
-        if key not in self._tables:
+        addresses = (key, tuple(m.data_ptr() for m in exp_avgs))
+        if addresses not in self._tables:
             lists = [tensor_list(ts, self.device) for ts in (params, exp_avgs, exp_avg_sqs)]
-            lists.append(tensor_list(copies, self.device) if copies is not None else None)
-            self._tables[key] = (block_tables([p.numel() for p in params], self.device), *lists)
-        blocks, weights, moments1, moments2, copy_list = self._tables[key]
+            self._tables[addresses] = (*lists, tensor_list(copies, self.device) if copies is not None else None)
+        weights, moments1, moments2, copy_list = self._tables[addresses]
         adamw_step(
-            blocks,
+            self._blocks(key, params),
             weights,
             tensor_list(grads, self.device),  # new gradients every step
             moments1,

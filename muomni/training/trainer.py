@@ -295,8 +295,10 @@ class Trainer:
         scaler = self.precision.scaler
         on_device = self.skips_on_device
         scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        grads = self.optimizer.grad_tensors() if isinstance(self.optimizer, MasterWeightAdamW) else self.params
-        norm = total_grad_norm(grads) if on_device else self.grad_norm(grads)
+        if isinstance(self.optimizer, MasterWeightAdamW):  # bf16 and fp32 gradients, the norm in fp32
+            norm = self.optimizer.grad_norm()
+        else:
+            norm = total_grad_norm(self.params) if on_device else self.grad_norm(self.params)
         # The mean over ranks: the logged loss is the global one, and every rank takes the same decision.
         stop = loss_sum.new_full((), float(stop_requested))  # a fill on the device: no copy, no sync
         stats = distributed.mean_over_ranks(torch.stack([loss_sum, norm.float(), stop]), self.env)

@@ -123,7 +123,7 @@ def test_triton_kernel_matches_the_pytorch_ops(sizes: list[tuple[int, ...]]) -> 
 
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("Triton's interpreter was not switched on before Triton was imported")
-    from muomni.training.triton_adamw import adamw_step, block_tables, tensor_list
+    from muomni.training.triton_adamw import adamw_step, block_tables, sum_of_squares, tensor_list
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(3)
@@ -137,6 +137,9 @@ def test_triton_kernel_matches_the_pytorch_ops(sizes: list[tuple[int, ...]]) -> 
             exp_avgs = [torch.randn(s, generator=gen).to(device) * 0.1 for s in sizes]
             exp_avg_sqs = [torch.rand(s, generator=gen).to(device) * 0.01 for s in sizes]
             copies = [w.to(torch.bfloat16) for w in weights]
+            squares = sum_of_squares(block_tables([g.numel() for g in grads], device), tensor_list(grads, device))
+            expected_squares = sum(g.double().square().sum() for g in grads)
+            torch.testing.assert_close(squares.double(), expected_squares, rtol=1e-6, atol=0)
             steps = torch.tensor(4.0, device=device)
             expected = [t.clone() for t in (*weights, *exp_avgs, *exp_avg_sqs)]
             ref_w, ref_m, ref_v = expected[:3], expected[3:6], expected[6:]
@@ -231,3 +234,21 @@ def test_kill_and_resume_with_bf16_weights_is_bitwise_equal(corpus: Path, tmp_pa
     state = load_tensors(ckpt / OPTIMIZER_FILE)
     assert {k.split(".", 2)[2] for k in state} == {"step", "exp_avg", "exp_avg_sq"}
     assert all(float(v) == 8 for k, v in state.items() if k.endswith(".step"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton path of the trainer needs a GPU")
+def test_on_a_gpu_bf16_weights_follow_autocast(corpus: Path, tmp_path: Path) -> None:
+    # The trainer's GPU path: the norm and the update in the Triton kernels, skipped and clipped on the device.
+    common = {"device": "cuda", "max_grad_norm": 0.05}
+    curve_ref, weights_ref, _ = _train(corpus, tmp_path, "fp32", **common)
+    curve, weights, trainer = _train(corpus, tmp_path, "bf16", weight_dtype="bf16", **common)
+    assert trainer.optimizer.defaults["fused"] and trainer.skips_on_device
+    assert curve[0][0] == curve_ref[0][0]
+    assert curve[0][1] == pytest.approx(curve_ref[0][1], rel=1e-5)
+    for (loss, norm), (loss_ref, norm_ref) in zip(curve, curve_ref):
+        assert loss == pytest.approx(loss_ref, rel=1e-3) and norm == pytest.approx(norm_ref, rel=2e-2)
+    for name, w in weights.items():
+        rel = ((w - weights_ref[name]).norm() / w.norm()).item()
+        assert rel < 1e-3, f"{name}: relative difference {rel:.2e} from the fp32-weight run"
+    for p, copy in trainer.optimizer.compute_weights.items():
+        assert torch.equal(copy, p.detach().to(torch.bfloat16))
