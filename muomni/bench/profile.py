@@ -144,7 +144,8 @@ def _step(trainer, batches: list[torch.Tensor]) -> Callable[[], list[float]]:  #
 KERNEL_KINDS = (
     ("attention", ("flash", "fmha", "sdpa", "attention")),
     ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "sm80_", "cublas")),
-    ("optimizer", ("adam", "sgd", "multi_tensor_apply")),
+    # The gradient norm is the optimizer's: PyTorch's foreach norm, or muomni's sum of squares (bf16 weights).
+    ("optimizer", ("adam", "sgd", "multi_tensor_apply", "sum_of_squares")),
     ("copies", ("memcpy", "memset")),
     ("fused elementwise (Triton)", ("triton",)),
     # Eager PyTorch's own pointwise and reduction kernels (at::native::elementwise_kernel, reduce_kernel, ...).

@@ -238,6 +238,7 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
     assert kernel_kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matrix products"
     assert kernel_kind("triton_poi_fused__unsafe_view_mul_silu_8") == "fused elementwise (Triton)"
     assert kernel_kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert kernel_kind("_sum_of_squares_kernel") == kernel_kind("_adamw_kernel") == "optimizer"  # bf16 weights
     assert kernel_kind("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl<>>") == (
         "elementwise (PyTorch)"
     )
