@@ -24,6 +24,7 @@ is not retried by ``auto_fit`` there: a retry on one rank would leave the others
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import signal
 import time
@@ -605,6 +606,13 @@ def run_train(args: argparse.Namespace) -> int:
         trainer.fit()
         ok = True
     finally:
+        # DDP's reducer holds the process group. Were it the last holder, the group would be destroyed from the
+        # reducer's destructor, which holds the GIL while it joins gloo's worker thread, and that thread may be
+        # waiting for the GIL to free the last collective's tensors: a hang at exit (seen under torchrun on
+        # CPUs, in the stop-signal test). So the wrapper goes first, and the group is destroyed by
+        # destroy_process_group, which releases the GIL.
+        trainer.forward_model = None
+        gc.collect()  # DDP's hooks hold the wrapper in reference cycles
         # Also after an error: leaving the group ends the peers' pending collectives instead of their timeout.
         distributed.teardown(trainer.env, ok)
     return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
