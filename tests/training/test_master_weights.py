@@ -7,6 +7,7 @@ run (kill and resume).
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from training_helpers import final_weights, overrides, read_metrics, run_cli, ti
 from muomni.config import load_config
 from muomni.errors import ConfigError
 from muomni.models.thinker import Thinker
+from muomni.training import master_weights
 from muomni.training.checkpoint import MODEL_FILE, OPTIMIZER_FILE, latest_checkpoint, load_tensors
 from muomni.training.loss import LossModule
 from muomni.training.master_weights import MasterWeightAdamW, _adamw_reference, attach_compute_weights
@@ -73,17 +75,31 @@ def _optimizers(model: torch.nn.Module, copies: dict) -> tuple[MasterWeightAdamW
     return ours, theirs, pairs
 
 
+def _triton_runs_here() -> bool:
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 @pytest.mark.parametrize("clip", [False, True])
-def test_update_is_pytorch_adamws_and_writes_the_copies(corpus: Path, tmp_path: Path, clip: bool) -> None:
+@pytest.mark.parametrize("triton", [False, True], ids=["pytorch_ops", "triton"])
+def test_update_is_pytorch_adamws_and_writes_the_copies(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip: bool, triton: bool
+) -> None:
+    # The optimizer's own path on this CPU: PyTorch ops, or its Triton kernels in Triton's interpreter.
+    if triton and not _triton_runs_here():
+        pytest.skip("Triton's interpreter was not switched on before Triton was imported")
+    monkeypatch.setattr(master_weights, "TRITON_DEVICES", {"cuda", "cpu"} if triton else {"cuda"})
     model = _model(corpus, tmp_path)
     copies = attach_compute_weights(model)
     ours, theirs, pairs = _optimizers(model, copies)
+    assert ours.triton is triton
     gen = torch.Generator().manual_seed(2)
     for step in range(4):
         for p, q in pairs:
             g = torch.randn(p.shape, generator=gen).to(torch.bfloat16)  # representable in bf16: the same for both
             copies.get(p, p).grad = g if p in copies else g.float()
             q.grad = g.float()
+        norm = torch.linalg.vector_norm(torch.stack([q.grad.double().norm() for _, q in pairs]))
+        torch.testing.assert_close(ours.grad_norm().double(), norm, rtol=1e-6, atol=0)
         divisor = torch.tensor(3.0) if clip else None
         if divisor is not None:
             ours.grad_scale = divisor
@@ -118,11 +134,8 @@ def test_update_is_pytorch_adamws_and_writes_the_copies(corpus: Path, tmp_path: 
 # bytes at a time on a GPU.
 @pytest.mark.parametrize("sizes", [[(4096 + 5,), (7, 33), (3,)], [(2 * 4096,), (48, 16), (16,)]])
 def test_triton_kernel_matches_the_pytorch_ops(sizes: list[tuple[int, ...]]) -> None:
-    if not torch.cuda.is_available():
-        import os
-
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton's interpreter was not switched on before Triton was imported")
+    if not _triton_runs_here():
+        pytest.skip("Triton's interpreter was not switched on before Triton was imported")
     from muomni.training.triton_adamw import adamw_step, block_tables, sum_of_squares, tensor_list
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
