@@ -678,6 +678,12 @@ def norm_qkv_rope(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), cos.stride(0),
     )  # fmt: skip
     shape = {"HEADS": heads, "KV_HEADS": kv_heads, "HALF": half, "HAS_BIAS": biases is not None}
+    if _batched(batch, dim):
+        _batched_norm_qkv_rope[((heads + 2 * kv_heads) * triton.cdiv(half, BATCHED_PAIRS),)](
+            *args, batch, eps, DIM=dim, **shape, PAIRS_PER_BLOCK=BATCHED_PAIRS,
+            **_batched_shape(batch, BATCHED_PAIRS, dim), **_launch(x.device, batch),
+        )  # fmt: skip
+        return q
     if _tiled(batch):
         tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS, **_tile_launch(x.device, batch)}
         tiles = (heads + 2 * kv_heads) * triton.cdiv(half, QKV_TILE_PAIRS)
@@ -909,6 +915,170 @@ def _tile_linear_residual(
         tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
 
 
+# Batched row kernels: from BATCHED_MIN_BATCH to BATCHED_MAX_BATCH rows, a program reads its few weight rows
+# once, as a row kernel does, and applies them to every row of the batch with CUDA cores, in registers: no
+# shared-memory staging, no split-K round trip through memory. Its weights are loaded before
+# `_wait_for_inputs`, then the batch's rows (from L2: every program reads them). They need the layer's width
+# in one load (at most BATCHED_MAX_COLUMNS); wider layers take the tiles.
+# A program's products are laid out flat, one tensor row per (batch row, weight row) pair: the batch's rows
+# and the weight rows are both loaded as [pairs, width] tensors (each read several times, from L1), so that
+# every operand has the same layout and the sums stay within a warp, with no layout conversion through
+# shared memory (a [batch, weight rows, width] product needed three, and ran gate/up at 16 rows in twice the
+# time of the tiles).
+BATCHED_MIN_BATCH = 2
+BATCHED_MAX_BATCH = 4
+BATCHED_MAX_COLUMNS = 2048
+BATCHED_ROWS = 1  # weight rows a program of the output projections and of gate/up (each)
+BATCHED_PAIRS = 1  # row pairs of one head a program of the attention input
+BATCHED_VALUES_PER_THREAD = 128  # warps: a product's [pairs, width] tile at this many a thread
+
+
+@triton.jit
+def _pairs(BB: tl.constexpr, ROWS: tl.constexpr):
+    """A program's (batch row, weight row) pairs, flat: [BB * ROWS] batch rows and weight rows (0 to ROWS)."""
+    i = tl.arange(0, BB * ROWS)
+    return i // ROWS, i % ROWS
+
+
+@triton.jit
+def _pair_weights(w_ptr, w_rows, w_rows_ok, c, c_ok, DIM):
+    """[pairs, width]: each pair's weight row (``w_rows``)."""
+    return tl.load(w_ptr + w_rows[:, None] * DIM + c[None, :], mask=w_rows_ok[:, None] & c_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _pair_gain(norm_ptr, pairs, c, c_ok):
+    """[pairs, width]: the norm's gain, the same row for each of ``pairs`` (loaded before the wait)."""
+    return tl.load(norm_ptr + c[None, :] + 0 * pairs[:, None], mask=c_ok[None, :] & (pairs[:, None] >= 0), other=0.0)
+
+
+@triton.jit
+def _gained_pair_rows(x_ptr, gain, m, m_ok, c, c_ok, stride_xb):
+    """[pairs, width] fp32: each pair's batch row times the norm's gain, and [pairs] the row's sum of squares
+    (the norm's statistic, applied after the products as in the row kernels)."""
+    x = _pair_rows(x_ptr, m, m_ok, c, c_ok, stride_xb)
+    return x * gain.to(tl.float32), tl.sum(x * x, axis=1)
+
+
+@triton.jit
+def _pair_rows(x_ptr, m, m_ok, c, c_ok, stride_xb):
+    """[pairs, width] fp32: each pair's batch row."""
+    ok = m_ok[:, None] & c_ok[None, :]
+    return tl.load(x_ptr + m[:, None] * stride_xb + c[None, :], mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _batched_norm_qkv_rope(
+    x_ptr, norm_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, cos_ptr, sin_ptr, pos_ptr,
+    q_ptr, kc_ptr, vc_ptr,
+    stride_xb, stride_qb, stride_qh,
+    stride_kcb, stride_kch, stride_kcs, stride_vcb, stride_vch, stride_vcs, stride_rope,
+    batch, eps,
+    DIM: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PAIRS_PER_BLOCK: tl.constexpr, BB: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # Program (head block): _norm_qkv_rope's row pairs of one head for every row of the batch.
+    _let_next_kernel_start(PDL)
+    block = tl.program_id(0)
+    blocks_per_head: tl.constexpr = (HALF + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK
+    head = block // blocks_per_head
+    m, jj = _pairs(BB, PAIRS_PER_BLOCK)
+    j = (block % blocks_per_head) * PAIRS_PER_BLOCK + jj  # pair within the head
+    c = tl.arange(0, COLUMNS)
+    j_ok, m_ok, c_ok = j < HALF, m < batch, c < DIM
+    w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
+    bias_low, bias_high = _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS)
+    gain = _pair_gain(norm_ptr, m, c, c_ok)
+    w_low = _pair_weights(w_ptr, row + j, j_ok, c, c_ok, DIM)
+    w_high = _pair_weights(w_ptr, row + HALF + j, j_ok, c, c_ok, DIM)
+    _wait_for_inputs(PDL)
+    pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
+    gx, squares = _gained_pair_rows(x_ptr, gain, m, m_ok, c, c_ok, stride_xb)
+    inv_rms = 1.0 / tl.sqrt(squares / DIM + eps)
+    low = tl.sum(w_low.to(tl.float32) * gx, axis=1) * inv_rms + bias_low
+    high = tl.sum(w_high.to(tl.float32) * gx, axis=1) * inv_rms + bias_high
+    dtype = x_ptr.dtype.element_ty
+    low, high = low.to(dtype).to(tl.float32), high.to(dtype).to(tl.float32)  # the projection's output
+    if head < HEADS + KV_HEADS:  # q and k turn by their position: x * cos + rotate_half(x) * sin
+        low, high = low * cos - high * sin, high * cos + low * sin
+    ok = m_ok & j_ok
+    if head < HEADS:
+        at = q_ptr + m * stride_qb + head * stride_qh + j
+        tl.store(at, low.to(q_ptr.dtype.element_ty), mask=ok)
+        tl.store(at + HALF, high.to(q_ptr.dtype.element_ty), mask=ok)
+    elif head < HEADS + KV_HEADS:
+        at = kc_ptr + m * stride_kcb + (head - HEADS) * stride_kch + pos * stride_kcs + j
+        tl.store(at, low.to(kc_ptr.dtype.element_ty), mask=ok)
+        tl.store(at + HALF, high.to(kc_ptr.dtype.element_ty), mask=ok)
+    else:
+        at = vc_ptr + m * stride_vcb + (head - HEADS - KV_HEADS) * stride_vch + pos * stride_vcs + j
+        tl.store(at, low.to(vc_ptr.dtype.element_ty), mask=ok)
+        tl.store(at + HALF, high.to(vc_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _batched_norm_gate_up(
+    x_ptr, norm_ptr, wg_ptr, wu_ptr, h_ptr,
+    stride_xb, stride_hb,
+    batch, rows, eps,
+    DIM: tl.constexpr, ROWS: tl.constexpr, BB: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # Program (row block): rows of silu(gate) * up applied to RMSNorm of every row of the batch.
+    _let_next_kernel_start(PDL)
+    m, rr = _pairs(BB, ROWS)
+    r = tl.program_id(0) * ROWS + rr
+    c = tl.arange(0, COLUMNS)
+    r_ok, m_ok, c_ok = r < rows, m < batch, c < DIM
+    gain = _pair_gain(norm_ptr, m, c, c_ok)
+    w_gate = _pair_weights(wg_ptr, r, r_ok, c, c_ok, DIM)
+    w_up = _pair_weights(wu_ptr, r, r_ok, c, c_ok, DIM)
+    _wait_for_inputs(PDL)
+    gx, squares = _gained_pair_rows(x_ptr, gain, m, m_ok, c, c_ok, stride_xb)
+    inv_rms = 1.0 / tl.sqrt(squares / DIM + eps)
+    dtype = h_ptr.dtype.element_ty
+    gate = (tl.sum(w_gate.to(tl.float32) * gx, axis=1) * inv_rms).to(dtype).to(tl.float32)  # rounded as the
+    up = (tl.sum(w_up.to(tl.float32) * gx, axis=1) * inv_rms).to(dtype).to(tl.float32)  # modules round them
+    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    tl.store(h_ptr + m * stride_hb + r, (silu * up).to(dtype), mask=m_ok & r_ok)
+
+
+@triton.jit
+def _batched_linear_residual(
+    h_ptr, w_ptr, x_ptr, out_ptr,
+    stride_hb, stride_xb, stride_ob,
+    batch, rows,
+    DIM: tl.constexpr, ROWS: tl.constexpr, BB: tl.constexpr, COLUMNS: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # Program (row block): x + rows of h W^T for every row of the batch. The residual is loaded in the same
+    # [pairs, width] layout as h (its first column only) and summed out with the product.
+    _let_next_kernel_start(PDL)
+    m, rr = _pairs(BB, ROWS)
+    r = tl.program_id(0) * ROWS + rr
+    c = tl.arange(0, COLUMNS)
+    r_ok, m_ok, c_ok = r < rows, m < batch, c < DIM
+    w = _pair_weights(w_ptr, r, r_ok, c, c_ok, DIM)
+    _wait_for_inputs(PDL)
+    ok = m_ok & r_ok
+    first = ok[:, None] & (c[None, :] == 0)
+    x = tl.sum(tl.load(x_ptr + m[:, None] * stride_xb + r[:, None] + 0 * c[None, :], mask=first, other=0.0), axis=1)
+    acc = tl.sum(_pair_rows(h_ptr, m, m_ok, c, c_ok, stride_hb) * w.to(tl.float32), axis=1)
+    dtype = out_ptr.dtype.element_ty
+    y = x.to(tl.float32) + acc.to(dtype).to(tl.float32)  # the product rounded as the module rounds it, then the add
+    tl.store(out_ptr + m * stride_ob + r, y.to(dtype), mask=ok)
+
+
+def _batched(batch: int, *widths: int) -> bool:
+    """Whether ``batch`` rows of layers ``widths`` deep go to the batched row kernels."""
+    return BATCHED_MIN_BATCH <= batch <= BATCHED_MAX_BATCH and max(widths) <= BATCHED_MAX_COLUMNS
+
+
+def _batched_shape(batch: int, rows: int, dim: int) -> dict:
+    """A batched row kernel's batch block, width and warps for ``rows`` weight rows a program."""
+    block, columns = triton.next_power_of_2(batch), triton.next_power_of_2(dim)
+    warps = block * rows * columns // (32 * BATCHED_VALUES_PER_THREAD)
+    return {"BB": block, "COLUMNS": columns, "num_warps": min(8, max(1, warps))}
+
+
 def _tiled(batch: int) -> bool:
     """Whether ``batch`` rows go to the tile kernels (more than TILE_ROWS go back to the row kernels)."""
     return TILE_MIN_BATCH <= batch <= TILE_ROWS
@@ -966,6 +1136,12 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     batch, rows = x.shape
     dim = h.shape[1]
     out = torch.empty_like(x)
+    if _batched(batch, dim):
+        _batched_linear_residual[(triton.cdiv(rows, BATCHED_ROWS),)](
+            h, weight, x, out, h.stride(0), x.stride(0), out.stride(0), batch, rows, DIM=dim, ROWS=BATCHED_ROWS,
+            **_batched_shape(batch, BATCHED_ROWS, dim), **_launch(x.device, batch),
+        )  # fmt: skip
+        return out
     if _tiled(batch):
         tiles, tile = triton.cdiv(rows, TILE_COLUMNS), _tile_shape(batch, weight.dtype, dim)
         splits, parts, locks = _split_buffers(x, tiles, tile, LINEAR_SPLITS, dim, tile["BM"] * TILE_COLUMNS)
@@ -999,7 +1175,12 @@ def swiglu_residual(
     w_gate, w_up, w_down = weights
     hidden = w_gate.shape[0]
     h = torch.empty(batch, hidden, dtype=x.dtype, device=x.device)
-    if _tiled(batch):
+    if _batched(batch, dim):
+        _batched_norm_gate_up[(triton.cdiv(hidden, BATCHED_ROWS),)](
+            x, norm_weight, w_gate, w_up, h, x.stride(0), h.stride(0), batch, hidden, eps, DIM=dim,
+            ROWS=BATCHED_ROWS, **_batched_shape(batch, BATCHED_ROWS, dim), **_launch(x.device, batch),
+        )  # fmt: skip
+    elif _tiled(batch):
         tile = {**_gate_up_shape(batch, w_gate.dtype, dim), **_tile_launch(x.device, batch)}
         tiles = triton.cdiv(hidden, tile["BN"])
         most = GATE_UP_SPLITS if tile["BM"] == 16 else 1

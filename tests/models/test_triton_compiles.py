@@ -34,13 +34,17 @@ ROW_KERNELS = {
     "_norm_linear": {"DIM": 768, "ROWS": 8, "COLUMNS": 1024, **PDL},
     "_norm_gate_up": {"DIM": 768, "ROWS": 1, "COLUMNS": 1024, **PDL},
     "_down_residual": {"DIM": 2048, "ROWS": 1, "COLUMNS": 2048, **PDL},
+    # The batched row kernels at 16 rows, as their wrapper launches them (see BATCHED in CHILD).
+    "_batched_norm_qkv_rope": {**ROPE, "DIM": 768, "PAIRS_PER_BLOCK": 2},
+    "_batched_norm_gate_up": {"DIM": 768, "ROWS": 2},
+    "_batched_linear_residual": {"DIM": 2048, "ROWS": 2},
 }  # fmt: skip
 # The tile kernels launch with PDL or without it by their rows, as their wrappers choose (in CHILD).
 TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range", "_gather_pair", "_arrive",
            "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t", "_batch_rows", "_gained_rows",
-           "_dot", "_normed_pair_first", "_normed_pair_steps"}  # fmt: skip
+           "_dot", "_normed_pair_first", "_normed_pair_steps", "_pairs", "_gained_weights", "_pair_rows"}  # fmt: skip
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
 SPLIT_K = {"_tile_norm_qkv_rope", "_tile_norm_gate_up", "_tile_linear_residual"}
 CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, constexprs in ROW_KERNELS.items()} | {
@@ -75,6 +79,11 @@ found = sorted(n for n, obj in vars(td).items() if isinstance(obj, triton.runtim
 results = {"found": found}
 for case, (name, constexprs, dtype, rows, dim) in cases.items():
     kernel, options = getattr(td, name), {}
+    if name.startswith("_batched"):  # the configuration the wrapper would choose, at 16 rows
+        per_program = constexprs.get("ROWS", constexprs.get("PAIRS_PER_BLOCK"))
+        shape = td._batched_shape(16, per_program, constexprs["DIM"])
+        options["num_warps"] = shape.pop("num_warps")
+        constexprs = {**constexprs, **shape}
     if rows is not None:  # the configuration the wrapper would choose
         choose = td._gate_up_shape if name == "_tile_norm_gate_up" else td._tile_shape
         shape = choose(rows, getattr(torch, dtype), dim)
