@@ -35,7 +35,8 @@ def _reference(attn: Attention, norm: RMSNorm, x: torch.Tensor, cos, sin, pos: i
     ("batch", "d_model", "heads", "kv_heads", "bias"),
     [
         (1, 64, 4, 2, False),  # the test models' shape: head width 16, 8 pairs
-        (3, 768, 12, 4, False),  # the small preset's shape, three rows
+        (3, 768, 12, 4, False),  # the small preset's shape, three rows (batched row kernels, 2 to 4 rows)
+        (4, 256, 4, 2, True),  # the tiny preset's shape at batch 4, with biases
         (2, 96, 2, 1, True),  # Qwen2's q/k/v biases; head width 48 (24 pairs, not a multiple of the block)
         (1, 300, 6, 6, False),  # a model width that is not a power of two; no grouping
         (1, 1200, 10, 5, False),  # wider than one loop iteration (the second one half masked)

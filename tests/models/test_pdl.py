@@ -2,11 +2,11 @@
 
 With PDL a kernel starts while the one before it still runs and must wait before it reads what that one
 wrote; a read placed before its wait is a race, which shows as different numbers. Here a few layers of
-decode steps (attention input, split-KV attention, output projection, MLP, head), at batch 1 (row kernels)
-and 16 (tiles, split-K), run replayed from a CUDA graph with PDL and launched one by one without it, and
-their logits and caches must agree exactly. That part needs a Hopper GPU; the rest runs anywhere: no
-launch off such a GPU asks for PDL (Triton's interpreter, which runs the kernel tests there, has none),
-and the tile kernels' arithmetic on the PDL path is that of the loop it replaces.
+decode steps (attention input, split-KV attention, output projection, MLP, head), at batch 1 (row kernels),
+4 (batched row kernels) and 16 (tiles, split-K), run replayed from a CUDA graph with PDL and launched one
+by one without it, and their logits and caches must agree exactly. That part needs a Hopper GPU; the rest
+runs anywhere: no launch off such a GPU asks for PDL (Triton's interpreter, which runs the kernel tests
+there, has none), and the tile kernels' arithmetic on the PDL path is that of the loop it replaces.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _run(p: dict, x: torch.Tensor, steps: int, pdl: bool, monkeypatch: pytest.Mo
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs an NVIDIA GPU with programmatic dependent launch (Hopper on)")
-@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("batch", [1, 4, 16])
 def test_kernels_launched_with_pdl_compute_what_they_compute_without(
     batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

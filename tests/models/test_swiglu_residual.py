@@ -28,7 +28,10 @@ FP32, BF16 = torch.float32, torch.bfloat16
         (1, 768, 2048, None, FP32),  # the small preset's shape (one row: the interpreter runs a program a row)
         (2, 300, 90, None, FP32),  # widths that are not powers of two; two rows
         (2, 300, 90, None, BF16),
-        (2, 100, 200, 32, FP32),  # rows wider than one loop iteration (as past 1,024 / 2,048 columns), masked
+        (2, 100, 200, 32, FP32),  # widths that are not powers of two; batched rows (loops only for one row)
+        # Two to BATCHED_MAX_BATCH rows: batched row kernels, the weights read once for every row.
+        (4, 768, 256, None, BF16),  # the small preset's width at batch 4
+        (1, 100, 200, 32, FP32),  # rows wider than one loop iteration (as past 1,024 / 2,048 columns), masked
         # From TILE_MIN_BATCH rows: tensor-core tiles over the whole batch.
         (16, 768, 2048, None, FP32),  # the small preset at batch 16
         (16, 768, 2048, None, BF16),
@@ -71,15 +74,17 @@ def test_swiglu_residual_matches_the_modules(
         assert error(got) <= factor * error(want) + 1e-3, (error(got), error(want))
 
 
-@pytest.mark.parametrize("batch", [1, 3, 16])
+@pytest.mark.parametrize(("batch", "depth"), [(1, 300), (3, 300), (4, 300), (16, 300), (2, 2060)])
 @pytest.mark.parametrize("dtype", [FP32, BF16])
-def test_linear_residual_matches_the_modules(batch: int, dtype: torch.dtype) -> None:
-    """``x + h W^T`` (a block's output projection and residual add): row kernels below TILE_MIN_BATCH rows,
-    tiles from there; bf16 rounds the product before the add, as ``x + o_proj(h)`` does."""
+def test_linear_residual_matches_the_modules(batch: int, depth: int, dtype: torch.dtype) -> None:
+    """``x + h W^T`` (a block's output projection and residual add): row kernels for one row, batched row
+    kernels up to BATCHED_MAX_BATCH, tiles from TILE_MIN_BATCH; bf16 rounds the product before the add, as
+    ``x + o_proj(h)`` does. 2,060 deep is more than the batched kernels take: the row kernels, a row each."""
     torch.manual_seed(0)
-    proj = torch.nn.Linear(300, 200, bias=False).to(DEVICE, dtype)
-    x = torch.randn(batch, 200, device=DEVICE, dtype=dtype)
-    h = torch.randn(batch, 300, device=DEVICE, dtype=dtype)
+    rows = 200 if depth <= 300 else 24
+    proj = torch.nn.Linear(depth, rows, bias=False).to(DEVICE, dtype)
+    x = torch.randn(batch, rows, device=DEVICE, dtype=dtype)
+    h = torch.randn(batch, depth, device=DEVICE, dtype=dtype)
     with torch.no_grad():
         want = x + proj(h)
         got = triton_decode.linear_residual(x, h, proj.weight)
@@ -158,3 +163,12 @@ def test_the_layers_hand_the_fused_kernels_no_more_rows_than_a_tile_takes() -> N
     from muomni.models import layers
 
     assert triton_decode.TILE_MIN_BATCH <= layers.FUSED_MAX_BATCH <= triton_decode.TILE_ROWS
+
+
+def test_each_batch_goes_to_the_kernels_meant_for_it() -> None:
+    """Row kernels for one row (and for widths the batched kernels do not take), batched row kernels for two
+    to BATCHED_MAX_BATCH rows, tiles from TILE_MIN_BATCH to TILE_ROWS, row kernels again past it."""
+    assert triton_decode.BATCHED_MAX_BATCH < triton_decode.TILE_MIN_BATCH
+    assert [triton_decode._batched(b, 768, 2048) for b in (1, 2, 4, 5)] == [False, True, True, False]
+    assert not triton_decode._batched(2, 768, triton_decode.BATCHED_MAX_COLUMNS + 1)
+    assert [triton_decode._tiled(b) for b in (4, 5, 64, 65)] == [False, True, True, False]
