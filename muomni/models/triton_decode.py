@@ -915,22 +915,31 @@ def _tile_linear_residual(
         tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
 
 
-# Batched row kernels: from BATCHED_MIN_BATCH to BATCHED_MAX_BATCH rows, a program reads its few weight rows
-# once, as a row kernel does, and applies them to every row of the batch with CUDA cores, in registers: no
-# shared-memory staging, no split-K round trip through memory. Its weights are loaded before
-# `_wait_for_inputs`, then the batch's rows (from L2: every program reads them). They need the layer's width
-# in one load (at most BATCHED_MAX_COLUMNS); wider layers take the tiles.
+# Batched row kernels: from BATCHED_MIN_BATCH to BATCHED_MAX_BATCH rows, a program reads its weight row
+# once, as a row kernel does, and applies it to every row of the batch with CUDA cores, in registers (the
+# row kernels read the weights once per row of the batch). Its weights are loaded before
+# `_wait_for_inputs`, then the batch's rows (from L2: every program reads them). They need the layer's
+# width in one load (at most BATCHED_MAX_COLUMNS); wider layers take the row kernels.
 # A program's products are laid out flat, one tensor row per (batch row, weight row) pair: the batch's rows
 # and the weight rows are both loaded as [pairs, width] tensors (each read several times, from L1), so that
-# every operand has the same layout and the sums stay within a warp, with no layout conversion through
-# shared memory (a [batch, weight rows, width] product needed three, and ran gate/up at 16 rows in twice the
-# time of the tiles).
+# every operand has the same layout and the sums stay within a warp: products formed as [batch, weight
+# rows, width] broadcasts needed layout conversions through shared memory. On an H200, end to end,
+# alternating processes on one start (docs/results/h200_decode_batched_rows.json): tiny preset batch 4
+# 47,262 and 47,006 tokens/s against 43,525 and 42,471 with the row kernels, small preset 11,811 against
+# 9,803; batch 2 +6% for the small preset, within the spread (+7%, -3%) for the tiny one. Not from 5 rows:
+# at 16, with up to 16 rows a program, the tiles were faster (tiny 155,889 against 171,620 tokens/s; small
+# 8,299 against 43,429: its gate/up programs of [32, 1,024] pairs spill registers). The output head stays
+# with its row kernel: batched, it took 121.6 us a call at small batch 4 against 60.0.
 BATCHED_MIN_BATCH = 2
 BATCHED_MAX_BATCH = 4
 BATCHED_MAX_COLUMNS = 2048
-BATCHED_ROWS = 1  # weight rows a program of the output projections and of gate/up (each)
-BATCHED_PAIRS = 1  # row pairs of one head a program of the attention input
-BATCHED_VALUES_PER_THREAD = 128  # warps: a product's [pairs, width] tile at this many a thread
+# Weight rows a program (of gate and of up each), row pairs of one head a program of the attention input,
+# and the warps, chosen so that a product's [pairs, width] tile holds this many values a thread: of 1/2/4
+# rows x 32/64/128 values (kernels alone, docs/results/h200_decode_batched_rows.json), 1 x 128 ran the
+# MLP half within 0.6 us a layer of the fastest at batch 2 and 4 of both presets (its costliest kernel).
+BATCHED_ROWS = 1
+BATCHED_PAIRS = 1
+BATCHED_VALUES_PER_THREAD = 128
 
 
 @triton.jit

@@ -34,10 +34,10 @@ ROW_KERNELS = {
     "_norm_linear": {"DIM": 768, "ROWS": 8, "COLUMNS": 1024, **PDL},
     "_norm_gate_up": {"DIM": 768, "ROWS": 1, "COLUMNS": 1024, **PDL},
     "_down_residual": {"DIM": 2048, "ROWS": 1, "COLUMNS": 2048, **PDL},
-    # The batched row kernels at 16 rows, as their wrapper launches them (see BATCHED in CHILD).
-    "_batched_norm_qkv_rope": {**ROPE, "DIM": 768, "PAIRS_PER_BLOCK": 2},
-    "_batched_norm_gate_up": {"DIM": 768, "ROWS": 2},
-    "_batched_linear_residual": {"DIM": 2048, "ROWS": 2},
+    # The batched row kernels at their most rows, as their wrappers launch them (in CHILD).
+    "_batched_norm_qkv_rope": {**ROPE, "DIM": 768, "PAIRS_PER_BLOCK": 1},
+    "_batched_norm_gate_up": {"DIM": 768, "ROWS": 1},
+    "_batched_linear_residual": {"DIM": 2048, "ROWS": 1},
 }  # fmt: skip
 # The tile kernels launch with PDL or without it by their rows, as their wrappers choose (in CHILD).
 TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
@@ -79,9 +79,9 @@ found = sorted(n for n, obj in vars(td).items() if isinstance(obj, triton.runtim
 results = {"found": found}
 for case, (name, constexprs, dtype, rows, dim) in cases.items():
     kernel, options = getattr(td, name), {}
-    if name.startswith("_batched"):  # the configuration the wrapper would choose, at 16 rows
+    if name.startswith("_batched"):  # the configuration the wrapper would choose, at its most rows
         per_program = constexprs.get("ROWS", constexprs.get("PAIRS_PER_BLOCK"))
-        shape = td._batched_shape(16, per_program, constexprs["DIM"])
+        shape = td._batched_shape(td.BATCHED_MAX_BATCH, per_program, constexprs["DIM"])
         options["num_warps"] = shape.pop("num_warps")
         constexprs = {**constexprs, **shape}
     if rows is not None:  # the configuration the wrapper would choose
