@@ -83,10 +83,12 @@ class LaunchedStep:
     """An optimizer step whose work is queued on the device; :meth:`result` waits for its loss and gradient
     norm (not for its update, which the device may still be running) and reads them, once."""
 
-    def __init__(self, number: int, lr: float, read: Callable[[], list[float]]) -> None:
+    def __init__(self, number: int, lr: float, read: Callable[[], list[float]], launch_seconds: float = 0.0) -> None:
         self.number, self.lr = number, lr  # number: 1 for the run's first step
         self._read = read
         self._result: StepResult | None = None
+        # The host's time to launch it: where the device runs work as it is launched (a CPU), the step's time.
+        self.launch_seconds = launch_seconds
 
     def result(self) -> StepResult:
         if self._result is None:
@@ -259,6 +261,7 @@ class Trainer:
         result says whether any rank had one. Where the update is not skipped on the device
         (:attr:`skips_on_device`), the host reads the loss here and the step is complete on return.
         """
+        started = time.perf_counter()
         number = self.progress.step + ahead + 1
         lr = self.state.schedule(self.progress.applied_steps + ahead)
         set_lr(self.optimizer, lr)
@@ -277,7 +280,8 @@ class Trainer:
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
         fault_point("mid_step", number)
-        return LaunchedStep(number, lr, self.update(loss_sum, stop_requested))
+        read = self.update(loss_sum, stop_requested)
+        return LaunchedStep(number, lr, read, launch_seconds=time.perf_counter() - started)
 
     def update(self, loss_sum: torch.Tensor, stop_requested: bool = False) -> Callable[[], list[float]]:
         """The end of a step, after its backward passes: clip, step unless non-finite, clear the gradients.
@@ -422,8 +426,12 @@ class Trainer:
     def _land(self, launched: LaunchedStep, log: RunLog, stop: StopSignals) -> None:
         """Read a launched step's loss, count and log it, then act on a stop signal or the periodic actions."""
         result = launched.result()
-        now = time.perf_counter()
-        self._after_step(log, result, now - self._landed_at)
+        # A step's time is the time since the step before landed; but with overlapped steps on a device that
+        # runs work as it is launched (a CPU), the step before landed after this one's work was done (its
+        # launch came first), so a step landing with none launched after it (the last, or one before
+        # validation) would show almost no time: its own launch is its time there.
+        seconds = max(time.perf_counter() - self._landed_at, launched.launch_seconds)
+        self._after_step(log, result, seconds)
         fault_point("step_end", self.progress.step)
         distributed.inject_failure(self.env, self.progress.step)
         if not self._diverged and not self._stop_agreed(stop, result):
