@@ -950,6 +950,16 @@ def _pairs(BB: tl.constexpr, ROWS: tl.constexpr):
 
 
 @triton.jit
+def _row_block_pairs(batch, rows, DIM, BB: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
+    """This program's pairs of batch rows ``m`` and weight rows ``r`` (its block of ROWS weight rows), the
+    columns ``c``, and which of each are in bounds."""
+    m, rr = _pairs(BB, ROWS)
+    r = tl.program_id(0) * ROWS + rr
+    c = tl.arange(0, COLUMNS)
+    return m, r, c, m < batch, r < rows, c < DIM
+
+
+@triton.jit
 def _pair_weights(w_ptr, w_rows, w_rows_ok, c, c_ok, DIM):
     """[pairs, width]: each pair's weight row (``w_rows``)."""
     return tl.load(w_ptr + w_rows[:, None] * DIM + c[None, :], mask=w_rows_ok[:, None] & c_ok[None, :], other=0.0)
@@ -1034,10 +1044,7 @@ def _batched_norm_gate_up(
 ):  # fmt: skip
     # Program (row block): rows of silu(gate) * up applied to RMSNorm of every row of the batch.
     _let_next_kernel_start(PDL)
-    m, rr = _pairs(BB, ROWS)
-    r = tl.program_id(0) * ROWS + rr
-    c = tl.arange(0, COLUMNS)
-    r_ok, m_ok, c_ok = r < rows, m < batch, c < DIM
+    m, r, c, m_ok, r_ok, c_ok = _row_block_pairs(batch, rows, DIM, BB, ROWS, COLUMNS)
     gain = _pair_gain(norm_ptr, m, c, c_ok)
     w_gate = _pair_weights(wg_ptr, r, r_ok, c, c_ok, DIM)
     w_up = _pair_weights(wu_ptr, r, r_ok, c, c_ok, DIM)
@@ -1061,10 +1068,7 @@ def _batched_linear_residual(
     # Program (row block): x + rows of h W^T for every row of the batch. The residual is loaded in the same
     # [pairs, width] layout as h (its first column only) and summed out with the product.
     _let_next_kernel_start(PDL)
-    m, rr = _pairs(BB, ROWS)
-    r = tl.program_id(0) * ROWS + rr
-    c = tl.arange(0, COLUMNS)
-    r_ok, m_ok, c_ok = r < rows, m < batch, c < DIM
+    m, r, c, m_ok, r_ok, c_ok = _row_block_pairs(batch, rows, DIM, BB, ROWS, COLUMNS)
     w = _pair_weights(w_ptr, r, r_ok, c, c_ok, DIM)
     _wait_for_inputs(PDL)
     ok = m_ok & r_ok
