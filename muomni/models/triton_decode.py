@@ -926,7 +926,8 @@ def _tile_linear_residual(
 # rows, width] broadcasts needed layout conversions through shared memory. On an H200, end to end,
 # alternating processes on one start (docs/results/h200_decode_batched_rows.json): tiny preset batch 4
 # 47,262 and 47,006 tokens/s against 43,525 and 42,471 with the row kernels, small preset 11,811 against
-# 9,803; batch 2 +6% for the small preset, within the spread (+7%, -3%) for the tiny one. Not from 5 rows:
+# 9,803 (+19% and +19% on another start); batch 2 +6% to +9% for the small preset, within the spread (+7%,
+# -3%) for the tiny one. Not from 5 rows:
 # at 16, with up to 16 rows a program, the tiles were faster (tiny 155,889 against 171,620 tokens/s; small
 # 8,299 against 43,429: its gate/up programs of [32, 1,024] pairs spill registers). The output head stays
 # with its row kernel: batched, it took 121.6 us a call at small batch 4 against 60.0.
