@@ -25,9 +25,10 @@ TRITON_DEVICES = {"cuda"}
 # batch 4 at 8,017 tokens/s with it (and the MLP's row kernels), batch 16 at 13,583 and batch 64 at 16,890;
 # with them up to batch 4 only, on another machine start, 7,932, 22,180 and 42,176.
 HEAD_FUSED_MAX_BATCH = 4
-# The most rows a decode step hands to the fused MLP and output-projection kernels (row kernels for a few
-# rows, tensor-core tiles over the whole batch from triton_decode.TILE_MIN_BATCH to its TILE_ROWS, which
-# this must not pass: beyond it the kernels fall back to reading the weights once per row).
+# The most rows a decode step hands to the fused MLP and output-projection kernels (row kernels for one row,
+# batched row kernels up to triton_decode.BATCHED_MAX_BATCH, tensor-core tiles over the whole batch from
+# its TILE_MIN_BATCH to its TILE_ROWS, which this must not pass: beyond it the kernels fall back to reading
+# the weights once per row).
 FUSED_MAX_BATCH = 64
 
 

@@ -661,7 +661,8 @@ def norm_qkv_rope(
     x [B, D] (the residual stream before the norm), weights (q [H*Dh, D], k and v [H_kv*Dh, D], contiguous),
     cos/sin [>pos, Dh] the RoPE tables (their row ``pos`` is read), pos [1] the new token's position and
     cache slot, k/v_cache [>=B, H_kv, S, Dh]: the new key and value are written at slot ``pos``. Returns q
-    [B, H, 1, Dh] after RoPE. Tensor-core tiles for TILE_MIN_BATCH to TILE_ROWS rows, row kernels otherwise.
+    [B, H, 1, Dh] after RoPE. Batched row kernels for BATCHED_MIN_BATCH to BATCHED_MAX_BATCH rows,
+    tensor-core tiles for TILE_MIN_BATCH to TILE_ROWS, row kernels otherwise.
     """
     batch, dim = x.shape
     wq, wk, wv = weights
@@ -1144,7 +1145,8 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
     """``x + h W^T`` in one kernel: x [B, N], h [B, K], weight [N, K] contiguous -> [B, N] in x's dtype.
 
     A bias-free projection onto the residual stream (a block's output projection or MLP down projection)
-    of a decode step. From TILE_MIN_BATCH to TILE_ROWS rows, tensor-core tiles over the whole batch;
+    of a decode step. From BATCHED_MIN_BATCH to BATCHED_MAX_BATCH rows, batched row kernels (a weight row
+    read once for the batch); from TILE_MIN_BATCH to TILE_ROWS, tensor-core tiles over the whole batch;
     otherwise one program per weight row and batch row.
     """
     batch, rows = x.shape
@@ -1183,7 +1185,8 @@ def swiglu_residual(
     x [B, D] the residual stream, weights (gate and up [F, D], down [D, F], contiguous) -> [B, D]. The first
     kernel does the norm (gathered in the same pass as the products, as in :func:`norm_qkv_rope`), both
     projections and the SwiGLU product; the second the down projection and the residual add
-    (:func:`linear_residual`). Tensor-core tiles for TILE_MIN_BATCH to TILE_ROWS rows, row kernels otherwise.
+    (:func:`linear_residual`). Batched row kernels for BATCHED_MIN_BATCH to BATCHED_MAX_BATCH rows,
+    tensor-core tiles for TILE_MIN_BATCH to TILE_ROWS, row kernels otherwise.
     """
     batch, dim = x.shape
     w_gate, w_up, w_down = weights
