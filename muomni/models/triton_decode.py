@@ -928,10 +928,10 @@ def _tile_linear_residual(
 # alternating processes on one start (docs/results/h200_decode_batched_rows.json): tiny preset batch 4
 # 47,262 and 47,006 tokens/s against 43,525 and 42,471 with the row kernels, small preset 11,811 against
 # 9,803 (+19% and +19% on another start); batch 2 +6% to +9% for the small preset, within the spread (+7%,
-# -3%) for the tiny one. Not from 5 rows:
-# at 16, with up to 16 rows a program, the tiles were faster (tiny 155,889 against 171,620 tokens/s; small
-# 8,299 against 43,429: its gate/up programs of [32, 1,024] pairs spill registers). The output head stays
-# with its row kernel: batched, it took 121.6 us a call at small batch 4 against 60.0.
+# -3%) for the tiny one. Not from 5 rows: at 16, with up to 16 rows a program, the tiles were faster (tiny
+# 155,889 against 171,620 tokens/s; small 8,299 against 43,429: its gate/up programs of [32, 1,024] pairs
+# spill registers). The output head stays with its row kernel: batched, it took 121.6 us a call at small
+# batch 4 against 60.0.
 BATCHED_MIN_BATCH = 2
 BATCHED_MAX_BATCH = 4
 BATCHED_MAX_COLUMNS = 2048
@@ -969,7 +969,8 @@ def _pair_weights(w_ptr, w_rows, w_rows_ok, c, c_ok, DIM):
 
 @triton.jit
 def _pair_gain(norm_ptr, pairs, c, c_ok):
-    """[pairs, width]: the norm's gain, the same row for each of ``pairs`` (loaded before the wait)."""
+    """[pairs, width]: the norm's gain, the same row for each of ``pairs`` (loaded before the wait). Loaded
+    in the pairs' shape (the mask too), so that it has the layout of the rows it multiplies."""
     return tl.load(norm_ptr + c[None, :] + 0 * pairs[:, None], mask=c_ok[None, :] & (pairs[:, None] >= 0), other=0.0)
 
 
