@@ -291,6 +291,15 @@ QKV_WARPS = 2
 
 
 @triton.jit
+def _head_block(HALF: tl.constexpr, PAIRS: tl.constexpr):
+    """The q/k/v head of this program (the q heads first, then k, then v; each split into blocks of PAIRS
+    row pairs) and the first pair of its block."""
+    block = tl.program_id(0)
+    blocks_per_head: tl.constexpr = (HALF + PAIRS - 1) // PAIRS
+    return block // blocks_per_head, (block % blocks_per_head) * PAIRS
+
+
+@triton.jit
 def _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF):
     """The weight and bias of q/k/v head ``head`` (the q heads first, then k, then v) and its first row."""
     if head < HEADS:
@@ -340,10 +349,9 @@ def _norm_qkv_rope(
 ):  # fmt: skip
     # Program (head block, b): rows i and i + Dh/2 of one q, k or v head applied to RMSNorm(x[b]), RoPE, store.
     _let_next_kernel_start(PDL)
-    block, b = tl.program_id(0), tl.program_id(1)
-    blocks_per_head: tl.constexpr = (HALF + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK
-    head = block // blocks_per_head
-    j = (block % blocks_per_head) * PAIRS_PER_BLOCK + tl.arange(0, PAIRS_PER_BLOCK)  # [P]: pair within the head
+    b = tl.program_id(1)
+    head, first_pair = _head_block(HALF, PAIRS_PER_BLOCK)
+    j = first_pair + tl.arange(0, PAIRS_PER_BLOCK)  # [P]: pair within the head
     j_ok = j < HALF
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
     bias_low, bias_high = _qkv_biases(j, j_ok, bias_ptr, row, HALF, HAS_BIAS)
@@ -584,10 +592,8 @@ def _tile_norm_qkv_rope(
     # Program (pair block, split): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on
     # tensor cores, over the split's share of the depth.
     _let_next_kernel_start(PDL)
-    block = tl.program_id(0)
-    blocks_per_head: tl.constexpr = (HALF + BN - 1) // BN
-    head = block // blocks_per_head
-    j = (block % blocks_per_head) * BN + tl.arange(0, BN)  # [BN]: pair within the head
+    head, first_pair = _head_block(HALF, BN)
+    j = first_pair + tl.arange(0, BN)  # [BN]: pair within the head
     m = tl.arange(0, BM)
     j_ok, m_ok = j < HALF, m < batch
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
@@ -1001,11 +1007,9 @@ def _batched_norm_qkv_rope(
 ):  # fmt: skip
     # Program (head block): _norm_qkv_rope's row pairs of one head for every row of the batch.
     _let_next_kernel_start(PDL)
-    block = tl.program_id(0)
-    blocks_per_head: tl.constexpr = (HALF + PAIRS_PER_BLOCK - 1) // PAIRS_PER_BLOCK
-    head = block // blocks_per_head
+    head, first_pair = _head_block(HALF, PAIRS_PER_BLOCK)
     m, jj = _pairs(BB, PAIRS_PER_BLOCK)
-    j = (block % blocks_per_head) * PAIRS_PER_BLOCK + jj  # pair within the head
+    j = first_pair + jj  # pair within the head
     c = tl.arange(0, COLUMNS)
     j_ok, m_ok, c_ok = j < HALF, m < batch, c < DIM
     w_ptr, bias_ptr, row = _head_weights(head, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr, HEADS, KV_HEADS, HALF)
