@@ -79,6 +79,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.defaults["fused"] = self.triton
         self._steps = torch.zeros((), dtype=torch.float32, device=self.device)
         self._tables: dict[tuple, Any] = {}  # the Triton kernels' tables, by class of parameters
+        # This step's gradient tables, by class: built by grad_norm, taken by step (one build and one copy to
+        # the device a step, not two). Dropped by step and zero_grad, so no step's gradients outlive it here.
+        self._grad_lists: dict[tuple, tuple[list[int], Any]] = {}
 
     # --- gradients ---
     def grad_tensors(self) -> list[torch.Tensor]:
@@ -104,6 +107,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
+        self._grad_lists.clear()
         for copy in self.compute_weights.values():
             if set_to_none:
                 copy.grad = None
@@ -159,6 +163,19 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             self._tables[blocks] = block_tables([p.numel() for p in params], self.device)
         return self._tables[blocks]
 
+    def _grad_list(self, key: tuple, grads: list[torch.Tensor], keep: bool):  # noqa: ANN202 (TensorList)
+        """The :class:`~muomni.training.triton_adamw.TensorList` of this class's gradients: the one grad_norm
+        built for these very tensors, else a new one (kept for step when ``keep``)."""
+        from muomni.training.triton_adamw import tensor_list
+
+        addresses = [g.data_ptr() for g in grads]
+        built = self._grad_lists.pop(key, None)
+        if built is None or built[0] != addresses or built[1].base is not grads[0]:
+            built = (addresses, tensor_list(grads, self.device))
+        if keep:
+            self._grad_lists[key] = built
+        return built[1]
+
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
         """The global L2 norm of this step's gradients (fp32, 0-d), as ``clip_grad_norm_`` computes it of
@@ -167,11 +184,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             from muomni.training.features import total_grad_norm
 
             return total_grad_norm(self.grad_tensors())
-        from muomni.training.triton_adamw import sum_of_squares, tensor_list
+        from muomni.training.triton_adamw import sum_of_squares
 
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         for key, _, params, holders in self._classes():
-            total += sum_of_squares(self._blocks(key, params), tensor_list([h.grad for h in holders], self.device))
+            grads = self._grad_list(key, [h.grad for h in holders], keep=True)
+            total += sum_of_squares(self._blocks(key, params), grads)
         return total.sqrt()
 
     @torch.no_grad()
@@ -183,8 +201,11 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         skip = found_inf if found_inf is not None else torch.zeros((), device=self.device)
         if not self.triton and bool(skip):
             return
-        for key, group, params, holders in self._classes():
-            states = [self._init_state(p) for p in params]
+        classes = self._classes()
+        # Every class's state before any table is built: a new state clears the tables of all classes.
+        states_of = {key: [self._init_state(p) for p in params] for key, _, params, _ in classes}
+        for key, group, params, holders in classes:
+            states = states_of[key]
             grads = [h.grad for h in holders]
             exp_avgs = [s["exp_avg"] for s in states]
             exp_avg_sqs = [s["exp_avg_sq"] for s in states]
@@ -195,6 +216,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             for j, p in enumerate(params):
                 copy = copies[j] if copies is not None else None
                 _adamw_reference(p, grads[j], exp_avgs[j], exp_avg_sqs[j], copy, self._steps, divisor, group)
+        self._grad_lists.clear()
         self._steps.add_(1 - skip.float().clamp(max=1))  # a skipped step does not count
 
     def _launch(
@@ -221,7 +243,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         adamw_step(
             self._blocks(key, params),
             weights,
-            tensor_list(grads, self.device),  # new gradients every step
+            self._grad_list(key, grads, keep=False),  # new gradients every step
             moments1,
             moments2,
             copy_list,

@@ -92,12 +92,19 @@ def test_update_is_pytorch_adamws_and_writes_the_copies(
     copies = attach_compute_weights(model)
     ours, theirs, pairs = _optimizers(model, copies)
     assert ours.triton is triton
+    built: list[int] = []  # tables the Triton path builds: a step's gradients' once, for the norm and the update
+    if triton:
+        from muomni.training import triton_adamw
+
+        build = triton_adamw.tensor_list
+        monkeypatch.setattr(triton_adamw, "tensor_list", lambda ts, dev: built.append(len(ts)) or build(ts, dev))
     gen = torch.Generator().manual_seed(2)
     for step in range(4):
         for p, q in pairs:
             g = torch.randn(p.shape, generator=gen).to(torch.bfloat16)  # representable in bf16: the same for both
             copies.get(p, p).grad = g if p in copies else g.float()
             q.grad = g.float()
+        classes = len(ours._classes())  # one kernel launch each
         norm = torch.linalg.vector_norm(torch.stack([q.grad.double().norm() for _, q in pairs]))
         torch.testing.assert_close(ours.grad_norm().double(), norm, rtol=1e-6, atol=0)
         divisor = torch.tensor(3.0) if clip else None
@@ -122,6 +129,9 @@ def test_update_is_pytorch_adamws_and_writes_the_copies(
                 assert torch.equal(copies[p], p.detach().to(torch.bfloat16))
         ours.zero_grad()
         assert all(c.grad is None for c in copies.values())
+        if triton and step > 0:  # (the first step also builds the weights' and moments' tables, once)
+            assert len(built) == classes, built
+        built.clear()
     assert float(ours.state[pairs[0][0]]["step"]) == 3  # the skipped step is not counted
     sd, ref_sd = ours.state_dict(), theirs.state_dict()
     assert sd["state"].keys() == ref_sd["state"].keys()
