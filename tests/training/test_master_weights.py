@@ -84,11 +84,13 @@ def _triton_runs_here() -> bool:
 def test_update_is_pytorch_adamws_and_writes_the_copies(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip: bool, triton: bool
 ) -> None:
-    # The optimizer's own path on this CPU: PyTorch ops, or its Triton kernels in Triton's interpreter.
+    # The optimizer's own paths: PyTorch ops, or its Triton kernels (on a GPU when there is one, else on
+    # this CPU in Triton's interpreter).
     if triton and not _triton_runs_here():
         pytest.skip("Triton's interpreter was not switched on before Triton was imported")
-    monkeypatch.setattr(master_weights, "TRITON_DEVICES", {"cuda", "cpu"} if triton else {"cuda"})
-    model = _model(corpus, tmp_path)
+    monkeypatch.setattr(master_weights, "TRITON_DEVICES", {"cuda", "cpu"} if triton else set())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _model(corpus, tmp_path).to(device)
     copies = attach_compute_weights(model)
     ours, theirs, pairs = _optimizers(model, copies)
     assert ours.triton is triton
@@ -101,19 +103,21 @@ def test_update_is_pytorch_adamws_and_writes_the_copies(
     gen = torch.Generator().manual_seed(2)
     for step in range(4):
         for p, q in pairs:
-            g = torch.randn(p.shape, generator=gen).to(torch.bfloat16)  # representable in bf16: the same for both
+            g = torch.randn(p.shape, generator=gen).to(
+                device, torch.bfloat16
+            )  # representable in bf16: the same for both
             copies.get(p, p).grad = g if p in copies else g.float()
             q.grad = g.float()
         classes = len(ours._classes())  # one kernel launch each
         norm = torch.linalg.vector_norm(torch.stack([q.grad.double().norm() for _, q in pairs]))
         torch.testing.assert_close(ours.grad_norm().double(), norm, rtol=1e-6, atol=0)
-        divisor = torch.tensor(3.0) if clip else None
+        divisor = torch.tensor(3.0, device=device) if clip else None
         if divisor is not None:
             ours.grad_scale = divisor
             for _, q in pairs:
                 q.grad /= divisor
         skip = step == 2
-        ours.found_inf = torch.tensor(float(skip))
+        ours.found_inf = torch.tensor(float(skip), device=device)
         before = [p.detach().clone() for p, _ in pairs]
         ours.step()
         if not skip:
