@@ -129,7 +129,8 @@ def main():
                ("two", 128, 64, 64, 8, 4, 4, True, False), ("two", 128, 128, 64, 8, 8, 3, True, True),
                ("joined", 128, 256, 64, 8, 8, 3, False, False), ("joined", 128, 256, 64, 8, 8, 3, True, False),
                ("joined", 128, 256, 64, 8, 8, 4, True, False), ("joined", 128, 128, 64, 8, 4, 4, True, False),
-               ("joined", 128, 256, 64, 8, 8, 3, True, True), ("joined", 128, 128, 64, 8, 4, 4, True, True)]  # fmt: skip
+               ("joined", 128, 256, 64, 8, 8, 3, True, True),
+               ("joined", 128, 128, 64, 8, 4, 4, True, True)]  # fmt: skip
     if not CUDA:
         configs = [("two", 64, 32, 32, 2, 4, 1, True, False), ("joined", 64, 64, 32, 2, 4, 1, True, False),
                    ("two", 64, 32, 32, 2, 4, 1, False, False)]  # fmt: skip
