@@ -110,6 +110,11 @@ def setup(mode: str, device_type: str, compiled: bool = False) -> DistEnv:
         raise ConfigError(f"config key 'distributed': {reason}")
     env = DistEnv(mode, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
     if device_type == "cuda":
+        if env.local_rank >= (gpus := torch.cuda.device_count()):
+            raise ConfigError(
+                f"torchrun started local rank {env.local_rank} but this machine has {gpus} GPU(s): one process "
+                f"per GPU; use --nproc_per_node {gpus}, or device=cpu"
+            )
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
@@ -163,10 +168,15 @@ def wrap(
         return ddp(module, device_ids=ids, find_unused_parameters=find_unused, **{no_sync: False})
     fully_shard, policy = _fsdp_api()
     mp = policy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else policy()
+    # The mesh of the training device: fully_shard's default mesh is CUDA's wherever CUDA is, so a CPU run
+    # on a GPU machine would put rank i on GPU i (and fail where there are fewer GPUs than ranks).
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shard = {"mesh": init_device_mesh(device.type, (env.world_size,)), "mp_policy": mp}
     for block in blocks:
-        fully_shard(block, mp_policy=mp)
+        fully_shard(block, **shard)
     # The root holds the embedding, final norm and head: unsharded for the whole loss, chunked CE included.
-    fully_shard(module, mp_policy=mp)
+    fully_shard(module, **shard)
     return module
 
 

@@ -240,6 +240,20 @@ def test_a_torch_whose_ranks_drift_from_one_process_is_refused_with_one_line() -
     assert cpu_unsupported("ddp", False, "2.5.1") is None  # eager DDP matched on every torch tried
 
 
+def test_more_ranks_on_a_node_than_gpus_is_refused_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not CUDA's "invalid device ordinal" from the rank past the last GPU: what to do, before any work."""
+    from muomni import distributed
+    from muomni.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index}) was called"))
+    with pytest.raises(ConfigError, match=r"local rank 1 but this machine has 1 GPU\(s\).*--nproc_per_node 1"):
+        distributed.setup("ddp", "cuda")
+
+
 @pytest.mark.skipif(NO_FSDP is None, reason="this torch runs FSDP on CPUs")
 def test_torchrun_with_fsdp_on_a_cpu_ends_with_the_one_line_error(tmp_path: Path) -> None:
     write_corpus(tmp_path / "corpus.txt")
