@@ -128,16 +128,17 @@ def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_ddp_on_two_gpus_matches_one_gpu_in_fp32(tmp_path: Path) -> None:
-    # NCCL's reduction on GPUs. In fp32 and with SGD (linear in the gradient): with bf16 autocast, the GPU
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_gpus_match_one_gpu_in_fp32(tmp_path: Path, mode: str) -> None:
+    # NCCL's reductions on GPUs. In fp32 and with SGD (linear in the gradient): with bf16 autocast, the GPU
     # default, another split of the batch moves the weights by rounding alone (2 H200s: 3.7e-4 with SGD,
     # 3.6e-3 with AdamW, whose first steps are lr x sign(g)); fp32 gave 5.6e-8.
     write_corpus(tmp_path / "corpus.txt")
     fp32_sgd = {"device": "cuda", "use_amp": False, "optimizer": "sgd", "lr": 0.05, "max_grad_norm": 0.0}
-    for name, procs, keys in (("single", 1, {}), ("ddp", 2, {"distributed": "ddp"})):
+    for name, procs, keys in (("single", 1, {}), (mode, 2, {"distributed": mode})):
         result = _train(tmp_path, name, procs, **fp32_sgd, **keys)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
-    _assert_close(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single"))
+    _assert_close(final_weights(tmp_path / mode), final_weights(tmp_path / "single"))
 
 
 @pytest.mark.parametrize(
