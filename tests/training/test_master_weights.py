@@ -103,9 +103,8 @@ def test_update_is_pytorch_adamws_and_writes_the_copies(
     gen = torch.Generator().manual_seed(2)
     for step in range(4):
         for p, q in pairs:
-            g = torch.randn(p.shape, generator=gen).to(
-                device, torch.bfloat16
-            )  # representable in bf16: the same for both
+            # Representable in bf16: the same gradient for both optimizers.
+            g = torch.randn(p.shape, generator=gen).to(device, torch.bfloat16)
             copies.get(p, p).grad = g if p in copies else g.float()
             q.grad = g.float()
         classes = len(ours._classes())  # one kernel launch each
