@@ -74,12 +74,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.errors import CompilationError
 from muomni.models import triton_decode as td
+from muomni.models.decode_kernels import attention, batched, pdl, rows as row_kernels, tiles
 
 cases, pointers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-found = sorted(n for n, obj in vars(td).items() if isinstance(obj, triton.runtime.jit.JITFunction))
-results = {"found": found}
+kernels = {n: obj for m in (attention, batched, pdl, row_kernels, tiles) for n, obj in vars(m).items()
+           if isinstance(obj, triton.runtime.jit.JITFunction) and obj.fn.__module__ == m.__name__}
+results = {"found": sorted(kernels)}
 for case, (name, constexprs, dtype, rows, dim) in cases.items():
-    kernel, options = getattr(td, name), {}
+    kernel, options = kernels[name], {}
     if name.startswith("_batched"):  # the configuration the wrapper would choose, at its most rows
         per_program = constexprs.get("ROWS", constexprs.get("PAIRS_PER_BLOCK"))
         shape = td._batched_shape(td.BATCHED_MAX_BATCH, per_program, constexprs["DIM"])
