@@ -24,7 +24,7 @@ import torch
 
 from muomni.inference.sampling import SamplingParams, draw_noise, sample
 from muomni.inference.stats import synced_time
-from muomni.models.layers import register_inductor_fallbacks
+from muomni.models.decode_ops import register_inductor_fallbacks
 from muomni.models.thinker import Thinker
 
 # (token [B, 1], input_pos [1], done [B], noise [n, B, V] or None) -> (tokens [B, n], done [B])

@@ -19,18 +19,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from muomni.config import Config
+from muomni.models.decode_ops import HEAD_FUSED_MAX_BATCH, norm_linear, one_kernel_ready
 from muomni.models.kv_cache import KVCache
-from muomni.models.layers import (
-    HEAD_FUSED_MAX_BATCH,
-    MLP,
-    Attention,
-    Linear,
-    MoE,
-    RMSNorm,
-    norm_linear,
-    one_kernel_ready,
-    rope_tables,
-)
+from muomni.models.layers import MLP, Attention, Linear, MoE, RMSNorm, rope_tables
 
 INIT_STD = 0.02
 

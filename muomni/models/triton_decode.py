@@ -1,6 +1,6 @@
 """The compiled decode step's fused Triton kernels on CUDA: which kernel serves which batch, its launch
 parameters (each with what was measured to choose it), and the functions the custom ops of
-:mod:`muomni.models.layers` call. The kernels themselves are in :mod:`muomni.models.decode_kernels`.
+:mod:`muomni.models.decode_ops` call. The kernels themselves are in :mod:`muomni.models.decode_kernels`.
 
 Per layer: the attention input (norm, q/k/v, RoPE, cache write; :func:`norm_qkv_rope`), split-KV attention
 (:func:`split_kv_attention`), the output projection with its residual add (:func:`linear_residual`) and the

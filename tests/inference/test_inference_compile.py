@@ -130,7 +130,7 @@ def test_compiled_decoding_through_the_triton_kernels_equals_eager(
     pytest.importorskip("triton", reason="the kernels are Triton's")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton was imported before its interpreter could be switched on")
-    from muomni.models import layers, triton_decode
+    from muomni.models import decode_ops, triton_decode
 
     monkeypatch.setattr(triton_decode, "TILE_MIN_BATCH", tile_min_batch)
     if split_min_depth is not None:  # steps of 32 (16 for fp32 weights), the fewest a tensor-core product takes
@@ -140,7 +140,7 @@ def test_compiled_decoding_through_the_triton_kernels_equals_eager(
     for name in ("norm_qkv_rope", "swiglu_residual", "linear_residual", "norm_linear"):
         kernel = getattr(triton_decode, name)
         monkeypatch.setattr(triton_decode, name, lambda *a, name=name, kernel=kernel: calls.append(name) or kernel(*a))
-    monkeypatch.setattr(layers, "TRITON_DEVICES", {"cuda", "cpu"})
+    monkeypatch.setattr(decode_ops, "TRITON_DEVICES", {"cuda", "cpu"})
     torch._dynamo.reset()
     model = tiny_model(n_layers=1).to("cuda" if torch.cuda.is_available() else "cpu")
     want = generate_tokens(model, PROMPTS, 8, temperature=0.0)
@@ -155,7 +155,7 @@ def test_fused_ops_are_registered_as_inductor_fallbacks() -> None:
     implicit-fallback path (whose log line printed the arguments' whole chain of ops, for minutes)."""
     from torch._inductor import lowering
 
-    from muomni.models.layers import FUSED_OPS, register_inductor_fallbacks
+    from muomni.models.decode_ops import FUSED_OPS, register_inductor_fallbacks
 
     register_inductor_fallbacks()
     for name in FUSED_OPS:

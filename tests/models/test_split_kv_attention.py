@@ -11,7 +11,8 @@ import torch
 
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
-from muomni.models.layers import math_attention, split_kv_attention  # noqa: E402
+from muomni.models.decode_ops import split_kv_attention  # noqa: E402
+from muomni.models.layers import math_attention  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

@@ -160,9 +160,9 @@ def test_gate_up_split_k_matches_unsplit(
 def test_the_layers_hand_the_fused_kernels_no_more_rows_than_a_tile_takes() -> None:
     """Past TILE_ROWS the kernels read the weights once per row (slower than the modules): the layers' cap
     on the fused MLP and output projection must stay within it."""
-    from muomni.models import layers
+    from muomni.models import decode_ops
 
-    assert triton_decode.TILE_MIN_BATCH <= layers.FUSED_MAX_BATCH <= triton_decode.TILE_ROWS
+    assert triton_decode.TILE_MIN_BATCH <= decode_ops.FUSED_MAX_BATCH <= triton_decode.TILE_ROWS
 
 
 def test_each_batch_goes_to_the_kernels_meant_for_it() -> None:

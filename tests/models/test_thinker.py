@@ -10,15 +10,8 @@ import torch.nn.functional as F
 
 from muomni.config import load_config
 from muomni.models import Thinker, checkpoint_blocks, layers
-from muomni.models.layers import (
-    MoE,
-    RMSNorm,
-    apply_rope,
-    math_attention,
-    one_query_attention,
-    rope_tables,
-    sdpa_attention,
-)
+from muomni.models.decode_ops import one_query_attention
+from muomni.models.layers import MoE, RMSNorm, apply_rope, math_attention, rope_tables, sdpa_attention
 
 
 def tiny(**overrides) -> Thinker:
