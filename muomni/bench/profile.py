@@ -88,15 +88,20 @@ def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
     do: it adds the span the range draws on the device timeline, idle gaps included, to its operations'
     kernels, so it counts them twice. And the backward's kernels are in none of the training thread's
     ranges: the autograd engine launches them from a thread of its own, whose kernels are the backward.
+
+    ``unlinked`` is the device time the profiler links to no host operation, and so to no range: without it
+    the shares would leave that time out without saying so.
     """
     main_threads = {e.thread for e in cpu_events if e.name == "train_step"}
     device_total = sum(duration for _, _, duration in _device_kernels(events))
     totals: dict[str, float] = {}
+    linked = 0.0
     for e in cpu_events:
         # A range's own name among its kernels is that span on the device timeline, not a kernel.
         own = sum(k.duration for k in getattr(e, "kernels", ()) if k.name != e.name)
         if not own:
             continue
+        linked += own
         regions = {"backward"} if e.thread not in main_threads else set()
         node = e
         while node is not None:
@@ -105,9 +110,10 @@ def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
         for region in regions:
             totals[region] = totals.get(region, 0.0) + own
     if not device_total:
-        return dict.fromkeys(REGIONS)
+        return dict.fromkeys((*REGIONS, "unlinked"))
     labelled = {e.name for e in cpu_events} | {"backward"}
-    return _region_shares({name: totals.get(name, 0.0) for name in labelled}, device_total)
+    shares = _region_shares({name: totals.get(name, 0.0) for name in labelled}, device_total)
+    return {**shares, "unlinked": max(device_total - linked, 0.0) / device_total}
 
 
 def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
@@ -239,6 +245,8 @@ def _print_tables(prof: profile, memory_prof: profile, cuda: bool, shares: dict[
     of = "the device's kernel time" if cuda else "step time"
     print(f"share of {of}: " + ", ".join(parts))
     print("(attention and mlp: forward only, backward holds both directions' gradients; n/a: inside a compiled graph)")
+    if "unlinked" in shares:
+        print("(unlinked: kernels the profiler links to no host operation, so to none of the parts above)")
 
 
 def run_profile(args: argparse.Namespace) -> int:
