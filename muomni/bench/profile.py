@@ -119,7 +119,7 @@ def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
 def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
     """The trainer's steps, split into labelled phases (the same work as ``Trainer.launch_step``). As in the
     training loop, with ``overlap_steps`` each step's loss is read once the next step is launched."""
-    from muomni.training.trainer import InFlight, LaunchedStep
+    from muomni.training.in_flight import InFlight, LaunchedStep
 
     in_flight = InFlight(LaunchedStep.result, overlap=trainer.overlaps_steps)
     for _ in range(steps):

@@ -68,8 +68,9 @@ def _time_steps(step: Callable[[], None], device: torch.device, warmup: int, ste
 
 
 def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
+    from muomni.training.in_flight import InFlight, LaunchedStep
     from muomni.training.runlog import RunLog
-    from muomni.training.trainer import InFlight, LaunchedStep, Trainer
+    from muomni.training.trainer import Trainer
 
     trainer = Trainer(cfg)
     device = trainer.device

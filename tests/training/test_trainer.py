@@ -25,6 +25,7 @@ from muomni.cli import main
 from muomni.training import loss as loss_module
 from muomni.training import trainer as trainer_module
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, load_tensors
+from muomni.training.in_flight import InFlight, LaunchedStep, copy_to_host
 from muomni.training.loss import lm_loss
 from muomni.training.precision import Precision
 from muomni.training.startup import describe_run
@@ -178,7 +179,7 @@ def _launches(t: Trainer) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     launch = t.launch_step
 
-    def recording(batches: list[torch.Tensor], ahead: int = 0, stop: bool = False) -> trainer_module.LaunchedStep:
+    def recording(batches: list[torch.Tensor], ahead: int = 0, stop: bool = False) -> LaunchedStep:
         launched = launch(batches, ahead, stop)
         seen.append((launched.number, ahead))
         return launched
@@ -225,11 +226,11 @@ def test_overlapped_steps_train_exactly_as_synchronous_ones(
 def test_in_flight_lands_each_step_once_the_next_is_launched(overlap: bool) -> None:
     # The order the loop, the bench's row worker and the profile share: launch n+1, then land n.
     events: list[str] = []
-    in_flight = trainer_module.InFlight(lambda s: events.append(f"land {s.number}"), overlap=overlap)
+    in_flight = InFlight(lambda s: events.append(f"land {s.number}"), overlap=overlap)
     for n in (1, 2, 3):
         assert in_flight.ahead == int(overlap and n > 1)
         events.append(f"launch {n}")
-        in_flight.push(trainer_module.LaunchedStep(n, 0.0, lambda: [0.0, 0.0, 0.0]))
+        in_flight.push(LaunchedStep(n, 0.0, lambda: [0.0, 0.0, 0.0]))
     in_flight.drain()
     in_flight.drain()  # nothing left: lands nothing twice
     if overlap:
@@ -280,7 +281,7 @@ def test_copy_to_host_reads_the_values_at_the_call_not_after_later_work(device: 
     values = torch.tensor([2.5, -1.0], device=device)
     if device == "cuda":
         torch.cuda._sleep(50_000_000)  # a read that did not wait for the copy would find it not done
-    read = trainer_module.copy_to_host(values)
+    read = copy_to_host(values)
     values.mul_(10.0)  # queued after the copy, as the update is
     assert read() == [2.5, -1.0]
     assert values.tolist() == [25.0, -10.0]
