@@ -143,6 +143,42 @@ def test_update_is_pytorch_adamws_and_writes_the_copies(
         torch.testing.assert_close(state["exp_avg_sq"], ref_sd["state"][i]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
 
 
+def test_the_triton_launches_are_profiled_inside_the_optimizer_step(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # muomni profile gives a kernel to the ranges around the host operation that launched it; a bare Triton
+    # launch is no operation, so the update and the norm run inside ranges of their own.
+    if not _triton_runs_here():
+        pytest.skip("Triton's interpreter was not switched on before Triton was imported")
+    from torch.profiler import ProfilerActivity, profile
+
+    from muomni.training import triton_adamw
+
+    monkeypatch.setattr(master_weights, "TRITON_DEVICES", {"cuda", "cpu"})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _model(corpus, tmp_path).to(device)
+    copies = attach_compute_weights(model)
+    ours, _, pairs = _optimizers(model, copies)
+    for p, _ in pairs:
+        copies.get(p, p).grad = torch.ones_like(copies.get(p, p))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ours.grad_norm()
+        ours.step()
+
+    def ancestors(event: object) -> list[str]:
+        names = []
+        while (event := event.cpu_parent) is not None:
+            names.append(event.name)
+        return names
+
+    events = prof.events()
+    norms = [e for e in events if e.name == triton_adamw.SQUARES_RANGE]
+    updates = [e for e in events if e.name == triton_adamw.ADAMW_RANGE]
+    classes = len(ours._classes())
+    assert len(norms) == len(updates) == classes  # one launch a class
+    assert all("Optimizer.step#MasterWeightAdamW.step" in ancestors(e) for e in updates)
+
+
 # Sizes crossing a block and smaller than one; and all multiples of 16, where the kernel's loads go 16
 # bytes at a time on a GPU.
 @pytest.mark.parametrize("sizes", [[(4096 + 5,), (7, 33), (3,)], [(2 * 4096,), (48, 16), (16,)]])
