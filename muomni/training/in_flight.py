@@ -45,7 +45,8 @@ class LaunchedStep:
 
 
 class InFlight:
-    """The step a loop has launched and not landed yet: at most one (see :meth:`Trainer._run_steps`).
+    """The step a loop has launched and not landed yet: at most one (see
+    :meth:`muomni.training.trainer.Trainer._run_steps`).
 
     :meth:`push` takes the step just launched and lands the one launched before it, so the host lands step
     n while the device runs step n+1; with ``overlap`` off the new step lands at once as well. The training
