@@ -89,31 +89,79 @@ def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
     kernels, so it counts them twice. And the backward's kernels are in none of the training thread's
     ranges: the autograd engine launches them from a thread of its own, whose kernels are the backward.
 
-    ``unlinked`` is the device time the profiler links to no host operation, and so to no range: without it
-    the shares would leave that time out without saying so.
+    A kernel launched from a range with no operation in between (a Triton kernel's launch is no PyTorch
+    operation: MasterWeightAdamW's) is linked to no host operation. It is given to the innermost range whose
+    span on the device timeline holds it (:func:`_annotated_regions`). ``unlinked`` is what is left: the
+    device time linked to no range at all. Without it the shares would leave that time out without saying so.
     """
     main_threads = {e.thread for e in cpu_events if e.name == "train_step"}
-    device_total = sum(duration for _, _, duration in _device_kernels(events))
+    kernels = _device_kernels(events)
+    device_total = sum(duration for _, _, duration in kernels)
     totals: dict[str, float] = {}
-    linked = 0.0
+    linked: dict[str, float] = {}  # by kernel name
+
+    def count(regions: set[str], us: float) -> None:
+        for region in regions:
+            totals[region] = totals.get(region, 0.0) + us
+
     for e in cpu_events:
         # A range's own name among its kernels is that span on the device timeline, not a kernel.
-        own = sum(k.duration for k in getattr(e, "kernels", ()) if k.name != e.name)
-        if not own:
+        own = [k for k in getattr(e, "kernels", ()) if k.name != e.name]
+        if own:
+            count(_regions_of(e, main_threads), sum(k.duration for k in own))
+        for k in own:
+            linked[k.name] = linked.get(k.name, 0.0) + k.duration
+    by_name: dict[str, float] = {}
+    for name, _, duration in kernels:
+        by_name[name] = by_name.get(name, 0.0) + duration
+    # A kernel name partly linked (launched both ways) has the rest of its time given out in proportion.
+    left = {n: (us - linked.get(n, 0.0)) / us for n, us in by_name.items() if us and us - linked.get(n, 0.0) > 1e-6}
+    spans = _annotated_regions(events, cpu_events, main_threads) if left else []
+    annotated = 0.0
+    for name, start, duration in kernels:
+        if name not in left:
             continue
-        linked += own
-        regions = {"backward"} if e.thread not in main_threads else set()
-        node = e
-        while node is not None:
-            regions.add(node.name)
-            node = node.cpu_parent
-        for region in regions:
-            totals[region] = totals.get(region, 0.0) + own
+        holding = [s for s in spans if s[0] <= start and start + duration <= s[1]]
+        if holding:
+            innermost = min(holding, key=lambda s: s[1] - s[0])
+            count(innermost[2], duration * left[name])
+            annotated += duration * left[name]
     if not device_total:
         return dict.fromkeys((*REGIONS, "unlinked"))
     labelled = {e.name for e in cpu_events} | {"backward"}
     shares = _region_shares({name: totals.get(name, 0.0) for name in labelled}, device_total)
-    return {**shares, "unlinked": max(device_total - linked, 0.0) / device_total}
+    unlinked = device_total - sum(min(linked.get(n, 0.0), us) for n, us in by_name.items()) - annotated
+    return {**shares, "unlinked": max(unlinked, 0.0) / device_total}
+
+
+def _regions_of(e, main_threads: set[int]) -> set[str]:  # noqa: ANN001
+    """The names of the host operation ``e`` and of every range around it; the backward's where the
+    autograd engine's thread launched it."""
+    regions = {"backward"} if e.thread not in main_threads else set()
+    node = e
+    while node is not None:
+        regions.add(node.name)
+        node = node.cpu_parent
+    return regions
+
+
+def _annotated_regions(events: list, cpu_events: list, main_threads: set[int]) -> list[tuple[float, float, set[str]]]:
+    """The spans the host's ranges draw on the device timeline (user annotations: from the first kernel
+    launched inside the range to its last), each with the regions of its range (:func:`_regions_of`).
+
+    The step's own range is left out: its span holds every kernel of the step, whoever launched it.
+    """
+    hosts: dict[str, object] = {}
+    for e in cpu_events:
+        hosts.setdefault(e.name, e)
+    return [
+        (e.time_range.start, e.time_range.start + e.time_range.elapsed_us(), _regions_of(hosts[e.name], main_threads))
+        for e in events
+        if e.device_type == DeviceType.CUDA
+        and getattr(e, "is_user_annotation", False)
+        and e.name != "train_step"
+        and e.name in hosts
+    ]
 
 
 def _train_steps(trainer, steps: int) -> None:  # noqa: ANN001
