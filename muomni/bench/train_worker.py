@@ -85,7 +85,7 @@ def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     in_flight = InFlight(land, overlap=trainer.overlaps_steps)
 
     def step() -> None:
-        # The loop's step (Trainer._run_steps without its periodic actions), with auto_fit's out-of-memory
+        # The loop's step (TrainingRun._run_steps without its periodic actions), with auto_fit's out-of-memory
         # recovery when it is on: with overlap, the next step is launched before this one is read.
         in_flight.push(trainer.fitted_step(trainer.next_batches(), log, ahead=in_flight.ahead))
 

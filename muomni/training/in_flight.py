@@ -2,7 +2,7 @@
 and not landed yet.
 
 The host reads one step's loss and gradient norm (:class:`StepResult`) while the device may still run that
-step's update and the next step (see :meth:`muomni.training.trainer.Trainer._run_steps`). The training loop,
+step's update and the next step (see :meth:`muomni.training.loop.TrainingRun._run_steps`). The training loop,
 the bench's row worker and ``muomni profile`` land their steps through :class:`InFlight`, in the same order.
 """
 
@@ -46,7 +46,7 @@ class LaunchedStep:
 
 class InFlight:
     """The step a loop has launched and not landed yet: at most one (see
-    :meth:`muomni.training.trainer.Trainer._run_steps`).
+    :meth:`muomni.training.loop.TrainingRun._run_steps`).
 
     :meth:`push` takes the step just launched and lands the one launched before it, so the host lands step
     n while the device runs step n+1; with ``overlap`` off the new step lands at once as well. The training

@@ -15,7 +15,7 @@ ranks' gradients). There is one host synchronisation per step: the loss and the 
 Where the optimizer itself skips a non-finite step on the device (the fused AdamW on a GPU, without fp16's
 loss scaler, not under FSDP), that read need not hold the device back: with ``overlap_steps`` the host
 launches step n+1 before it reads step n's loss, so the GPU need not wait for the host between steps (see
-:meth:`Trainer._run_steps`).
+:meth:`TrainingRun._run_steps <muomni.training.loop.TrainingRun._run_steps>`).
 
 Under torchrun only rank 0 prints, logs and writes the run folder and checkpoints. An out-of-memory error
 is not retried by ``auto_fit`` there: a retry on one rank would leave the others in another collective.
@@ -36,37 +36,29 @@ import torch
 from muomni import distributed
 from muomni.config import Config, load_config
 from muomni.data import TokenData, WindowStream, check_vocab
-from muomni.errors import UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
 from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
-from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, prune_checkpoints
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
-from muomni.training.in_flight import InFlight, LaunchedStep, StepResult, copy_to_host
+from muomni.training.in_flight import LaunchedStep, StepResult, copy_to_host
+from muomni.training.loop import TrainingDiverged, TrainingRun
 from muomni.training.loss import LossModule, run_loss
 from muomni.training.master_weights import MasterWeightAdamW
 from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr, skips_on_device, step_unless
 from muomni.training.precision import resolve_precision
-from muomni.training.runlog import RunLog, truncate_metrics
+from muomni.training.runlog import RunLog
 from muomni.training.snapshot import (
     Progress,
     TrainingState,
     find_resume,
     load_model_state,
     load_snapshot,
-    remove_stale,
-    save_snapshot,
-    stale_checkpoints,
 )
 from muomni.training.sources import initial_sources, resolve_device, resume_sources, seed_everything
-from muomni.training.startup import describe_run, unigram_entropy
+from muomni.training.startup import unigram_entropy
 
 EXIT_INTERRUPTED = 130
-
-
-class TrainingDiverged(UserError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 class Trainer:
@@ -157,7 +149,7 @@ class Trainer:
         # plain tensor, and that was not tried there.
         scaler = self.precision.scaler
         self.skips_on_device = skips_on_device(self.optimizer) and not scaler.is_enabled() and not self.env.sharded
-        # Whether the next step may be launched before this one's loss is read (see _run_steps).
+        # Whether the next step may be launched before this one's loss is read (see TrainingRun._run_steps).
         self.overlaps_steps = self.skips_on_device and cfg.overlap_steps
 
     def _compile(self) -> bool:
@@ -196,8 +188,9 @@ class Trainer:
     def launch_step(self, batches: list[torch.Tensor], ahead: int = 0, stop_requested: bool = False) -> LaunchedStep:
         """Queue a whole step on the device: forward, backward, clip and (unless non-finite) the update.
 
-        ``ahead`` steps were launched before this one and are not read yet (0 or 1; see :meth:`_run_steps`);
-        the schedule takes them as applied. ``stop_requested``: this process has a stop signal; the step's
+        ``ahead`` steps were launched before this one and are not read yet (0 or 1; see
+        :meth:`TrainingRun._run_steps <muomni.training.loop.TrainingRun._run_steps>`); the schedule takes them
+        as applied. ``stop_requested``: this process has a stop signal; the step's
         result says whether any rank had one. Where the update is not skipped on the device
         (:attr:`skips_on_device`), the host reads the loss here and the step is complete on return.
         """
@@ -302,7 +295,8 @@ class Trainer:
 
     # --- the loop ---
     def fit(self) -> Path | None:
-        """Train to ``max_steps`` / ``max_epochs``, a stop signal, or too many non-finite steps.
+        """Train to ``max_steps`` / ``max_epochs``, a stop signal, or too many non-finite steps (the loop
+        itself: :class:`~muomni.training.loop.TrainingRun`).
 
         Returns:
             The last checkpoint written (None when nothing was trained and none was due).
@@ -312,163 +306,7 @@ class Trainer:
                 last good weights is written first).
         """
         with StopSignals() as stop:
-            log = self._start()
-            try:
-                self._run_steps(log, stop)
-                if not self.env.enabled:  # ranks act on a signal together, only once they agreed on it
-                    self.stop_signal = stop.received
-                return self._finish(log)
-            finally:
-                log.close()
-
-    def _run_steps(self, log: RunLog, stop: StopSignals) -> None:
-        """Launch and land steps until the last, a stop signal, or too many non-finite steps in a row.
-
-        A step is launched (:meth:`launch_step`: its work queued on the device) and then landed
-        (:meth:`_land`: its loss read, counted, logged, and the periodic actions due after it run). With
-        :attr:`overlaps_steps`, step n+1 is launched before step n lands, so the host's read of step n's loss
-        and its work between steps (logging, the next batch, entering the compiled step) happen while the GPU
-        runs step n+1, instead of the GPU idling meanwhile (the tiny preset's step on an H200: 5.40 -> 5.00 ms).
-        At most one step is in flight, and never past a point where the run's state must be whole: a step
-        after which validation, a checkpoint or the end is due lands before the next is launched, and a stop
-        signal or a diverged run lands the step in flight before it acts.
-
-        The schedule takes the step in flight as applied: were it skipped (non-finite), the step launched
-        beside it has the schedule's next learning rate, one position ahead, and the schedule follows the
-        applied steps again from the step after. The weights are the same as without overlap otherwise.
-        """
-        # Whether to overlap is decided here, step by step (_may_overlap), so the queue itself always may.
-        in_flight = InFlight(lambda launched: self._land(launched, log, stop))
-        self._landed_at = time.perf_counter()
-        while True:
-            halted = self.stop_signal is not None or self._diverged
-            may_launch = not halted and not self._done(ahead=in_flight.ahead)
-            if may_launch and (in_flight.step is None or self._may_overlap(in_flight.step)):
-                batches = self.next_batches()
-                in_flight.push(self.fitted_step(batches, log, in_flight.ahead, stop_requested=stop.requested))
-            elif in_flight.step is not None:
-                in_flight.drain()
-            else:
-                break
-        if self._diverged:
-            self._checkpoint(log)
-            p = self.progress
-            raise TrainingDiverged(
-                f"training stopped at step {p.step}: {p.nonfinite_in_row} steps in a row had a non-finite loss or "
-                f"gradient norm; {self._last_ckpt} holds the last good weights; lower lr, keep max_grad_norm on, "
-                "or use bf16/fp32 (amp_dtype=bf16 or use_amp=false)"
-            )
-
-    def _may_overlap(self, in_flight: LaunchedStep) -> bool:
-        """Whether the next step may be launched before ``in_flight`` lands (see :meth:`_run_steps`)."""
-        return self.overlaps_steps and not any(self._due(in_flight.number))
-
-    def _land(self, launched: LaunchedStep, log: RunLog, stop: StopSignals) -> None:
-        """Read a launched step's loss, count and log it, then act on a stop signal or the periodic actions."""
-        result = launched.result()
-        # A step's time is the time since the step before landed; but with overlapped steps on a device that
-        # runs work as it is launched (a CPU), the step before landed after this one's work was done (its
-        # launch came first), so a step landing with none launched after it (the last, or one before
-        # validation) would show almost no time: its own launch is its time there.
-        seconds = max(time.perf_counter() - self._landed_at, launched.launch_seconds)
-        self._after_step(log, result, seconds)
-        fault_point("step_end", self.progress.step)
-        distributed.inject_failure(self.env, self.progress.step)
-        if not self._diverged and not self._stop_agreed(stop, result):
-            self._periodic(log)
-        self._landed_at = time.perf_counter()  # the next step's time leaves out validation and checkpoints
-
-    @property
-    def _diverged(self) -> bool:
-        return self.progress.nonfinite_in_row >= self.cfg.max_nonfinite_steps
-
-    def _stop_agreed(self, stop: StopSignals, landed: StepResult) -> bool:
-        """Whether to stop after the step just landed. Under torchrun, which forwards a signal to every
-        worker but not in step: whether any rank had received one when that step was launched (the ranks
-        agree through the step's own collective, see :meth:`update`), so each stops after the same step."""
-        if not (landed.stop_requested if self.env.enabled else stop.requested):
-            return False
-        self.stop_signal = stop.received or signal.SIGTERM
-        return True
-
-    def _done(self, ahead: int = 0) -> bool:
-        """Whether training is over once the ``ahead`` steps launched and not yet landed are."""
-        max_epochs = self.cfg.max_epochs
-        steps = self.progress.step + ahead
-        return steps >= self.total_steps or (max_epochs is not None and self.stream.epoch >= max_epochs)
-
-    def _start(self) -> RunLog:
-        """Write the run folder's config and tokenizer (rank 0), open the log, print the startup lines."""
-        step = self.progress.step
-        if self.env.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.save_dir / CONFIG_FILE)
-            self.tokenizer.save(self.save_dir / TOKENIZER_FILE)
-            truncate_metrics(self.save_dir / "metrics.jsonl", step)  # a resumed run rewrites what followed
-        self._stale = stale_checkpoints(self.save_dir, step)
-        self._last_ckpt: Path | None = self.resume_from
-        # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint.
-        self._last_ckpt_step = self._last_eval_step = step if self.resume_from is not None else -1
-        log = RunLog(self.save_dir, step, self.total_steps, self.cfg.print_freq, enabled=self.env.is_main)
-        for line in describe_run(self):
-            log.info(line)
-        return log
-
-    def _after_step(self, log: RunLog, result: StepResult, seconds: float) -> None:
-        p = self.progress
-        p.step += 1
-        p.tokens += self.global_tokens_per_step
-        record = {
-            "step": p.step,
-            "loss": result.loss,
-            "lr": result.lr,
-            "grad_norm": result.grad_norm,
-            "tokens_per_s": self.global_tokens_per_step / max(seconds, 1e-9),
-            "effective_batch": self.cfg.effective_batch_size * self.env.world_size,
-            "epoch": self.stream.epoch,
-        }
-        if self.device.type == "cuda":
-            record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        if result.applied:
-            p.applied_steps += 1
-            p.nonfinite_in_row = 0
-        else:  # with fp16, a finite loss with infinite gradients is the scaler's overflow
-            record["skipped"] = p.skip(overflow=self.precision.scaler.is_enabled() and math.isfinite(result.loss))
-            log.info(
-                f"step {p.step} skipped ({record['skipped']}: loss {result.loss}, grad norm {result.grad_norm}); "
-                f"{p.nonfinite_in_row} in a row, {p.overflow_skips} overflow and {p.nonfinite_skips} non-finite in all"
-            )
-        log.step(record)
-
-    def _due(self, step: int) -> tuple[bool, bool, bool]:
-        """Whether validation, a checkpoint and emptying the CUDA cache are due after ``step``."""
-        cfg = self.cfg
-        empty_cache = bool(cfg.empty_cache_steps) and self.device.type == "cuda" and step % cfg.empty_cache_steps == 0
-        return step % cfg.val_freq == 0, step % cfg.checkpoint_freq == 0, empty_cache
-
-    def _periodic(self, log: RunLog) -> None:
-        validate, checkpoint, empty_cache = self._due(self.progress.step)
-        if validate:
-            self._evaluate(log)
-        if checkpoint:
-            self._checkpoint(log)
-        if empty_cache:
-            torch.cuda.empty_cache()  # returns cached blocks to the driver, for other processes or fragmentation
-
-    def _finish(self, log: RunLog) -> Path | None:
-        step = self.progress.step
-        if self.stop_signal is not None:
-            self._checkpoint(log)
-            log.info(f"stopped by {signal.Signals(self.stop_signal).name} after step {step}; saved {self._last_ckpt}")
-            return self._last_ckpt
-        if self._last_eval_step != step:
-            self._evaluate(log)
-        if self._last_ckpt_step != step:
-            self._checkpoint(log)
-        val = self.progress.val_loss
-        val_text = "n/a (no validation data)" if val is None else f"{val:.4f}"
-        log.info(f"done at step {step}: val loss {val_text} vs unigram entropy {self.unigram_entropy:.4f} nats")
-        return self._last_ckpt
+            return TrainingRun(self, stop).run()
 
     @torch.no_grad()  # not inference_mode: FSDP's gathered parameters are reused by later training steps
     def evaluate(self) -> float | None:
@@ -488,26 +326,6 @@ class Trainer:
                 n += count
         self.model.train()
         return total.item() / n
-
-    def _evaluate(self, log: RunLog) -> None:
-        val = self.evaluate()
-        self._last_eval_step = self.progress.step
-        if val is None:
-            return
-        self.progress.val_loss = val
-        ppl = math.exp(min(val, 700.0))
-        log.record({"step": self.progress.step, "val_loss": val, "val_ppl": ppl})
-        log.info(f"step {self.progress.step}: val loss {val:.4f}, perplexity {ppl:.2f}")
-
-    def _checkpoint(self, log: RunLog) -> None:
-        step = self.progress.step
-        folder = save_snapshot(self.save_dir, self.cfg, self.tokenizer, self.state)
-        if self.env.is_main:
-            remove_stale(self._stale, folder)  # before pruning, which keeps the highest step numbers
-            prune_checkpoints(self.save_dir, self.cfg.keep_checkpoints)
-        self._last_ckpt, self._last_ckpt_step = folder, step
-        log.info(f"step {step}: checkpoint {folder}")
-        fault_point("after_ckpt", step)
 
 
 def own_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -543,5 +361,6 @@ def run_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
 
 
-# resolve_device, seed_everything and total_grad_norm are re-exported: they were first defined here.
+# TrainingDiverged, resolve_device, seed_everything and total_grad_norm are re-exported: they were first
+# defined here.
 __all__ = ["Trainer", "TrainingDiverged", "resolve_device", "run_train", "seed_everything", "total_grad_norm"]
