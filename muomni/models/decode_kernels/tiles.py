@@ -297,3 +297,43 @@ def _tile_linear_residual(
         dtype = out_ptr.dtype.element_ty
         y = x + acc.to(dtype).to(tl.float32)  # the product rounded as the module rounds it, then the residual add
         tl.store(out_ptr + m[:, None] * stride_ob + n[None, :], y.to(dtype), mask=tile_ok)
+
+
+@triton.jit
+def _tile_norm_linear(
+    x_ptr, norm_ptr, w_ptr, out_ptr,
+    stride_xb, stride_ob,
+    batch, rows, dim, eps,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+):  # fmt: skip
+    # Program n: columns [n * BN, (n + 1) * BN) of W RMSNorm(x) for all rows of the batch (BM >= batch), the
+    # norm's statistic gathered in the same pass, as in _norm_linear. The output head: many tiles, no split.
+    _let_next_kernel_start(PDL)
+    m = tl.arange(0, BM)
+    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    m_ok, n_ok = m < batch, n < rows
+    acc = tl.zeros([BM, BN], tl.float32)
+    squares = tl.zeros([BM], tl.float32)
+    first = 0
+    if EARLY:  # the first step's weights before the wait
+        k = tl.arange(0, BK)
+        k_ok = k < dim
+        w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
+    _wait_for_inputs(PDL)
+    if EARLY:
+        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        acc = _dot(gx, w, acc, PRECISION, UPCAST)
+        first = BK
+    for start in range(first, dim, BK):
+        k = start + tl.arange(0, BK)
+        k_ok = k < dim
+        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        squares += step_squares
+        acc = _dot(gx, _weights_t(w_ptr, n, n_ok, k, k_ok, dim), acc, PRECISION, UPCAST)
+    y = acc / tl.sqrt(squares / dim + eps)[:, None]
+    tl.store(
+        out_ptr + m[:, None] * stride_ob + n[None, :],
+        y.to(out_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & n_ok[None, :],
+    )
