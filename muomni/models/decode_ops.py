@@ -22,21 +22,11 @@ TRITON_DEVICES = {"cuda"}
 # batch 4 at 8,017 tokens/s with it (and the MLP's row kernels), batch 16 at 13,583 and batch 64 at 16,890;
 # with them up to batch 4 only, on another machine start, 7,932, 22,180 and 42,176.
 HEAD_FUSED_MAX_BATCH = 4
-# From triton_decode.TILE_MIN_BATCH rows to FUSED_MAX_BATCH the fused head runs as tensor-core tiles instead,
-# each weight read once for the whole batch. False leaves those batches to the modules (Inductor's norm, then
-# the product by cuBLAS).
-HEAD_TILES = True
 # The most rows a decode step hands to the fused MLP and output-projection kernels (row kernels for one row,
 # batched row kernels up to triton_decode.BATCHED_MAX_BATCH, tensor-core tiles over the whole batch from
 # its TILE_MIN_BATCH to its TILE_ROWS, which this must not pass: beyond it the kernels fall back to reading
 # the weights once per row).
 FUSED_MAX_BATCH = 64
-
-
-def fused_head(batch: int) -> bool:
-    """Whether a compiled decode step of ``batch`` rows runs its output head, with the final norm, as one
-    kernel (:func:`norm_linear`)."""
-    return batch <= HEAD_FUSED_MAX_BATCH or (HEAD_TILES and batch <= FUSED_MAX_BATCH)
 
 
 def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,7 @@ from muomni.models.decode_kernels.batched import (
 )
 from muomni.models.decode_kernels.pdl import gdc_wait
 from muomni.models.decode_kernels.rows import _down_residual, _norm_gate_up, _norm_linear, _norm_qkv_rope
-from muomni.models.decode_kernels.tiles import (
-    _tile_linear_residual,
-    _tile_norm_gate_up,
-    _tile_norm_linear,
-    _tile_norm_qkv_rope,
-)
+from muomni.models.decode_kernels.tiles import _tile_linear_residual, _tile_norm_gate_up, _tile_norm_qkv_rope
 
 # Programmatic dependent launch (PDL; Hopper and later, CUDA graphs keep it): each kernel lets the next one
 # start while it runs, and the next one issues the loads that depend on no kernel before it (weights, norm
@@ -296,28 +291,17 @@ def norm_qkv_rope(
 # call, 16 x 4 27.9, 64 x 2 30.2. The same 49 MB at the copy bandwidth would take 12 us.
 HEAD_ROWS = 8
 HEAD_WARPS = 8
-# From TILE_MIN_BATCH rows, tensor-core tiles of HEAD_TILE_COLUMNS head rows each (see norm_linear).
-HEAD_TILE_COLUMNS = 32
 
 
 def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
     """RMSNorm then a bias-free linear layer in one kernel: x [B, D], weight [N, D] contiguous -> [B, N].
 
     The output head of a decode step (N the vocabulary): the norm's statistic is gathered in the same pass
-    as the products, W (g * x / rms(x)) = (W (g * x)) / rms(x), as in :func:`norm_qkv_rope`. One program
-    per HEAD_ROWS head rows and row of the batch; from TILE_MIN_BATCH to TILE_ROWS rows, tensor-core tiles
-    over the whole batch (each weight read once for the batch).
+    as the products, W (g * x / rms(x)) = (W (g * x)) / rms(x), as in :func:`norm_qkv_rope`.
     """
     batch, dim = x.shape
     rows = weight.shape[0]
     out = torch.empty(batch, rows, dtype=x.dtype, device=x.device)
-    if _tiled(batch):
-        tile = {**_tile_shape(batch, weight.dtype, dim), "BN": HEAD_TILE_COLUMNS}
-        _tile_norm_linear[(triton.cdiv(rows, HEAD_TILE_COLUMNS),)](
-            x, norm_weight, weight, out, x.stride(0), out.stride(0), batch, rows, dim, eps,
-            **tile, **_tile_launch(x.device, batch),
-        )  # fmt: skip
-        return out
     _norm_linear[(triton.cdiv(rows, HEAD_ROWS), batch)](
         x, norm_weight, weight, out, x.stride(0), out.stride(0), rows, eps, DIM=dim, ROWS=HEAD_ROWS,
         COLUMNS=min(triton.next_power_of_2(dim), MAX_COLUMNS), num_warps=HEAD_WARPS, **_launch(x.device, batch),

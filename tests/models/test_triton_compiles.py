@@ -40,12 +40,7 @@ ROW_KERNELS = {
     "_batched_linear_residual": {"DIM": 2048, "ROWS": 1},
 }  # fmt: skip
 # The tile kernels launch with PDL or without it by their rows, as their wrappers choose (in CHILD).
-TILE_KERNELS = {
-    "_tile_norm_qkv_rope": ROPE,
-    "_tile_norm_gate_up": {},
-    "_tile_linear_residual": {},
-    "_tile_norm_linear": {},
-}
+TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_linear_residual": {}}
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_block", "_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range",
            "_gather_pair", "_arrive", "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t",
@@ -99,8 +94,6 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
         constexprs = {**constexprs, **shape}
         if name == "_tile_norm_qkv_rope":
             constexprs["BN"] = td.QKV_TILE_PAIRS
-        if name == "_tile_norm_linear":
-            constexprs["BN"] = td.HEAD_TILE_COLUMNS
         # PDL, and with it the first step's weights before the wait, as on a Hopper GPU for these rows
         constexprs["PDL"] = constexprs["EARLY"] = rows <= td.PDL_MAX_BATCH
     value = "*bf16" if dtype == "bfloat16" else "*fp32"
