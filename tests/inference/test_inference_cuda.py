@@ -42,6 +42,17 @@ def test_cuda_graphs_decode_what_eager_decodes(chunk: int) -> None:
     )
 
 
+def test_cuda_graphs_decode_a_tiled_batch_as_eager_does() -> None:
+    # Six rows: the decode kernels' tensor-core tiles (from TILE_MIN_BATCH rows), on the GPU.
+    from muomni.models import triton_decode
+
+    prompts = [[i, i + 1, i + 2] for i in range(7, 7 + 5 * triton_decode.TILE_MIN_BATCH + 1, 5)]
+    assert len(prompts) > triton_decode.TILE_MIN_BATCH
+    model = _cuda_model()
+    eager = generate_tokens(model, prompts, 30, temperature=0.0)
+    assert generate_tokens(model, prompts, 30, temperature=0.0, compile=True) == eager
+
+
 def test_cuda_tuned_kernels_decode_what_eager_decodes() -> None:
     """Coordinate-descent tuning rewrites the one-token matmuls as fused reductions: same greedy tokens."""
     model = _cuda_model()
