@@ -190,9 +190,9 @@ class Trainer:
 
         ``ahead`` steps were launched before this one and are not read yet (0 or 1; see
         :meth:`TrainingRun._run_steps <muomni.training.loop.TrainingRun._run_steps>`); the schedule takes them
-        as applied. ``stop_requested``: this process has a stop signal; the step's
-        result says whether any rank had one. Where the update is not skipped on the device
-        (:attr:`skips_on_device`), the host reads the loss here and the step is complete on return.
+        as applied. ``stop_requested``: this process has a stop signal; the step's result says whether any
+        rank had one. Where the update is not skipped on the device (:attr:`skips_on_device`), the host reads
+        the loss here and the step is complete on return.
         """
         started = time.perf_counter()
         number = self.progress.step + ahead + 1
