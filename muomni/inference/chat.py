@@ -9,8 +9,10 @@ continues::
     Assistant:
 
 A reply ends at ``<eos>``, at ``max_new_tokens`` (at most half the context), or when the model starts the
-next ``User:`` line itself. The whole conversation is run again at each turn (one prefill), and when it no
-longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying so.
+next ``User:`` line itself. Each turn's prompt is the whole conversation, but only what the KV cache does
+not hold yet runs through the model, most often the new message: the cache keeps the earlier turns from one
+reply to the next (:class:`~muomni.inference.prefix.KVPrefix`). When the conversation no longer fits in
+``ctx_len`` the oldest turns are dropped, with one line saying so, and what is left runs again.
 
 Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history;
 Ctrl-C during a reply stops that reply and drops its turn.
@@ -25,6 +27,7 @@ from typing import TextIO
 
 from muomni.data import Tokenizer
 from muomni.inference.generate import generate_tokens
+from muomni.inference.prefix import KVPrefix
 from muomni.inference.stats import GenerationStats
 from muomni.inference.streaming import TextStream
 from muomni.models.thinker import Thinker
@@ -44,6 +47,7 @@ class Conversation:
     ctx_len: int
     reply_tokens: int
     turns: list[list[int]] = field(default_factory=list)  # ids of "User: ...\nAssistant: ...\n" per turn
+    prefix: KVPrefix = field(default_factory=KVPrefix)  # what the model's KV cache holds of the conversation
 
     def prompt_ids(self, message: str) -> tuple[list[int], int, bool]:
         """Ids of the history plus ``message``; also how many old turns were dropped, and whether the
@@ -62,6 +66,7 @@ class Conversation:
 
     def reset(self) -> None:
         self.turns.clear()
+        self.prefix.forget()
 
 
 def chat(
@@ -143,6 +148,7 @@ def _answer(
         pad_id=tokenizer.pad_id,
         stats=stats,
         observer=stream,
+        prefix=conversation.prefix,
         **sampling,  # type: ignore[arg-type]
     )
     reply = stream.close()[0].strip()

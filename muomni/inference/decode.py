@@ -58,14 +58,16 @@ def last_logits(model: Thinker, tokens: torch.Tensor, input_pos: torch.Tensor) -
     return model.lm_head(hidden[:, -1])
 
 
-def prefill(setup: DecodeSetup, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def prefill(setup: DecodeSetup, tokens: torch.Tensor, valid: torch.Tensor, start: int = 0) -> torch.Tensor:
     """Run the left-padded prompts ``tokens`` [B, T] in one forward and sample each row's first token [B].
 
-    ``valid`` [B, T] marks real tokens; with the cache on, their keys/values fill slots 0..T-1.
+    ``valid`` [B, T] marks real tokens; with the cache on, their keys/values fill slots 0..T-1. ``start``:
+    the cache holds the keys/values of the first ``start`` tokens already (a kept prefix, see
+    :class:`~muomni.inference.prefix.KVPrefix`), so only the rest runs, attending to those slots.
     """
     batch, length = tokens.shape
     setup.model.set_key_padding(valid)
-    logits = last_logits(setup.model, tokens, torch.arange(length, device=tokens.device))
+    logits = last_logits(setup.model, tokens[:, start:], torch.arange(start, length, device=tokens.device))
     noise = setup.noise(1, batch)
     return sample(logits, setup.params, None if noise is None else noise[0])
 

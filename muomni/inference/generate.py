@@ -23,6 +23,7 @@ import torch
 from muomni.data import Tokenizer
 from muomni.errors import InputError
 from muomni.inference.decode import CachedDecoder, DecodeSetup, UncachedDecoder, prefill
+from muomni.inference.prefix import KVPrefix
 from muomni.inference.sampling import SamplingParams
 from muomni.inference.stats import GenerationStats, synced_time
 from muomni.inference.streaming import StreamCallback, TextStream
@@ -129,6 +130,7 @@ def generate_tokens(
     decode_chunk: int | None = None,
     observer: Observer | None = None,
     tune: bool = False,
+    prefix: KVPrefix | None = None,
 ) -> list[list[int]]:
     """Token-level :func:`generate`: complete each list of ids; all rows run as one batch.
 
@@ -137,6 +139,8 @@ def generate_tokens(
         pad_id: the token used for left padding and for the steps after a row has ended.
         observer: called with each row's new tokens after every decode call; returns ``{row: tokens to
             keep}`` for rows that must end (how :func:`generate` implements stop strings and streaming).
+        prefix: for a batch of one with the KV cache on: the part of the prompt that the last generation
+            given this object left in the cache is not run again (see :class:`KVPrefix`).
         The other arguments are those of :func:`generate`.
 
     Returns:
@@ -151,7 +155,7 @@ def generate_tokens(
     with torch.inference_mode():
         compile = compile or tune
         chunk = _chunk(decode_chunk, compile, device)
-        return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune)
+        return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune, prefix)
 
 
 def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
@@ -221,6 +225,7 @@ def run_generation(
     stats: GenerationStats | None,
     observer: Observer | None,
     tune: bool = False,
+    prefix: KVPrefix | None = None,
 ) -> list[list[int]]:
     """Generate for already-validated ``prompts`` (what :func:`generate_tokens` runs inside inference mode).
 
@@ -232,22 +237,33 @@ def run_generation(
         compile = False
     tokens, valid = left_pad(prompts, setup.pad_id, device)
     batch, length = tokens.shape
-    slots = compiled_cache_len(model.config.ctx_len, length + max_new) if compile else length + max_new
+    keeps = prefix is not None and batch == 1 and model.kv_cache_enabled
+    if compile:
+        slots = compiled_cache_len(model.config.ctx_len, length + max_new)
+    else:  # a kept prefix needs a cache that does not grow (a new one holds nothing) as the prompts do
+        slots = model.config.ctx_len if keeps else length + max_new
     # Normal tensors, not inference tensors: the user may reset the cache outside inference mode, and the
     # compiled step's guards expect the same kind of tensor every time.
     with torch.inference_mode(False):
         model.setup_caches(batch, slots)
     decoder = CachedDecoder(setup, chunk, compile, tune) if model.kv_cache_enabled else UncachedDecoder(setup)
     compile_s = decoder.warm_up(batch)
+    # A warm-up that compiled wrote to the first cache slots.
+    reused = prefix.reusable(model, prompts[0]) if keeps and compile_s is None else 0
+    model.cache_owner = None  # until this generation is over, its cache holds what nobody tracks
     clock = (lambda: synced_time(device)) if stats is not None else (lambda: 0.0)
     start = clock()
-    first = prefill(setup, tokens, valid)
+    first = prefill(setup, tokens, valid, start=reused)
     first_at = clock()
     decoder.start(tokens, first, max_new)
     out, limits = _decode_loop(decoder, setup, first, max_new, observer)
+    if keeps:  # the cache now holds the prompt and every token fed back: all but the last one sampled
+        prefix.ids = prompts[0] + out[0, :-1].tolist()
+        model.cache_owner = prefix
     rows = _trim(out.tolist(), setup.eos_id, limits)
     if stats is not None:
         stats.rows, stats.prompt_tokens = batch, sum(len(ids) for ids in prompts)
+        stats.cached_prompt_tokens = reused
         stats.generated_tokens = sum(len(ids) for ids in rows)
         stats.time_to_first_token_s, stats.total_s = first_at - start, clock() - start
         stats.compile_s = compile_s

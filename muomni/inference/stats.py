@@ -18,6 +18,7 @@ class GenerationStats:
 
     rows: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those a kept prefix had in the cache (not run again)
     generated_tokens: int = 0
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
@@ -42,7 +43,8 @@ class GenerationStats:
     def format(self) -> str:
         """One line for the terminal."""
         parts = [
-            f"prompt tokens {self.prompt_tokens}",
+            f"prompt tokens {self.prompt_tokens}"
+            + (f" ({self.cached_prompt_tokens} from the cache)" if self.cached_prompt_tokens else ""),
             f"generated tokens {self.generated_tokens}",
             f"time to first token {self.time_to_first_token_s * 1e3:.1f} ms",
             f"decode {self.decode_tokens_per_s:,.1f} tok/s",

@@ -123,6 +123,9 @@ class Thinker(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layers))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # Who knows what the KV cache holds: a caller that tracks it (muomni.inference.prefix.KVPrefix) sets
+        # itself here after a generation; a new cache, a reset or the cache turned off clears it.
+        self.cache_owner: object | None = None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -166,10 +169,12 @@ class Thinker(nn.Module):
         for attn in self.attentions:
             attn.kv_cache = KVCache(max_batch, attn.n_kv_heads, max_len, attn.head_dim, dtype, device)
         self.model.cache_len = max_len
+        self.cache_owner = None
 
     def enable_kv_cache(self, enabled: bool = True) -> None:
         """Turn the KV cache on (decoding reuses past keys/values) or off (each step recomputes them)."""
         self.model.cached = enabled
+        self.cache_owner = None
         if not enabled:
             for attn in self.attentions:
                 attn.kv_cache = None
@@ -180,6 +185,7 @@ class Thinker(nn.Module):
 
     def reset_kv_cache(self) -> None:
         """Forget every cached key/value and padding mark, so the next prompt starts clean."""
+        self.cache_owner = None
         self.model.key_valid.fill_(True)
         for attn in self.attentions:
             if attn.kv_cache is not None:
