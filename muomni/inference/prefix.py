@@ -2,7 +2,8 @@
 left in the cache runs only its new tokens through the model.
 
 ``muomni chat`` needs it: each turn's prompt is the whole conversation so far, and running it again costs a
-turn the prefill of every earlier turn (600 tokens of the small preset: 0.5 s in bf16 on a 2-core CPU).
+turn the prefill of every earlier turn. The small preset in bf16 on a 2-core CPU, a 600-token conversation
+and a 20-token message: 0.44-0.53 s to the first token run again, 0.04 s kept (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
