@@ -10,9 +10,10 @@ continues::
 
 A reply ends at ``<eos>``, at ``max_new_tokens`` (at most half the context), or when the model starts the
 next ``User:`` line itself. Each turn's prompt is the whole conversation, but only what the KV cache does
-not hold yet runs through the model, most often the new message: the cache keeps the earlier turns from one
-reply to the next (:class:`~muomni.inference.prefix.KVPrefix`). When the conversation no longer fits in
-``ctx_len`` the oldest turns are dropped, with one line saying so, and what is left runs again.
+not hold yet runs through the model (:class:`~muomni.inference.prefix.KVPrefix`): the last reply, which the
+history holds as its text tokenized again (not always the ids the model sampled), and the new message. When
+the conversation no longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying so, and
+what is left runs again.
 
 Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history;
 Ctrl-C during a reply stops that reply and drops its turn.
