@@ -10,10 +10,10 @@ continues::
 
 A reply ends at ``<eos>``, at ``max_new_tokens`` (at most half the context), or when the model starts the
 next ``User:`` line itself. Each turn's prompt is the whole conversation, but only what the KV cache does
-not hold yet runs through the model (:class:`~muomni.inference.prefix.KVPrefix`): the last reply, which the
-history holds as its text tokenized again (not always the ids the model sampled), and the new message. When
-the conversation no longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying so, and
-what is left runs again.
+not hold yet runs through the model (:class:`~muomni.inference.prefix.KVPrefix`), most often the new line and
+message: the history keeps each reply as the ids the model sampled, which the cache holds, all but the last
+one. When the conversation no longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying
+so, and what is left runs again.
 
 Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history;
 Ctrl-C during a reply stops that reply and drops its turn.
@@ -62,8 +62,11 @@ class Conversation:
         history = [i for turn in self.turns for i in turn]
         return history + new[-limit:], dropped, len(new) > limit
 
-    def add(self, message: str, reply: str) -> None:
-        self.turns.append(self.tokenizer.encode(f"{USER} {message}\n{ASSISTANT} {reply}\n"))
+    def add(self, message: str, reply: list[int]) -> None:
+        """Keep a turn: the message framed as :meth:`prompt_ids` framed it, then the reply's ids, then a new
+        line. Ids, not text: the ids the model sampled are what the KV cache holds, and the same text
+        tokenized again can part from them (see :func:`reply_ids`)."""
+        self.turns.append(self.tokenizer.encode(f"{USER} {message}\n{ASSISTANT}") + reply + self.tokenizer.encode("\n"))
 
     def reset(self) -> None:
         self.turns.clear()
@@ -140,7 +143,7 @@ def _answer(
     printer = _ReplyPrinter(out)
     stream = TextStream(tokenizer, 1, printer, stop=STOP)
     stats = GenerationStats() if show_stats else None
-    generate_tokens(
+    sampled = generate_tokens(
         model,
         [ids],
         conversation.reply_tokens,
@@ -152,11 +155,22 @@ def _answer(
         prefix=conversation.prefix,
         **sampling,  # type: ignore[arg-type]
     )
-    reply = stream.close()[0].strip()
+    reply = stream.close()[0]  # cut before the stop string
     print(file=out, flush=True)
-    conversation.add(message, reply)
+    conversation.add(message, reply_ids(tokenizer, sampled[0], reply))
     if stats is not None:
         print(stats.format(), file=out, flush=True)
+
+
+def reply_ids(tokenizer: Tokenizer, sampled: list[int], reply: str) -> list[int]:
+    """The ids of ``reply``, the text of ``sampled`` cut before a stop string or ``<eos>``: the sampled ids
+    as far as their text is the reply's beginning, then the rest of the reply tokenized (the part of a
+    token that a stop string began inside)."""
+    kept = [i for i in sampled if i != tokenizer.eos_id]
+    while kept and not reply.startswith(tokenizer.decode(kept)):
+        kept.pop()
+    rest = reply[len(tokenizer.decode(kept)) if kept else 0 :]
+    return kept + (tokenizer.encode(rest) if rest else [])
 
 
 class _ReplyPrinter:

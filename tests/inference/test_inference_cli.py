@@ -139,7 +139,7 @@ def test_conversation_format_and_fit(tokenizer: Tokenizer) -> None:
     conv = Conversation(tokenizer, ctx_len=64, reply_tokens=16)
     ids, dropped, cut = conv.prompt_ids("hi")
     assert tokenizer.decode(ids) == "User: hi\nAssistant:" and (dropped, cut) == (0, False)
-    conv.add("hi", "hello")
+    conv.add("hi", tokenizer.encode(" hello"))
     ids, _, _ = conv.prompt_ids("how?")
     assert tokenizer.decode(ids) == "User: hi\nAssistant: hello\nUser: how?\nAssistant:"
     ids, dropped, cut = conv.prompt_ids("x" * 300)

@@ -4,12 +4,13 @@ only its new tokens, and decodes as the plain full forward of the whole prompt d
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from inference_helpers import reference_greedy, tiny_model
 
 from muomni.data import Tokenizer
-from muomni.inference.chat import chat
+from muomni.inference.chat import chat, reply_ids
 from muomni.inference.generate import generate_tokens
 from muomni.inference.prefix import KVPrefix
 from muomni.inference.stats import GenerationStats
@@ -90,5 +91,27 @@ def test_chat_runs_the_earlier_turns_once(tokenizer: Tokenizer) -> None:
     lines = iter(["hello there", "and again", "quit"])
     assert chat(model, tokenizer, 8, temperature=0.0, show_stats=True, read=lambda _: next(lines), out=out) == 0
     stats = [line for line in out.getvalue().splitlines() if line.startswith("[stats]")]
-    assert len(stats) == 2
-    assert "from the cache" not in stats[0] and "from the cache" in stats[1]
+    assert len(stats) == 2 and "from the cache" not in stats[0]
+    first_prompt, first_reply = (int(n) for n in re.findall(r"(?:prompt|generated) tokens (\d+)", stats[0]))
+    cached = int(re.search(r"\((\d+) from the cache\)", stats[1]).group(1))
+    # The first prompt and the reply's tokens fed back (all but its last): the history keeps the reply's ids.
+    assert cached == first_prompt + first_reply - 1
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("def parse(line):\n    return line.split()", None),  # the whole text: the sampled ids as they are
+        ("def parse(line):\n    return line.split()", -3),  # a stop string began inside a token
+    ],
+)
+def test_reply_ids_are_the_sampled_ones_as_far_as_the_reply_goes(tokenizer: Tokenizer, text: str, cut: int) -> None:
+    sampled = tokenizer.encode(text)
+    reply = tokenizer.decode(sampled)[:cut]
+    ids = reply_ids(tokenizer, [*sampled, tokenizer.eos_id], reply)
+    assert tokenizer.decode(ids) == reply
+    if cut is None:
+        assert ids == sampled
+    else:
+        kept = next(n for n in range(len(sampled), -1, -1) if reply.startswith(tokenizer.decode(sampled[:n])))
+        assert ids[:kept] == sampled[:kept] and kept > 0
