@@ -53,6 +53,18 @@ def test_cuda_graphs_decode_a_tiled_batch_as_eager_does() -> None:
     assert generate_tokens(model, prompts, 30, temperature=0.0, compile=True) == eager
 
 
+def test_cuda_graphs_after_a_kept_prefix_decode_the_whole_prompt() -> None:
+    from muomni.inference.prefix import KVPrefix
+
+    model, prefix = _cuda_model(), KVPrefix()
+    first = generate_tokens(model, [PROMPTS[2]], 12, temperature=0.0, compile=True, prefix=prefix)[0]
+    second = [*PROMPTS[2], *first, 60, 61]
+    stats = GenerationStats()
+    kept = generate_tokens(model, [second], 12, temperature=0.0, compile=True, prefix=prefix, stats=stats)
+    assert stats.cached_prompt_tokens == len(PROMPTS[2]) + len(first) - 1
+    assert kept == generate_tokens(model, [second], 12, temperature=0.0)  # eager, the whole prompt
+
+
 def test_cuda_tuned_kernels_decode_what_eager_decodes() -> None:
     """Coordinate-descent tuning rewrites the one-token matmuls as fused reductions: same greedy tokens."""
     model = _cuda_model()
