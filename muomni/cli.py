@@ -38,7 +38,12 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", help="print token counts, time to first token, tokens/s")
     p.add_argument("--truncate", action="store_true", help="keep the end of a prompt longer than the context")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on GPU")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPU, fp32 on CPU (bf16 can be faster on CPUs with bf16 instructions)",
+    )
     p.add_argument(
         "--decode-chunk", type=int, default=None, help="decode steps per compiled call (default: 4 on GPU, else 1)"
     )
