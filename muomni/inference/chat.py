@@ -167,9 +167,11 @@ def reply_ids(tokenizer: Tokenizer, sampled: list[int], reply: str) -> list[int]
     as far as their text is the reply's beginning, then the rest of the reply tokenized (the part of a
     token that a stop string began inside)."""
     kept = [i for i in sampled if i != tokenizer.eos_id]
-    while kept and not reply.startswith(tokenizer.decode(kept)):
+    text = tokenizer.decode(kept)
+    while kept and not reply.startswith(text):
         kept.pop()
-    rest = reply[len(tokenizer.decode(kept)) if kept else 0 :]
+        text = tokenizer.decode(kept)
+    rest = reply[len(text) :]
     return kept + (tokenizer.encode(rest) if rest else [])
 
 

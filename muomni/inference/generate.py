@@ -257,10 +257,11 @@ def run_generation(
     first_at = clock()
     decoder.start(tokens, first, max_new)
     out, limits = _decode_loop(decoder, setup, first, max_new, observer)
+    sampled = out.tolist()  # one copy to the host
     if keeps:  # the cache now holds the prompt and every token fed back: all but the last one sampled
-        prefix.ids = prompts[0] + out[0, :-1].tolist()
+        prefix.ids = prompts[0] + sampled[0][:-1]
         model.cache_owner = prefix
-    rows = _trim(out.tolist(), setup.eos_id, limits)
+    rows = _trim(sampled, setup.eos_id, limits)
     if stats is not None:
         stats.rows, stats.prompt_tokens = batch, sum(len(ids) for ids in prompts)
         stats.cached_prompt_tokens = reused
