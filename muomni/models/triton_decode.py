@@ -42,6 +42,15 @@ PDL_MAX_BATCH = 16
 # The tile kernels' first step out of their loop without PDL too (see decode_kernels.tiles._weights_t):
 # for tests of that arithmetic where there is no PDL (Triton's interpreter has none).
 EARLY_WITHOUT_PDL = False
+# Tile kernels whose programs each take one step of their depth at most are compiled without the loop.
+# On an H200, the tiny preset's output projection at batch 16 (x + h W^T, 256 x 256, 16 programs, PDL),
+# 64 launches chained in a CUDA graph (docs/results/tile_latency_probe.py, h200_tile_latency_probe.json):
+# 1.67 us a launch with the loop compiled in and running no iteration, 1.29 without it (0.83 for the batch-1
+# row kernel; 0.64-0.72 for a boundary between two trivial kernels, grid_barrier_probe.py). End to end,
+# tiny preset batch 16, alternating processes on one start (h200_decode_one_step_ab.jsonl): 193,552 and
+# 193,664 tokens/s with it, 184,292 and 174,467 without (every tiny tile is one step); with it and 4 warps
+# a tile, 188,203 and 188,626.
+ONE_STEP_TILES = True
 
 
 def _pdl_in_triton() -> bool:
@@ -75,11 +84,12 @@ def _launch(device: torch.device, batch: int) -> dict:
     return {"PDL": False}
 
 
-def _tile_launch(device: torch.device, batch: int) -> dict:
-    """:func:`_launch` for a tile kernel, with its ``EARLY`` constexpr (see
-    :func:`muomni.models.decode_kernels.tiles._weights_t`)."""
+def _tile_launch(device: torch.device, batch: int, tile: dict, dim: int, splits: int) -> dict:
+    """:func:`_launch` for a tile kernel of ``tile``'s shape over a depth of ``dim`` in ``splits``, with its
+    ``EARLY`` and ``ONE_STEP`` constexprs (see :func:`muomni.models.decode_kernels.tiles._weights_t`)."""
     launch = _launch(device, batch)
-    return {**launch, "EARLY": launch["PDL"] or EARLY_WITHOUT_PDL}
+    one_step = ONE_STEP_TILES and triton.cdiv(dim, splits) <= tile["BK"]  # as _depth_range shares the depth
+    return {**launch, "EARLY": launch["PDL"] or EARLY_WITHOUT_PDL or one_step, "ONE_STEP": one_step}
 
 
 # Split-KV attention: cache slots per program (one block of them each: shorter programs, more of them),
@@ -271,12 +281,13 @@ def norm_qkv_rope(
         )  # fmt: skip
         return q
     if _tiled(batch):
-        tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS, **_tile_launch(x.device, batch)}
+        tile = {**_tile_shape(batch, wq.dtype, dim), "BN": QKV_TILE_PAIRS}
         tiles = (heads + 2 * kv_heads) * triton.cdiv(half, QKV_TILE_PAIRS)
         splits, parts, locks = _split_buffers(x, tiles, tile, QKV_SPLITS, dim, _pair_size(tile))
         _tile_norm_qkv_rope[(tiles, splits)](
-            *args[:14], parts, locks, *args[14:], batch, dim, eps, **shape, **tile, SPLITS=splits
-        )
+            *args[:14], parts, locks, *args[14:], batch, dim, eps, **shape, **tile, SPLITS=splits,
+            **_tile_launch(x.device, batch, tile, dim, splits),
+        )  # fmt: skip
         return q
     _norm_qkv_rope[((heads + 2 * kv_heads) * triton.cdiv(half, PAIRS), batch)](
         *args, eps, DIM=dim, **shape, **_launch(x.device, batch),
@@ -431,7 +442,7 @@ def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> t
         splits, parts, locks = _split_buffers(x, tiles, tile, LINEAR_SPLITS, dim, tile["BM"] * TILE_COLUMNS)
         _tile_linear_residual[(tiles, splits)](
             h, weight, x, out, parts, locks, h.stride(0), x.stride(0), out.stride(0), batch, rows, dim,
-            SPLITS=splits, **tile, **_tile_launch(x.device, batch),
+            SPLITS=splits, **tile, **_tile_launch(x.device, batch, tile, dim, splits),
         )  # fmt: skip
         return out
     _down_residual[(triton.cdiv(rows, DOWN_ROWS), batch)](
@@ -466,13 +477,13 @@ def swiglu_residual(
             ROWS=BATCHED_ROWS, **_batched_shape(batch, BATCHED_ROWS, dim), **_launch(x.device, batch),
         )  # fmt: skip
     elif _tiled(batch):
-        tile = {**_gate_up_shape(batch, w_gate.dtype, dim), **_tile_launch(x.device, batch)}
+        tile = _gate_up_shape(batch, w_gate.dtype, dim)
         tiles = triton.cdiv(hidden, tile["BN"])
         most = GATE_UP_SPLITS if tile["BM"] == 16 else 1
         splits, parts, locks = _split_buffers(x, tiles, tile, most, dim, _pair_size(tile))
         _tile_norm_gate_up[(tiles, splits)](
             x, norm_weight, w_gate, w_up, h, parts, locks, x.stride(0), h.stride(0), batch, hidden, dim, eps,
-            SPLITS=splits, **tile,
+            SPLITS=splits, **tile, **_tile_launch(x.device, batch, tile, dim, splits),
         )  # fmt: skip
     else:
         _norm_gate_up[(triton.cdiv(hidden, MLP_ROWS), batch)](

@@ -69,6 +69,58 @@ def test_tiles_with_their_first_step_out_of_the_loop_compute_what_the_loop_compu
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiles_of_one_step_compiled_without_their_loop_compute_what_the_loop_computes(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONE_STEP (programs of one depth step at most, no loop compiled) against the loop: the same bits, for
+    every tile kernel unsplit and split (each split one step), masked tails; and every launch took it."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(td, "USE_PDL", False)
+    monkeypatch.setattr(td, "SPLIT_MIN_DEPTH", 64)
+    monkeypatch.setattr(td, "SPLIT_DEPTH", 32)  # 16 (fp32) or 32 (bf16) deep a step
+    batch, heads, kv_heads, head_dim, hidden, slots = 6, 2, 1, 16, 120, 8
+    chosen: list[bool] = []  # each tile launch's ONE_STEP
+    tile_launch = td._tile_launch
+
+    def recording(*args: object) -> dict:
+        launch = tile_launch(*args)
+        chosen.append(launch["ONE_STEP"])
+        return launch
+
+    monkeypatch.setattr(td, "_tile_launch", recording)
+
+    def run(one_step: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(td, "ONE_STEP_TILES", one_step)
+        g = torch.Generator().manual_seed(0)
+
+        def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+            return (scale * torch.randn(*shape, generator=g)).to(device, dtype)
+
+        outputs = []
+        for dim in (40, 96):  # unsplit (shallower than SPLIT_MIN_DEPTH), and split in 16- or 32-deep steps
+            x, h = rand(batch, dim), rand(batch, hidden)
+            qkv = tuple(rand(n * head_dim, dim, scale=0.1) for n in (heads, kv_heads, kv_heads))
+            mlp = (rand(hidden, dim, scale=0.1), rand(hidden, dim, scale=0.1), rand(dim, hidden, scale=0.1))
+            gain, angles = 1 + rand(dim, scale=0.3), torch.rand(slots, head_dim, generator=g).to(device)
+            k_cache, v_cache = rand(batch, kv_heads, slots, head_dim), rand(batch, kv_heads, slots, head_dim)
+            pos = torch.tensor([3], device=device)
+            q = td.norm_qkv_rope(x, gain, 1e-5, qkv, None, angles.cos(), angles.sin(), pos, k_cache, v_cache)
+            outputs += [q, k_cache, v_cache, td.linear_residual(x, h, mlp[2])]
+            if dtype == torch.bfloat16 or dim < 64:  # fp32's gate/up at 96 deep: 3 splits of two 16-deep steps
+                outputs.append(td.swiglu_residual(x, gain, 1e-5, mlp))
+        return outputs
+
+    loop = run(False)
+    assert chosen and not any(chosen)
+    chosen.clear()
+    one_step = run(True)
+    assert len(chosen) == (8 if dtype == torch.bfloat16 else 6) and all(chosen)
+    for got, want in zip(one_step, loop, strict=True):
+        assert torch.isfinite(want.float()).all()
+        assert torch.equal(got, want)
+
+
 def _weights(dtype: torch.dtype) -> dict:
     g = torch.Generator().manual_seed(0)
 

@@ -94,8 +94,11 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
         constexprs = {**constexprs, **shape}
         if name == "_tile_norm_qkv_rope":
             constexprs["BN"] = td.QKV_TILE_PAIRS
-        # PDL, and with it the first step's weights before the wait, as on a Hopper GPU for these rows
-        constexprs["PDL"] = constexprs["EARLY"] = rows <= td.PDL_MAX_BATCH
+        # PDL, and with it the first step's weights before the wait, as on a Hopper GPU for these rows; no
+        # loop where every program's share of the depth is one step (bf16 256 deep unsplit)
+        constexprs["ONE_STEP"] = td.ONE_STEP_TILES and triton.cdiv(dim, constexprs["SPLITS"]) <= constexprs["BK"]
+        constexprs["PDL"] = rows <= td.PDL_MAX_BATCH
+        constexprs["EARLY"] = constexprs["PDL"] or constexprs["ONE_STEP"]
     value = "*bf16" if dtype == "bfloat16" else "*fp32"
     signature = {}
     for arg in kernel.arg_names:

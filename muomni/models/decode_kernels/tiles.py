@@ -67,7 +67,10 @@ def _gather_pair(a, b, squares, part_ptr, lock_ptr, BM: tl.constexpr, BN: tl.con
 
 # Launched with PDL, the tile kernels take their depth's first step (for the presets' splits most often
 # their only one) out of the loop (EARLY): its weights are loaded before `_wait_for_inputs`, the rest in the
-# pipelined loop after it. Without PDL the first step stays in the loop, pipelined with the others.
+# pipelined loop after it. Without PDL the first step stays in the loop, pipelined with the others. Where
+# every program's share of the depth is one step at most (ONE_STEP, which implies EARLY), the loop is not
+# compiled at all: its software pipeline's prologue and epilogue (predicated copies, waits and barriers)
+# cost time even when the loop runs no iteration (see ONE_STEP_TILES in muomni.models.triton_decode).
 @triton.jit
 def _weights_t(w_ptr, rows, rows_ok, k, k_ok, dim):
     """[BK, BN]: columns ``k`` of the weight rows ``rows``, transposed (as the product takes them)."""
@@ -152,7 +155,7 @@ def _tile_norm_qkv_rope(
     batch, dim, eps,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, ONE_STEP: tl.constexpr,
 ):  # fmt: skip
     # Program (pair block, split): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on
     # tensor cores, over the split's share of the depth.
@@ -170,10 +173,11 @@ def _tile_norm_qkv_rope(
         BM, BN, BK, PRECISION, UPCAST, PDL, EARLY,
     )  # fmt: skip
     pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
-    low, high, squares = _normed_pair_steps(
-        low, high, squares, first, k_end, x_ptr, norm_ptr, w_ptr, w_ptr, row + j, row + HALF + j, j_ok, m, m_ok, dim,
-        stride_xb, BK, PRECISION, UPCAST,
-    )  # fmt: skip
+    if not ONE_STEP:
+        low, high, squares = _normed_pair_steps(
+            low, high, squares, first, k_end, x_ptr, norm_ptr, w_ptr, w_ptr, row + j, row + HALF + j, j_ok, m, m_ok,
+            dim, stride_xb, BK, PRECISION, UPCAST,
+        )  # fmt: skip
     last = True
     if SPLITS > 1:
         low, high, squares, last = _gather_pair(low, high, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
@@ -221,7 +225,7 @@ def _tile_norm_gate_up(
     stride_xb, stride_hb,
     batch, rows, dim, eps,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, ONE_STEP: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch
     # (BM >= batch), over the split's share of the depth.
@@ -234,10 +238,11 @@ def _tile_norm_gate_up(
         x_ptr, norm_ptr, wg_ptr, wu_ptr, n, n, n_ok, m, m_ok, k_start, k_end, dim, stride_xb,
         BM, BN, BK, PRECISION, UPCAST, PDL, EARLY,
     )  # fmt: skip
-    gate, up, squares = _normed_pair_steps(
-        gate, up, squares, first, k_end, x_ptr, norm_ptr, wg_ptr, wu_ptr, n, n, n_ok, m, m_ok, dim, stride_xb,
-        BK, PRECISION, UPCAST,
-    )  # fmt: skip
+    if not ONE_STEP:
+        gate, up, squares = _normed_pair_steps(
+            gate, up, squares, first, k_end, x_ptr, norm_ptr, wg_ptr, wu_ptr, n, n, n_ok, m, m_ok, dim, stride_xb,
+            BK, PRECISION, UPCAST,
+        )  # fmt: skip
     last = True
     if SPLITS > 1:
         gate, up, squares, last = _gather_pair(gate, up, squares, part_ptr, lock_ptr, BM, BN, SPLITS)
@@ -257,7 +262,7 @@ def _tile_linear_residual(
     stride_hb, stride_xb, stride_ob,
     batch, rows, dim,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, ONE_STEP: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch),
     # over the split's share of the depth. Every program loads its residual tile (the last of a split tile
@@ -280,11 +285,12 @@ def _tile_linear_residual(
     if EARLY:
         acc = _dot(_batch_rows(h_ptr, m, m_ok, k, k_ok, stride_hb), w, acc, PRECISION, UPCAST)
         first = k_start + BK
-    for start in range(first, k_end, BK):
-        k = start + tl.arange(0, BK)
-        k_ok = k < k_end
-        w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
-        acc = _dot(_batch_rows(h_ptr, m, m_ok, k, k_ok, stride_hb), w, acc, PRECISION, UPCAST)
+    if not ONE_STEP:
+        for start in range(first, k_end, BK):
+            k = start + tl.arange(0, BK)
+            k_ok = k < k_end
+            w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
+            acc = _dot(_batch_rows(h_ptr, m, m_ok, k, k_ok, stride_hb), w, acc, PRECISION, UPCAST)
     last = True
     if SPLITS > 1:
         block = m[:, None] * BN + tl.arange(0, BN)[None, :]
