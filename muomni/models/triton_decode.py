@@ -216,8 +216,18 @@ QKV_TILE_PAIRS = 16  # row pairs of one head per program of the attention input'
 #   32,381 split as below (alternating on one start; 31,852 unsplit at 256 deep on another).
 # The tiny preset (256 wide) lost with splits of one or two steps: batch 16 ran 134,685 tokens/s against
 # 150,288 before (two starts); its 256-deep tiles are back to what was measured then.
+# Since the tiles of one step compile without their loop (ONE_STEP_TILES), the steps of 16-row tiles (5 to
+# 16 rows) are 256 deep: every split of the small preset is then one step (the attention input and output
+# projection in 3 splits, gate/up in 3, down in 8). End to end, alternating processes on one start
+# (docs/results/h200_decode_split_depth_ab.jsonl, h200_decode_split_depth_b64_ab.jsonl): small preset
+# batch 16, 46,859 and 47,922 tokens/s 256 deep against 44,389 and 44,575 128 deep (42,692 and 43,515
+# before ONE_STEP), and 48,038 and 48,088 against 44,333 and 44,309 on the next start; tiny batch 16 (only
+# its down projection is split: 4 splits for 8) even, 183,013-198,058 either way. Tiles of more rows stay
+# SPLIT_DEPTH_MORE_ROWS deep a step: at batch 64, 256 deep ran the small preset at 108,440 and 108,400
+# against 113,548 and 113,549 (the tiny preset 413,646 and 416,092 against 429,516 and 417,151).
 SPLIT_MIN_DEPTH = 768
-SPLIT_DEPTH = 128
+SPLIT_DEPTH = 256
+SPLIT_DEPTH_MORE_ROWS = 128
 LINEAR_SPLITS = 8
 QKV_SPLITS = 6
 # Gate/up's tiles are 32 columns wide for up to 16 rows. Chosen on an H200, small preset, kernels alone over
@@ -228,7 +238,8 @@ QKV_SPLITS = 6
 # against 38,363 (one start). The tiny preset's 256-deep tiles, one step each, stay 16 wide (3.0 us, 3.6
 # at 32 columns). Those 16-row tiles (5 to 16 rows) are split GATE_UP_SPLITS ways from SPLIT_MIN_DEPTH, as
 # with PDL each program loads its first step before the wait: for the small preset three programs of two
-# 128-deep steps each then load half the depth early, where one program loaded one step of six (the tiles
+# 128-deep steps each then loaded half the depth early (of one 256-deep step each now, all of it), where
+# one program loaded one step of six (the tiles
 # of more rows were not measured split and are not). Without PDL, unsplit tiles had been 1 us a layer
 # faster than 8 splits. End to end with PDL, small preset batch 16, alternating on one start
 # (docs/results/h200_decode_gate_up_split_ab.json): 43,656 and 43,527 tokens/s in 3 splits, 43,133 and
@@ -409,8 +420,9 @@ def _pair_size(tile: dict) -> int:
 def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
     """Tile sizes and dot precision (see :func:`_dot_precision`) for ``batch`` rows and a depth of ``dim``."""
     rows = max(16, triton.next_power_of_2(batch))  # tl.dot takes 16 rows at least
+    split_depth = SPLIT_DEPTH if rows == 16 else SPLIT_DEPTH_MORE_ROWS
     # The depths are for 16-bit weights: fp32 tiles twice as deep overran an H200's shared memory at 64 rows.
-    depth = (SPLIT_DEPTH if dim >= SPLIT_MIN_DEPTH else TILE_DEPTH) * 2 // dtype.itemsize
+    depth = (split_depth if dim >= SPLIT_MIN_DEPTH else TILE_DEPTH) * 2 // dtype.itemsize
     return {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, **_dot_precision(dtype), "num_warps": TILE_WARPS}
 
 
