@@ -44,7 +44,7 @@ TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_li
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_block", "_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range",
            "_gather_pair", "_arrive", "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t",
-           "_batch_rows", "_gained_rows", "_dot", "_normed_pair_first", "_normed_pair_steps", "_pairs",
+           "_batch_rows", "_gain", "_gained_rows", "_dot", "_normed_pair_first", "_normed_pair_steps", "_pairs",
            "_row_block_pairs", "_pair_weights", "_pair_gain", "_gained_pair_rows", "_pair_rows"}  # fmt: skip
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
 SPLIT_K = {"_tile_norm_qkv_rope", "_tile_norm_gate_up", "_tile_linear_residual"}

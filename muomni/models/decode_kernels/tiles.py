@@ -84,12 +84,17 @@ def _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb):
 
 
 @triton.jit
-def _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb):
-    """Columns ``k`` of the rows times the norm's gain, and the rows' sums of squares over them (the
-    norm's statistic), fp32: W (g * x) / rms(x), with 1 / rms(x) applied after the products, as in the row
-    kernels."""
+def _gain(norm_ptr, k, k_ok):
+    """[BK]: columns ``k`` of the norm's gain, fp32 (no kernel writes it: with EARLY, read before the wait)."""
+    return tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _gained_rows(x_ptr, gain, m, m_ok, k, k_ok, stride_xb):
+    """Columns ``k`` of the rows times the norm's ``gain`` there, and the rows' sums of squares over them
+    (the norm's statistic), fp32: W (g * x) / rms(x), with 1 / rms(x) applied after the products, as in the
+    row kernels."""
     x = _batch_rows(x_ptr, m, m_ok, k, k_ok, stride_xb).to(tl.float32)
-    gain = tl.load(norm_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
     return x * gain[None, :], tl.sum(x * x, axis=1)
 
 
@@ -110,8 +115,8 @@ def _normed_pair_first(
 ):  # fmt: skip
     """Two products of the gained rows (see :func:`_gained_rows`), with weight rows ``rows_a`` of wa and
     ``rows_b`` of wb, [BM, BN] fp32 each, and the rows' sums of squares, so far: with EARLY the split's
-    first step, its weights loaded before `_wait_for_inputs`, otherwise nothing yet. Waits either way, and
-    returns them with the depth where :func:`_normed_pair_steps` goes on."""
+    first step, its weights and the norm's gain loaded before `_wait_for_inputs`, otherwise nothing yet.
+    Waits either way, and returns them with the depth where :func:`_normed_pair_steps` goes on."""
     a = tl.zeros([BM, BN], tl.float32)
     b = tl.zeros([BM, BN], tl.float32)
     squares = tl.zeros([BM], tl.float32)
@@ -121,9 +126,10 @@ def _normed_pair_first(
         k_ok = k < k_end
         w_a = _weights_t(wa_ptr, rows_a, rows_ok, k, k_ok, dim)
         w_b = _weights_t(wb_ptr, rows_b, rows_ok, k, k_ok, dim)
+        gain = _gain(norm_ptr, k, k_ok)
     _wait_for_inputs(PDL)
     if EARLY:
-        gx, squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        gx, squares = _gained_rows(x_ptr, gain, m, m_ok, k, k_ok, stride_xb)
         a = _dot(gx, w_a, a, PRECISION, UPCAST)
         b = _dot(gx, w_b, b, PRECISION, UPCAST)
         first = k_start + BK
@@ -139,7 +145,7 @@ def _normed_pair_steps(
     for start in range(first, k_end, BK):
         k = start + tl.arange(0, BK)
         k_ok = k < k_end
-        gx, step_squares = _gained_rows(x_ptr, norm_ptr, m, m_ok, k, k_ok, stride_xb)
+        gx, step_squares = _gained_rows(x_ptr, _gain(norm_ptr, k, k_ok), m, m_ok, k, k_ok, stride_xb)
         squares += step_squares
         a = _dot(gx, _weights_t(wa_ptr, rows_a, rows_ok, k, k_ok, dim), a, PRECISION, UPCAST)
         b = _dot(gx, _weights_t(wb_ptr, rows_b, rows_ok, k, k_ok, dim), b, PRECISION, UPCAST)
