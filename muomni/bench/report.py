@@ -105,14 +105,14 @@ def chart(path: Path, kind: str, rows: list[dict[str, Any]]) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(ok) + 4), 4.5))
     rates = [r["tokens_per_s"] for r in ok]
     axes[0].bar(labels, rates, color=colors)
-    axes[0].set_title("tokens/s (higher is better)")
+    axes[0].set_title("tokens/s\n(higher is better)")
     if max(rates) > 100 * min(rates):  # decoding rows span orders of magnitude: keep the slow ones visible
         axes[0].set_yscale("log")
-        axes[0].set_title("tokens/s, log scale (higher is better)")
+        axes[0].set_title("tokens/s, log scale\n(higher is better)")
     # A row without a measured peak (Hugging Face's decoding rows) gets no bar, rather than a bar of 0.
     memory = [r["peak_memory_bytes"] / GIB if r.get("peak_memory_bytes") else math.nan for r in ok]
     axes[1].bar(labels, memory, color=colors)
-    axes[1].set_title("peak memory, GiB (lower is better; no bar: not measured)")
+    axes[1].set_title("peak memory, GiB\n(lower is better; no bar: not measured)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=60)
     fig.suptitle(f"muomni bench {kind}")
