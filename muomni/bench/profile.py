@@ -5,7 +5,8 @@ then prints the top operators by device time and by memory, the share of time sp
 the loss, the backward pass, the optimizer and data loading, and on a GPU the kernels that take the most
 device time, the device time per step by kind of kernel (matrix products, attention, Triton's fused
 elementwise kernels, muomni's own kernels, optimizer, copies) and how long the device ran nothing (which
-the labels cannot show inside a compiled graph). Attention and MLP are
+the labels cannot show inside a compiled graph). With ``--infer`` on a GPU, compiled decoding too (the
+path of ``generate --compile``), each kernel with what it adds to a token's device time. Attention and MLP are
 labelled by forward hooks added from outside the model (the forward itself has no profiling code); the
 backward pass is one block, because autograd runs it outside those labels.
 """
@@ -13,8 +14,6 @@ backward pass is one block, because autograd runs it outside those labels.
 from __future__ import annotations
 
 import argparse
-import functools
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,9 +22,17 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from muomni.bench.device_time import (
+    critical_path_lines,
+    device_breakdown,
+    device_kernels,
+    print_breakdown,
+    top_kernels,
+)
 from muomni.config import load_config
 
 REGIONS = ("attention", "mlp", "loss", "backward", "optimizer", "data")
+DECODE_TOKENS = 64  # compiled decoding profiled on a GPU (at most): its figures are per generated token
 
 
 @contextmanager
@@ -95,7 +102,7 @@ def _device_shares(events: list, cpu_events: list) -> dict[str, float | None]:
     device time linked to no range at all. Without it the shares would leave that time out without saying so.
     """
     main_threads = {e.thread for e in cpu_events if e.name == "train_step"}
-    kernels = _device_kernels(events)
+    kernels = device_kernels(events)
     device_total = sum(duration for _, _, duration in kernels)
     totals: dict[str, float] = {}
     linked: dict[str, float] = {}  # by kernel name
@@ -193,97 +200,6 @@ def _step(trainer, batches: list[torch.Tensor]) -> Callable[[], list[float]]:  #
         return trainer.update(loss_sum)  # the trainer's own: clipping, the step, and the read of the loss
 
 
-# Kinds of device kernels, by what their names contain (the first match wins: cuDNN's attention kernels
-# also name the architecture, as cuBLAS's do).
-KERNEL_KINDS = (
-    ("attention", ("flash", "fmha", "sdpa", "attention")),
-    ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "sm80_", "cublas")),
-    # The gradient norm is the optimizer's: PyTorch's foreach norm, or muomni's sum of squares (bf16 weights).
-    ("optimizer", ("adam", "sgd", "multi_tensor_apply", "sum_of_squares")),
-    ("copies", ("memcpy", "memset")),
-    ("fused elementwise (Triton)", ("triton",)),
-    # Eager PyTorch's own pointwise and reduction kernels (at::native::elementwise_kernel, reduce_kernel, ...).
-    ("elementwise (PyTorch)", ("at::native::",)),
-)
-
-
-MUOMNI_KERNELS = "muomni's kernels (Triton)"
-
-
-@functools.cache
-def _muomni_kernel_names() -> frozenset[str]:
-    """The names of muomni's own Triton kernels (the decode step's, the loss's), as profilers show them:
-    the kernel's function name. Empty where Triton is not installed."""
-    try:
-        import triton
-
-        from muomni.models import triton_decode
-        from muomni.training import triton_ce
-    except ImportError:
-        return frozenset()
-    modules = (triton_decode, triton_ce)
-    return frozenset(n for m in modules for n, f in vars(m).items() if isinstance(f, triton.runtime.KernelInterface))
-
-
-def kernel_kind(name: str) -> str:
-    lowered = name.lower()
-    kind = next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
-    return MUOMNI_KERNELS if kind == "other" and name in _muomni_kernel_names() else kind
-
-
-def device_breakdown(kernels: list[tuple[str, float, float]], steps: int) -> dict[str, float]:
-    """Device time per step (us) by kind of kernel, and the time the device ran nothing.
-
-    ``kernels``: (name, start, duration) in us. ``idle`` is the span from the first kernel's start to the
-    last one's end less the time at least one kernel ran (kernels of several streams may overlap).
-    """
-    totals: dict[str, float] = {}
-    for name, _, duration in kernels:
-        kind = kernel_kind(name)
-        totals[kind] = totals.get(kind, 0.0) + duration / steps
-    busy, reached = 0.0, -math.inf
-    for _, start, duration in sorted(kernels, key=lambda k: k[1]):
-        end = start + duration
-        busy += max(0.0, end - max(start, reached))
-        reached = max(reached, end)
-    span = (reached - min(start for _, start, _ in kernels)) if kernels else 0.0
-    return {**totals, "idle": (span - busy) / steps, "span": span / steps}
-
-
-def _device_kernels(events: list) -> list[tuple[str, float, float]]:
-    """The device's kernels and copies, without the ranges user annotations draw on its timeline."""
-    return [
-        (e.name, e.time_range.start, e.time_range.elapsed_us())
-        for e in events
-        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-    ]
-
-
-def top_kernels(kernels: list[tuple[str, float, float]], steps: int, n: int = 15) -> list[str]:
-    """The ``n`` kernels that take the most device time, a line each: time and launches per step, the time
-    of one launch, the kind and the name. The profiler's operator table mixes them with the ranges around
-    them, whose device time counts their kernels again."""
-    totals: dict[str, list[float]] = {}
-    for name, _, duration in kernels:
-        entry = totals.setdefault(name, [0.0, 0])
-        entry[0] += duration
-        entry[1] += 1
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
-    lines = [f"top kernels by device time ({len(totals)} distinct): us per step, launches per step, us each, kind"]
-    for name, (us, launches) in ranked:
-        short = name if len(name) <= 90 else name[:87] + "..."
-        lines.append(
-            f"{us / steps:10.1f} {launches / steps:7.1f} {us / launches:9.1f}  {kernel_kind(name):26s} {short}"
-        )
-    return lines
-
-
-def _print_breakdown(breakdown: dict[str, float]) -> None:
-    span = breakdown.pop("span")
-    parts = [f"{kind} {us / 1e3:.2f} ms" for kind, us in sorted(breakdown.items(), key=lambda kv: -kv[1])]
-    print(f"device time per step ({span / 1e3:.2f} ms from first kernel to last): " + ", ".join(parts))
-
-
 def _print_tables(prof: profile, memory_prof: profile, cuda: bool, shares: dict[str, float | None]) -> None:
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=15))
@@ -328,9 +244,9 @@ def run_profile(args: argparse.Namespace) -> int:
     _memory_timeline(memory_prof, out, trainer.device)
     _print_tables(prof, memory_prof, cuda, _shares(events, cuda))
     if cuda:
-        kernels = _device_kernels(events)
+        kernels = device_kernels(events)
         print("\n".join(top_kernels(kernels, args.steps)))
-        _print_breakdown(device_breakdown(kernels, args.steps))
+        print_breakdown(device_breakdown(kernels, args.steps))
     if args.infer:
         _profile_decoding(trainer, out, activities)
     print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")
@@ -357,6 +273,29 @@ def _profile_decoding(trainer, out: Path, activities: list) -> None:  # noqa: AN
     with profile(activities=activities, record_shapes=True) as prof:
         generate_tokens(model, prompt, 32, temperature=0.0)
     prof.export_chrome_trace(str(out / "trace_decode.json"))
-    sort = "self_cuda_time_total" if ProfilerActivity.CUDA in activities else "self_cpu_time_total"
+    cuda = ProfilerActivity.CUDA in activities
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=15))
     print(f"decode trace: {out / 'trace_decode.json'}")
+    if cuda:
+        try:
+            _profile_compiled_decoding(model, prompt, out, activities)
+        except Exception as e:  # an extra pass: the tables above stand without it
+            print(f"compiled decoding not profiled: {type(e).__name__}: {str(e)[:160]}")
+
+
+def _profile_compiled_decoding(model, prompt: list[list[int]], out: Path, activities: list) -> None:  # noqa: ANN001
+    """The fast path too (``generate --compile``; on a GPU, CUDA graphs of muomni's decode kernels), with
+    what each kernel adds to a token's device time (see :func:`critical_path`)."""
+    from muomni.inference.generate import generate_tokens
+
+    new = min(DECODE_TOKENS, model.config.ctx_len - len(prompt[0]))
+    generate_tokens(model, prompt, new, temperature=0.0, compile=True)  # compiles, captures the graphs
+    with profile(activities=activities) as prof:
+        generate_tokens(model, prompt, new, temperature=0.0, compile=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(str(out / "trace_decode_compiled.json"))
+    print(f"compiled decoding of {new} tokens, per token (the prompt's and the host's share included):")
+    print("\n".join(critical_path_lines(device_kernels(prof.events()), new)))
+    print(f"compiled decode trace: {out / 'trace_decode_compiled.json'}")

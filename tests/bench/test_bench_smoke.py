@@ -232,7 +232,7 @@ def test_chart_draws_no_memory_bar_for_a_row_without_a_measured_peak(
 
 
 def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> None:
-    from muomni.bench.profile import MUOMNI_KERNELS, device_breakdown, kernel_kind
+    from muomni.bench.device_time import MUOMNI_KERNELS, device_breakdown, kernel_kind
 
     assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
     assert kernel_kind("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matrix products"
@@ -259,8 +259,31 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
     }
 
 
+def test_critical_path_gives_each_kernel_what_it_adds_not_its_duration() -> None:
+    """Decode kernels launched with PDL start while the one before runs and wait inside: a duration counts
+    that wait. What a kernel adds is its end past the latest end before it; the sums are the span."""
+    from muomni.bench.device_time import critical_path, critical_path_lines
+
+    # Two steps' worth: a 0-10; b starts at 2 and waits, 2-14; e inside a, 3-4; c 12-15; the device idle to
+    # 20; d 20-26.
+    kernels = [("a", 0.0, 10.0), ("b", 2.0, 12.0), ("e", 3.0, 1.0), ("c", 12.0, 3.0), ("d", 20.0, 6.0)]
+    got = critical_path(kernels, steps=2)
+    assert got == {
+        "a": (5.0, 0.0, 0.5),
+        "b": (2.0, 0.0, 0.5),
+        "e": (0.0, 0.0, 0.5),
+        "c": (0.5, 0.0, 0.5),
+        "d": (3.0, 2.5, 0.5),
+    }
+    assert sum(b + i for b, i, _ in got.values()) == 26.0 / 2  # the span, per step
+    header, first, *rest = critical_path_lines(kernels, steps=2, n=2)
+    assert header.startswith("13.0 us on the device (10.5 busy, 2.5 idle)")
+    assert first.split() == ["3.00", "2.50", "0.5", "d"] and rest[0].split() == ["5.00", "0.00", "0.5", "a"]
+    assert len(rest) == 1
+
+
 def test_top_kernels_sums_each_kernels_launches_and_ranks_them_by_time() -> None:
-    from muomni.bench.profile import top_kernels
+    from muomni.bench.device_time import top_kernels
 
     # Two steps: a product launched twice a step (10 us each), an elementwise kernel once a step (30 us).
     kernels = [("nvjet_gemm", t, 10.0) for t in (0, 20, 100, 120)] + [("triton_poi_add", t, 30.0) for t in (40, 140)]
@@ -393,3 +416,24 @@ def test_train_row_worker_overlaps_steps_and_learns_the_same(
         assert aheads == ([0] + [1] * 4 if overlap else [0] * 5)
         val_losses[overlap] = result["val_loss"]
     assert val_losses[True] == val_losses[False] and _positive(val_losses[True])
+
+
+def test_profile_of_compiled_decoding_writes_its_trace_and_what_each_kernel_adds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pass ``profile --infer`` adds on a GPU, run here on the CPU (where no device kernel is traced):
+    it compiles, profiles a whole generation and prints the table's header."""
+    from torch.profiler import ProfilerActivity
+
+    from muomni.bench.profile import _profile_compiled_decoding
+    from muomni.config import load_config
+    from muomni.models.thinker import Thinker
+
+    model = Thinker(load_config("debug", ["n_layers=1"])).eval()
+    model.enable_kv_cache(True)
+    _profile_compiled_decoding(model, [[3] * 16], tmp_path, [ProfilerActivity.CPU])
+    printed = capsys.readouterr().out
+    assert "compiled decoding of 48 tokens, per token" in printed
+    assert "0.0 us on the device (0.0 busy, 0.0 idle)" in printed
+    trace = json.loads((tmp_path / "trace_decode_compiled.json").read_text())
+    assert any(e.get("cat") == "cpu_op" for e in trace["traceEvents"])
