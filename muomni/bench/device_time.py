@@ -59,13 +59,9 @@ def device_breakdown(kernels: list[tuple[str, float, float]], steps: int) -> dic
     for name, _, duration in kernels:
         kind = kernel_kind(name)
         totals[kind] = totals.get(kind, 0.0) + duration / steps
-    busy, reached = 0.0, -math.inf
-    for _, start, duration in sorted(kernels, key=lambda k: k[1]):
-        end = start + duration
-        busy += max(0.0, end - max(start, reached))
-        reached = max(reached, end)
-    span = (reached - min(start for _, start, _ in kernels)) if kernels else 0.0
-    return {**totals, "idle": (span - busy) / steps, "span": span / steps}
+    added = critical_path(kernels, steps).values()
+    idle = sum(i for _, i, _ in added)
+    return {**totals, "idle": idle, "span": idle + sum(b for b, _, _ in added)}
 
 
 def device_kernels(events: list) -> list[tuple[str, float, float]]:

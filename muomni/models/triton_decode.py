@@ -239,11 +239,10 @@ QKV_SPLITS = 6
 # at 32 columns). Those 16-row tiles (5 to 16 rows) are split GATE_UP_SPLITS ways from SPLIT_MIN_DEPTH, as
 # with PDL each program loads its first step before the wait: for the small preset three programs of two
 # 128-deep steps each then loaded half the depth early (of one 256-deep step each now, all of it), where
-# one program loaded one step of six (the tiles
-# of more rows were not measured split and are not). Without PDL, unsplit tiles had been 1 us a layer
-# faster than 8 splits. End to end with PDL, small preset batch 16, alternating on one start
-# (docs/results/h200_decode_gate_up_split_ab.json): 43,656 and 43,527 tokens/s in 3 splits, 43,133 and
-# 43,084 in 6, 42,856 and 42,816 unsplit.
+# one program loaded one step of six (the tiles of more rows were not measured split and are not).
+# Without PDL, unsplit tiles had been 1 us a layer faster than 8 splits. End to end with PDL, small preset
+# batch 16, alternating on one start (docs/results/h200_decode_gate_up_split_ab.json): 43,656 and 43,527
+# tokens/s in 3 splits, 43,133 and 43,084 in 6, 42,856 and 42,816 unsplit.
 GATE_UP_COLUMNS = 32
 GATE_UP_SPLITS = 3
 SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
