@@ -10,8 +10,10 @@ import datetime
 import os
 import platform
 import resource
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -50,6 +52,28 @@ def device_peak(device: torch.device) -> DevicePeak | None:
     return next((peak for key, peak in GPU_PEAKS if key in name), None)
 
 
+def muomni_version(source: Path | None = None) -> str:
+    """The package's version and, run from a git checkout, its commit (``+changes``: files differ from it).
+
+    ``source``: the folder above the package (where muomni is not installed as a copy, the checkout's top).
+    """
+    from muomni import __version__
+
+    source = (source or Path(__file__).parents[2]).resolve()
+    git = ["git", "-C", str(source)]
+    try:
+        found = subprocess.run([*git, "rev-parse", "--show-toplevel", "--short", "HEAD"], capture_output=True,
+                               text=True, timeout=5).stdout.split()  # fmt: skip
+        # An installed copy may sit inside some other repository (a virtual environment in a project's folder).
+        if len(found) != 2 or Path(found[0]).resolve() != source:
+            return __version__
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):  # no git here
+        return __version__
+    return f"{__version__} (commit {found[1]}{'+changes' if changed else ''})"
+
+
 def describe(device: torch.device) -> dict[str, object]:
     """Hardware and software versions to print and save with every number."""
     info: dict[str, object] = {
@@ -62,6 +86,7 @@ def describe(device: torch.device) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "command": " ".join(["muomni", *sys.argv[1:]]) if sys.argv else "",
+        "muomni": muomni_version(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

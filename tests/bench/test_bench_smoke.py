@@ -437,3 +437,28 @@ def test_profile_of_compiled_decoding_writes_its_trace_and_what_each_kernel_adds
     assert "0.0 us on the device (0.0 busy, 0.0 idle)" in printed
     trace = json.loads((tmp_path / "trace_decode_compiled.json").read_text())
     assert any(e.get("cat") == "cpu_op" for e in trace["traceEvents"])
+
+
+def test_results_name_the_commit_only_of_the_checkout_muomni_runs_from(tmp_path: Path) -> None:
+    """Every results.json says which code measured it; an installed copy inside some other repository (a
+    virtual environment in a project's folder) must not take that repository's commit as its own."""
+    import shutil
+    import subprocess
+
+    import muomni
+    from muomni.bench.hardware import muomni_version
+
+    assert muomni_version(tmp_path) == muomni.__version__  # no repository
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "site-packages").mkdir()
+    assert muomni_version(tmp_path / "site-packages") == muomni.__version__  # inside it, not its top
+    assert muomni_version(tmp_path) == f"{muomni.__version__} (commit {head})"
+    (tmp_path / "f.txt").write_text("b")
+    assert muomni_version(tmp_path) == f"{muomni.__version__} (commit {head}+changes)"
