@@ -11,6 +11,8 @@ from muomni.models import triton_decode as td
 from muomni.models.thinker import Thinker
 
 for k, v in json.loads(sys.argv[2]).items():
+    if not hasattr(td, k):  # a misspelt setting would make a new attribute and change nothing
+        sys.exit(f"decode_e2e.py: muomni.models.triton_decode has no {k}")
     setattr(td, k, v)
 
 cfg = load_config(sys.argv[1])
