@@ -59,7 +59,7 @@ def muomni_version(source: Path | None = None) -> str:
     """
     from muomni import __version__
 
-    source = (source or Path(__file__).parents[2]).resolve()
+    source = (source or Path(__file__).resolve().parents[2]).resolve()
     git = ["git", "-C", str(source)]
     try:
         found = subprocess.run([*git, "rev-parse", "--show-toplevel", "--short", "HEAD"], capture_output=True,
