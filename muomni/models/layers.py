@@ -75,7 +75,8 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, H, T, Dh] by the angles of its positions (``cos``, ``sin`` [T, Dh])."""
+    """Rotate ``x`` [..., Dh] by the angles of its positions: ``cos``, ``sin`` [..., Dh], broadcast to ``x``
+    (for ``x`` [B, T, H, Dh], the tokens' rows of the tables as [T, 1, Dh])."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # rotate_half
     return (x * cos + rotated * sin).to(x.dtype)
@@ -215,12 +216,16 @@ class Attention(nn.Module):
             return self._attention(q, cache.k[:b], cache.v[:b], mask, input_pos)
         if norm is not None:
             x = norm(x)
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         rows = slice(0, t) if input_pos is None else input_pos
-        cos, sin = cos[rows], sin[rows]  # [T, Dh]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cos, sin = cos[rows, None], sin[rows, None]  # [T, 1, Dh]: a token's angles, the same for every head
+        # RoPE on the products' own layout [B, T, H, Dh], before the heads move in front: rotated there, q and k
+        # keep one layout through RoPE and its backward. Rotated after the move, the backward's rotate_half
+        # came out in [B, H, T, Dh] and a second kernel copied it back. Small preset, `+all` on an H200
+        # (docs/results/train_rope_layout_ab.py): RoPE's kernels 43 us a layer against 72 (two backward
+        # kernels instead of four), 620,952 and 625,134 tokens/s against 613,339 and 613,043.
+        q = apply_rope(self.q_proj(x).view(b, t, self.n_heads, self.head_dim), cos, sin).transpose(1, 2)
+        k = apply_rope(self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, Dh]
         if input_pos is not None and self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, H_kv, S, Dh]
         return self._attention(q, k, v, mask, input_pos)
