@@ -17,11 +17,15 @@ import sys
 import torch
 from triton.testing import do_bench_cudagraph
 
-from muomni.models import triton_decode as td
 from muomni.models.layers import math_attention
 
-TENSOR_CORES = hasattr(td, "ATTENTION_WARPS")
-CONFIGS = [(b, w) for b in (16, 32, 64) for w in (1, 2, 4)] if TENSOR_CORES else [(td.BLOCK, None)]
+try:  # split-KV attention's launch and settings
+    from muomni.models import decode_attention as da
+except ImportError:  # a checkout from before they left muomni.models.triton_decode
+    from muomni.models import triton_decode as da
+
+TENSOR_CORES = hasattr(da, "ATTENTION_WARPS")
+CONFIGS = [(b, w) for b in (16, 32, 64) for w in (1, 2, 4)] if TENSOR_CORES else [(da.BLOCK, None)]
 SHAPES = {"small": (12, 4, 1024, [1, 16, 64], [40, 272, 520]), "tiny": (4, 2, 512, [1, 16], [40, 272, 500])}
 LAYERS = 12
 
@@ -38,7 +42,7 @@ def time_per_call(q: torch.Tensor, caches: list, valid: torch.Tensor, last: torc
 
     def run() -> None:
         for k, v in caches:
-            td.split_kv_attention(q, k, v, valid, last)
+            da.split_kv_attention(q, k, v, valid, last)
 
     return do_bench_cudagraph(run, rep=100, return_mode="median") * 1e3 / LAYERS
 
@@ -55,16 +59,16 @@ def sweep(heads: int, kv_heads: int, slots: int, batch: int, pos: int) -> dict:
     last = torch.tensor([pos], device="cuda")
     k0, v0 = caches[0]
     want = math_attention(q.float(), k0.float(), v0.float(), valid[:, None, None, :], 0.0)
-    merge, row = td._merge_splits, {}
+    merge, row = da._merge_splits, {}
     for block, warps in CONFIGS:
-        td.BLOCK = block
+        da.BLOCK = block
         if TENSOR_CORES:
-            td.WIDE_BLOCK, td.ATTENTION_WARPS = block, warps
-        err = (td.split_kv_attention(q, k0, v0, valid, last).float() - want).abs().max().item()
+            da.WIDE_BLOCK, da.ATTENTION_WARPS = block, warps
+        err = (da.split_kv_attention(q, k0, v0, valid, last).float() - want).abs().max().item()
         us = time_per_call(q, caches, valid, last)
-        td._merge_splits = NoMerge()
+        da._merge_splits = NoMerge()
         partial_us = time_per_call(q, caches, valid, last)
-        td._merge_splits = merge
+        da._merge_splits = merge
         row[f"{block}x{warps}"] = {"us": round(us, 2), "partial_us": round(partial_us, 2), "max_err": err}
     return row
 

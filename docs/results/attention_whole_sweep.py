@@ -12,6 +12,7 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from muomni.config import load_config
+from muomni.models import decode_attention as da
 from muomni.models import triton_decode as td
 from muomni.models.layers import math_attention
 from muomni.models.thinker import Thinker
@@ -23,7 +24,7 @@ res = {
     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
 }
 defaults = {
-    k: getattr(td, k)
+    k: getattr(da, k)
     for k in ("BLOCK", "WIDE_BLOCK", "ATTENTION_WARPS", "ATTENTION_STAGES", "WHOLE_MIN_ROWS", "MAX_SPLITS")
 }
 configs = [("split", {})] + [(f"split{s}_b64", {"MAX_SPLITS": s, "BLOCK": 64, "WIDE_BLOCK": 64}) for s in (2, 4)]
@@ -54,21 +55,21 @@ for name, (H, KV, S, L, batches) in SHAPES.items():
             row = {}
             for cname, over in configs:
                 for k, v in {**defaults, **over}.items():
-                    setattr(td, k, v)
+                    setattr(da, k, v)
                 try:
-                    got = td.split_kv_attention(q, k0, v0, valid, last).float()
+                    got = da.split_kv_attention(q, k0, v0, valid, last).float()
                     err = (got - want).abs().max().item()
 
                     def run(caches=caches, q=q, valid=valid, last=last):
                         for k, v in caches:
-                            td.split_kv_attention(q, k, v, valid, last)
+                            da.split_kv_attention(q, k, v, valid, last)
 
                     us = do_bench_cudagraph(run, rep=60, return_mode="median") * 1e3 / L
                     row[cname] = {"us": round(us, 2), "max_err": err}
                 except Exception as e:
                     row[cname] = {"error": str(e)[:200]}
             for k, v in defaults.items():
-                setattr(td, k, v)
+                setattr(da, k, v)
             res[f"{name}_b{batch}_pos{pos}"] = row
             best = sorted((r["us"], c) for c, r in row.items() if "us" in r)[:4]
             print(

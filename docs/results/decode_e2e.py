@@ -1,5 +1,9 @@
-"""End-to-end compiled decoding of a preset: argv CONFIG CONSTS_JSON BATCHES_JSON."""
+"""End-to-end compiled decoding of a preset: argv CONFIG CONSTS_JSON BATCHES_JSON.
 
+CONSTS_JSON sets settings of the decode kernels, each on the module that owns it: muomni.models.triton_decode,
+decode_attention (split-KV attention) or decode_launch (PDL)."""
+
+import importlib
 import json
 import sys
 
@@ -7,18 +11,26 @@ import torch
 
 from muomni.bench.infer import _row
 from muomni.config import load_config
-from muomni.models import triton_decode as td
 from muomni.models.thinker import Thinker
 
+MODULES = []
+for name in ("triton_decode", "decode_attention", "decode_launch"):
+    try:
+        MODULES.append(importlib.import_module(f"muomni.models.{name}"))
+    except ModuleNotFoundError as e:  # a checkout from before these left triton_decode
+        if e.name != f"muomni.models.{name}":
+            raise
+
 for k, v in json.loads(sys.argv[2]).items():
-    if not hasattr(td, k):  # a misspelt setting would make a new attribute and change nothing
-        sys.exit(f"decode_e2e.py: muomni.models.triton_decode has no {k}")
-    setattr(td, k, v)
+    owners = [m for m in MODULES if hasattr(m, k)]
+    if len(owners) != 1:  # a misspelt setting (or one set on the wrong module) would change nothing
+        sys.exit(f"decode_e2e.py: {len(owners)} of {', '.join(m.__name__ for m in MODULES)} have {k}, not one")
+    setattr(owners[0], k, v)
 
 cfg = load_config(sys.argv[1])
 torch.manual_seed(cfg.seed)
 model = Thinker(cfg).cuda().eval().to(torch.bfloat16)
-out = {"config": sys.argv[1], "consts": sys.argv[2], "new": hasattr(td, "ATTENTION_WARPS")}
+out = {"config": sys.argv[1], "consts": sys.argv[2], "new": any(hasattr(m, "ATTENTION_WARPS") for m in MODULES)}
 for b in json.loads(sys.argv[3]):
     r = _row(model, f"b{b}", b, 512, compile=True)
     out[f"b{b}"] = {k: r[k] for k in ("tokens_per_s_total", "ms_per_step", "all_runs_tokens_per_s")}

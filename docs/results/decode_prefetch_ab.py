@@ -2,7 +2,8 @@
 
 argv: VARIANT CONFIG BATCHES_JSON. "old" loads the kernels from .devrun/td_old.py (``git show
 d97aa49:muomni/models/triton_decode.py``, before the epilogue operands were loaded first) in place of
-muomni.models.triton_decode; run one variant per process, alternating. Prints one line "E2E {json}".
+muomni.models.triton_decode and of the modules its attention and PDL choice have since moved to
+(decode_attention, decode_launch); run one variant per process, alternating. Prints one line "E2E {json}".
 """
 
 import importlib.util
@@ -15,11 +16,15 @@ variant, config, batches = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if variant == "old":
     spec = importlib.util.spec_from_file_location("muomni.models.triton_decode", ".devrun/td_old.py")
     old = importlib.util.module_from_spec(spec)
-    sys.modules["muomni.models.triton_decode"] = old  # the custom ops import their kernels from here
+    # The custom ops import their kernels from these, bench infer the PDL choice (the copy has none: no PDL).
+    names = ("triton_decode", "decode_attention", "decode_launch")
+    for name in names:
+        sys.modules[f"muomni.models.{name}"] = old
     spec.loader.exec_module(old)
     import muomni.models
 
-    muomni.models.triton_decode = old
+    for name in names:
+        setattr(muomni.models, name, old)
 
 from muomni.bench.infer import _row  # noqa: E402
 from muomni.config import load_config  # noqa: E402

@@ -16,8 +16,12 @@ import sys
 
 import torch
 
-from muomni.models import triton_decode
 from muomni.models.layers import math_attention
+
+try:  # split-KV attention's launch and settings
+    from muomni.models import decode_attention as da
+except ImportError:  # a checkout from before they left muomni.models.triton_decode
+    from muomni.models import triton_decode as da
 
 SHAPES = {"small": (1, 12, 3, 1024, 64), "tiny": (1, 4, 2, 512, 64), "small_b16": (16, 12, 3, 1024, 64)}
 
@@ -25,12 +29,12 @@ SHAPES = {"small": (1, 12, 3, 1024, 64), "tiny": (1, 4, 2, 512, 64), "small_b16"
 def time_per_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> float:
     """Microseconds per call of both kernels, from a CUDA graph of 100 calls (launch gaps included)."""
     for _ in range(3):
-        triton_decode.split_kv_attention(q, k, v, valid)
+        da.split_kv_attention(q, k, v, valid)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(100):
-            triton_decode.split_kv_attention(q, k, v, valid)
+            da.split_kv_attention(q, k, v, valid)
     graph.replay()
     times = []
     for _ in range(5):
@@ -45,7 +49,7 @@ def time_per_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torc
 
 def main(out_path: str) -> None:
     results: dict = {}
-    warps_by_size = triton_decode.ELEMENTS_PER_WARP
+    warps_by_size = da.ELEMENTS_PER_WARP
     for name, (batch, heads, kv_heads, slots, head_dim) in SHAPES.items():
         torch.manual_seed(0)
         q = torch.randn(batch, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -59,13 +63,13 @@ def main(out_path: str) -> None:
                 # One warp per (query heads x block x head width) / ELEMENTS_PER_WARP products: set it so the
                 # code launches `warps` warps for this shape.
                 group_pad = 1 << (heads // kv_heads - 1).bit_length()
-                triton_decode.BLOCK = block
-                triton_decode.ELEMENTS_PER_WARP = group_pad * block * head_dim // warps
-                got = triton_decode.split_kv_attention(q, k, v, valid)
+                da.BLOCK = block
+                da.ELEMENTS_PER_WARP = group_pad * block * head_dim // warps
+                got = da.split_kv_attention(q, k, v, valid)
                 ok = bool(torch.allclose(got.float(), want, atol=2e-2, rtol=2e-2))
                 results[name][f"{block}x{warps}"] = {"us": time_per_call(q, k, v, valid), "matches_math": ok}
                 print(name, block, warps, results[name][f"{block}x{warps}"], flush=True)
-    triton_decode.ELEMENTS_PER_WARP = warps_by_size
+    da.ELEMENTS_PER_WARP = warps_by_size
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
 

@@ -209,7 +209,7 @@ def infer_table(rows: list[dict[str, Any]]) -> str:
 def _pdl_max_batch(device: torch.device) -> int | None:
     """Up to how many rows compiled decoding's kernels launch with PDL here (None: no Triton kernels)."""
     try:
-        from muomni.models.triton_decode import pdl_max_batch
+        from muomni.models.decode_launch import pdl_max_batch
     except ImportError:  # no Triton: compiled decoding runs Inductor's kernels only
         return None
     return pdl_max_batch(device)

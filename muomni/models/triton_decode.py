@@ -1,44 +1,31 @@
 """The compiled decode step's fused Triton kernels on CUDA: which kernel serves which batch, its launch
 parameters (each with what was measured to choose it), and the functions the custom ops of
-:mod:`muomni.models.decode_ops` call. The kernels themselves are in :mod:`muomni.models.decode_kernels`.
+:mod:`muomni.models.decode_ops` call. The kernels themselves are in :mod:`muomni.models.decode_kernels`;
+split-KV attention's launch is in :mod:`muomni.models.decode_attention`, and whether the kernels launch with
+PDL (and how their ``tl.dot`` multiplies) in :mod:`muomni.models.decode_launch`.
 
 Per layer: the attention input (norm, q/k/v, RoPE, cache write; :func:`norm_qkv_rope`), split-KV attention
-(:func:`split_kv_attention`), the output projection with its residual add (:func:`linear_residual`) and the
-SwiGLU MLP with its norm and residual add (:func:`swiglu_residual`); then the final norm and the output head
-(:func:`norm_linear`). Batch 1 runs the row kernels, 2 to 4 rows the batched row kernels, 5 to 64 the
-tensor-core tiles, more the row kernels again (see ``BATCHED_MIN_BATCH`` and ``TILE_MIN_BATCH``).
+(:func:`muomni.models.decode_attention.split_kv_attention`), the output projection with its residual add
+(:func:`linear_residual`) and the SwiGLU MLP with its norm and residual add (:func:`swiglu_residual`); then
+the final norm and the output head (:func:`norm_linear`). Batch 1 runs the row kernels, 2 to 4 rows the
+batched row kernels, 5 to 64 the tensor-core tiles, more the row kernels again (see ``BATCHED_MIN_BATCH``
+and ``TILE_MIN_BATCH``).
 """
-
-import functools
-import math
-import os
 
 import torch
 import triton
 
-from muomni.models.decode_kernels.attention import _merge_splits, _partial_attention
 from muomni.models.decode_kernels.batched import (
     _batched_linear_residual,
     _batched_norm_gate_up,
     _batched_norm_qkv_rope,
 )
-from muomni.models.decode_kernels.pdl import gdc_wait
 from muomni.models.decode_kernels.rows import _down_residual, _norm_gate_up, _norm_linear, _norm_qkv_rope
 from muomni.models.decode_kernels.tiles import _tile_linear_residual, _tile_norm_gate_up, _tile_norm_qkv_rope
 
-# Programmatic dependent launch (PDL; Hopper and later, CUDA graphs keep it): each kernel lets the next one
-# start while it runs, and the next one issues the loads that depend on no kernel before it (weights, norm
-# gains, biases) and then waits, at `_wait_for_inputs`, until the kernel before it has finished and its
-# writes are visible; only then does it read activations, positions or caches, or store anything. A
-# decode step is some 70 kernels of a few microseconds, each mostly the latency of its launch and of its
-# first loads: with PDL those pass while the kernel before it still runs. False launches every kernel
-# only once the one before has finished. Up to PDL_MAX_BATCH rows: on an H200, alternating processes on one
-# start (docs/results/h200_decode_pdl_ab.json, h200_decode_b64_ab.json), small preset batch 1 ran 5,404
-# and 5,404 tokens/s with PDL against 3,968 and 4,018 without, batch 16 41,479 and 41,414 against 40,416
-# and 41,204 (42,698 and 41,816 with the tiles' first weights before the wait, see
-# decode_kernels.tiles._weights_t), but batch 64 82,807 and 82,837 against 104,856 and 105,314.
-USE_PDL = True
-PDL_MAX_BATCH = 16
+# The functions only: the PDL settings (USE_PDL, PDL_MAX_BATCH) are decode_launch's and are set there.
+from muomni.models.decode_launch import _dot_precision, _launch
+
 # The tile kernels' first step out of their loop without PDL too (see decode_kernels.tiles._weights_t):
 # for tests of that arithmetic where there is no PDL (Triton's interpreter has none).
 EARLY_WITHOUT_PDL = False
@@ -53,128 +40,12 @@ EARLY_WITHOUT_PDL = False
 ONE_STEP_TILES = True
 
 
-def _pdl_in_triton() -> bool:
-    """Whether this Triton has the grid dependency instructions and the ``launch_pdl`` launch option."""
-    if gdc_wait is None:
-        return False
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:  # pragma: no cover - a Triton without the NVIDIA back end
-        return False
-    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
-
-
-@functools.cache
-def _pdl_on(device: torch.device) -> bool:
-    """Whether kernels on ``device`` launch with PDL: NVIDIA, compute capability 9 or more, Triton has it."""
-    if device.type != "cuda" or torch.version.hip or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    return torch.cuda.get_device_capability(device)[0] >= 9 and _pdl_in_triton()
-
-
-def pdl_max_batch(device: torch.device) -> int:
-    """The most rows for which the decode kernels on ``device`` launch with PDL (0: none do)."""
-    return PDL_MAX_BATCH if USE_PDL and _pdl_on(device) else 0
-
-
-def _launch(device: torch.device, batch: int) -> dict:
-    """The kernels' ``PDL`` constexpr and, with it on, Triton's launch option (see ``USE_PDL``)."""
-    if batch <= pdl_max_batch(device):
-        return {"PDL": True, "launch_pdl": True}
-    return {"PDL": False}
-
-
 def _tile_launch(device: torch.device, batch: int, tile: dict, dim: int, splits: int) -> dict:
     """:func:`_launch` for a tile kernel of ``tile``'s shape over a depth of ``dim`` in ``splits``, with its
     ``EARLY`` and ``ONE_STEP`` constexprs (see :func:`muomni.models.decode_kernels.tiles._weights_t`)."""
     launch = _launch(device, batch)
     one_step = ONE_STEP_TILES and triton.cdiv(dim, splits) <= tile["BK"]  # as _depth_range shares the depth
     return {**launch, "EARLY": launch["PDL"] or EARLY_WITHOUT_PDL or one_step, "ONE_STEP": one_step}
-
-
-# Split-KV attention: cache slots per program (one block of them each: shorter programs, more of them),
-# the rows (batch x key/value heads) from which blocks are twice as long, and each program's warps. Chosen
-# on an H200 with both kernels alone over 12 layers' caches in a CUDA graph, at position 272, among 16/32/64
-# slots x 1/2/4 warps (docs/results/h200_attention_dot.json): 32 x 2 was the fastest or within 0.2 us for
-# fewer than 64 rows (small preset batch 1: 4.2 us a call, tiny batch 1: 3.7, tiny batch 16: 4.8), 64 x 2
-# from 64 rows on (small batch 16: 7.3, batch 64: 18.9). The broadcast-and-sum fp32 products these dots
-# replaced took 6.2, 4.7, 5.9, 14.7 and 38.2 us. A merge in the last program of each row (arrival counts,
-# as the split-K tiles below use) instead of a second kernel took 5.8 us at small batch 1, on another start.
-BLOCK = 32
-WIDE_BLOCK = 64
-WIDE_BLOCK_MIN_ROWS = 64
-ATTENTION_WARPS = 2
-MAX_SPLITS = 128  # more programs than that buy nothing on one GPU and cost the merge registers
-ATTENTION_STAGES = 3  # software pipelining: Triton's default on these GPUs, the next blocks' loads in flight
-# From this many rows, one program per row walks the whole cache and stores the output: no partial sums and
-# no merge kernel. On an H200 (docs/results/h200_attention_whole.json), kernels alone at positions 40, 272
-# and 500, small preset: batch 64 (256 rows) took 3.3, 12.0 and 17.3 us a call so, against 13.8, 18.8 and
-# 22.0 split (end to end, 104,721 against 91,364 tokens/s); batch 16 (64 rows) 9.0, 13.7 us at 272 and 500
-# against 7.3 and 8.7 split, and tiny batch 16 (32 rows) lost end to end (140,233 against 168,941).
-WHOLE_MIN_ROWS = 256
-# The fewest rows for which the splits past the new token's slot skip their loads. Its position must be
-# read from the device before any other load of the program: at batch 1 that second memory latency made
-# small-preset decoding 10% slower on an H200 (2,599 against 2,887 and 2,834 tokens/s).
-SKIP_MIN_BATCH = 16
-
-
-def _dot_precision(dtype: torch.dtype) -> dict:
-    """How the kernels' ``tl.dot`` multiplies operands of ``dtype``: fp32 ones in full precision, not TF32.
-
-    Triton's interpreter multiplies 16-bit operands wrongly (a bf16 16 x 16 product was off by 1e10), so
-    there they are widened to fp32 first: the products of bf16 values are exact in fp32, as a GPU's
-    tensor cores form them, so only the order of the fp32 sums differs.
-    """
-    upcast = os.environ.get("TRITON_INTERPRET") == "1" and dtype != torch.float32
-    precision = "ieee" if dtype == torch.float32 or upcast else "tf32"  # tf32: the default, unused for 16 bits
-    return {"PRECISION": precision, "UPCAST": upcast}
-
-
-def split_kv_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
-) -> torch.Tensor:
-    """q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S] (True: attend) -> [B, H, 1, Dh] in q's dtype.
-
-    ``last`` [1], on the device, may say that no slot after it is valid (the new token's position: the
-    slots past it are not written yet). From ``SKIP_MIN_BATCH`` rows on, the splits past it then read
-    nothing; below, every slot is read (see ``SKIP_MIN_BATCH``).
-    """
-    batch, heads, _, head_dim = q.shape
-    kv_heads, slots = k.shape[1], k.shape[2]
-    group, rows = heads // kv_heads, batch * kv_heads
-    block = WIDE_BLOCK if rows >= WIDE_BLOCK_MIN_ROWS else BLOCK
-    most = 1 if rows >= WHOLE_MIN_ROWS else MAX_SPLITS
-    splits = min(triton.cdiv(slots, block), most)
-    per_split = triton.cdiv(triton.cdiv(slots, splits), block) * block
-    splits = triton.cdiv(slots, per_split)
-    group_pad = triton.next_power_of_2(group)
-    dim_pad = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes 16 deep at least
-    out = torch.empty(batch, heads, 1, head_dim, dtype=q.dtype, device=q.device)
-    whole = splits == 1
-    m = l_sum = acc = out  # unread by a whole row's program
-    if not whole:
-        m = torch.empty(rows, splits, group_pad, dtype=torch.float32, device=q.device)
-        l_sum = torch.empty_like(m)
-        acc = torch.empty(rows, splits, group_pad, dim_pad, dtype=torch.float32, device=q.device)
-    valid = valid.view(torch.uint8)  # Triton reads bytes; a bool tensor is one byte per element
-    shape = {"KV_HEADS": kv_heads, "GROUP": group, "GROUP_PAD": group_pad, "HEAD_DIM": head_dim, "DIM_PAD": dim_pad}
-    shape |= _launch(q.device, batch)
-    skip = last is not None and batch >= SKIP_MIN_BATCH
-    _partial_attention[(rows, splits)](
-        q, k, v, valid, last if skip else valid, m, l_sum, acc, out,  # without HAS_LAST, last_ptr is unread
-        q.stride(0), q.stride(1), q.stride(3), out.stride(0), out.stride(1), out.stride(3),
-        *k.stride(), *v.stride(), *valid.stride(),
-        slots, per_split, splits, 1.0 / math.sqrt(head_dim),
-        QUERY_ROWS=max(16, group_pad), BLOCK_S=block, HAS_LAST=skip, WHOLE=whole, num_warps=ATTENTION_WARPS,
-        num_stages=ATTENTION_STAGES, **_dot_precision(k.dtype), **shape,
-    )  # fmt: skip
-    if whole:
-        return out
-    _merge_splits[(batch * heads,)](
-        m, l_sum, acc, out, out.stride(0), out.stride(1), out.stride(3), splits,
-        SPLITS_PAD=triton.next_power_of_2(splits), **shape,
-    )  # fmt: skip
-    return out
 
 
 # The attention input of one decode step: rows of q/k/v per program, as pairs (row i and row i + Dh/2, the

@@ -16,16 +16,17 @@ import torch
 
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
+from muomni.models import decode_attention, decode_launch  # noqa: E402
 from muomni.models import triton_decode as td  # noqa: E402
 
-HOPPER = torch.cuda.is_available() and td._pdl_on(torch.device("cuda"))
+HOPPER = torch.cuda.is_available() and decode_launch._pdl_on(torch.device("cuda"))
 D, HEADS, KV_HEADS, HEAD_DIM, D_FF, VOCAB, SLOTS, LAYERS = 768, 12, 4, 64, 2048, 2000, 128, 3
 
 
 def test_launches_off_a_hopper_gpu_do_not_ask_for_pdl(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert td._launch(torch.device("cpu"), 1) == {"PDL": False}
-    monkeypatch.setattr(td, "USE_PDL", False)
-    assert td._launch(torch.device("cuda"), 1) == {"PDL": False}
+    assert decode_launch._launch(torch.device("cpu"), 1) == {"PDL": False}
+    monkeypatch.setattr(decode_launch, "USE_PDL", False)
+    assert decode_launch._launch(torch.device("cuda"), 1) == {"PDL": False}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -36,7 +37,7 @@ def test_tiles_with_their_first_step_out_of_the_loop_compute_what_the_loop_compu
     against the loop alone, without PDL so that it runs anywhere: the same bits. Split-K depths of several
     steps a split, a split with no step at all (200 deep in 6 splits of 48), masked tails."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkeypatch.setattr(td, "USE_PDL", False)
+    monkeypatch.setattr(decode_launch, "USE_PDL", False)
     monkeypatch.setattr(td, "SPLIT_MIN_DEPTH", 64)
     monkeypatch.setattr(td, "SPLIT_DEPTH", 32)  # 16 (fp32) or 32 (bf16) deep a step
     monkeypatch.setattr(td, "TILE_DEPTH", 32)
@@ -76,7 +77,7 @@ def test_tiles_of_one_step_compiled_without_their_loop_compute_what_the_loop_com
     """ONE_STEP (programs of one depth step at most, no loop compiled) against the loop: the same bits, for
     every tile kernel unsplit and split (each split one step), masked tails; and every launch took it."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkeypatch.setattr(td, "USE_PDL", False)
+    monkeypatch.setattr(decode_launch, "USE_PDL", False)
     monkeypatch.setattr(td, "SPLIT_MIN_DEPTH", 64)
     monkeypatch.setattr(td, "SPLIT_DEPTH", 32)  # 16 (fp32) or 32 (bf16) deep a step
     batch, heads, kv_heads, head_dim, hidden, slots = 6, 2, 1, 16, 120, 8
@@ -149,7 +150,7 @@ def _step(p: dict, x: torch.Tensor, pos: torch.Tensor, caches: list) -> torch.Te
     valid = (torch.arange(SLOTS, device="cuda") <= pos).expand(batch, SLOTS)
     for layer, (k_cache, v_cache) in zip(p["layers"], caches, strict=True):
         q = td.norm_qkv_rope(x, layer["n1"], 1e-5, layer["qkv"], None, p["cos"], p["sin"], pos, k_cache, v_cache)
-        attended = td.split_kv_attention(q, k_cache, v_cache, valid, pos)
+        attended = decode_attention.split_kv_attention(q, k_cache, v_cache, valid, pos)
         x = td.linear_residual(x, attended.reshape(batch, -1), layer["o"])
         x = td.swiglu_residual(x, layer["n2"], 1e-5, layer["mlp"])
     return td.norm_linear(x, p["norm"], 1e-5, p["head"])
@@ -157,7 +158,7 @@ def _step(p: dict, x: torch.Tensor, pos: torch.Tensor, caches: list) -> torch.Te
 
 def _run(p: dict, x: torch.Tensor, steps: int, pdl: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
     """``steps`` decode steps from position 40 on fresh caches; graph-replayed with PDL, eager without."""
-    monkeypatch.setattr(td, "USE_PDL", pdl)
+    monkeypatch.setattr(decode_launch, "USE_PDL", pdl)
     g = torch.Generator().manual_seed(1)
     shape = (x.shape[0], KV_HEADS, SLOTS, HEAD_DIM)
     caches = [tuple(torch.randn(*shape, generator=g).to("cuda", x.dtype) for _ in range(2)) for _ in p["layers"]]

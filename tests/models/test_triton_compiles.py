@@ -73,7 +73,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.errors import CompilationError
-from muomni.models import triton_decode as td
+from muomni.models import decode_launch, triton_decode as td
 from muomni.models.decode_kernels import attention, batched, pdl, rows as row_kernels, tiles
 
 cases, pointers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -97,7 +97,7 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
         # PDL, and with it the first step's weights before the wait, as on a Hopper GPU for these rows; no
         # loop where every program's share of the depth is one step (bf16 256 deep unsplit)
         constexprs["ONE_STEP"] = td.ONE_STEP_TILES and triton.cdiv(dim, constexprs["SPLITS"]) <= constexprs["BK"]
-        constexprs["PDL"] = rows <= td.PDL_MAX_BATCH
+        constexprs["PDL"] = rows <= decode_launch.PDL_MAX_BATCH
         constexprs["EARLY"] = constexprs["PDL"] or constexprs["ONE_STEP"]
     value = "*bf16" if dtype == "bfloat16" else "*fp32"
     signature = {}

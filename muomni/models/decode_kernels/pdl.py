@@ -2,7 +2,7 @@
 
 Each kernel lets the next one start while it runs (:func:`_let_next_kernel_start`), and the next one issues
 the loads that depend on no kernel before it, then waits (:func:`_wait_for_inputs`). When and for which
-batches the kernels launch with it: ``USE_PDL`` and ``PDL_MAX_BATCH`` in :mod:`muomni.models.triton_decode`.
+batches the kernels launch with it: ``USE_PDL`` and ``PDL_MAX_BATCH`` in :mod:`muomni.models.decode_launch`.
 """
 
 # No ``from __future__ import annotations`` in the kernel modules: Triton 3.1 (torch 2.5's) runs kernels in
