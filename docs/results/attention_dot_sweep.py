@@ -20,7 +20,7 @@ from triton.testing import do_bench_cudagraph
 from muomni.models.layers import math_attention
 
 try:  # split-KV attention's launch and settings
-    from muomni.models import decode_attention as da
+    from muomni.models import split_kv as da
 except ImportError:  # a checkout from before they left muomni.models.triton_decode
     from muomni.models import triton_decode as da
 

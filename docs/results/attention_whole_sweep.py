@@ -12,7 +12,7 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from muomni.config import load_config
-from muomni.models import decode_attention as da
+from muomni.models import split_kv as da
 from muomni.models import triton_decode as td
 from muomni.models.layers import math_attention
 from muomni.models.thinker import Thinker

@@ -1,7 +1,7 @@
 """End-to-end compiled decoding of a preset: argv CONFIG CONSTS_JSON BATCHES_JSON.
 
 CONSTS_JSON sets settings of the decode kernels, each on the module that owns it: muomni.models.triton_decode,
-decode_attention (split-KV attention) or decode_launch (PDL)."""
+split_kv (split-KV attention) or decode_launch (PDL)."""
 
 import importlib
 import json
@@ -14,7 +14,7 @@ from muomni.config import load_config
 from muomni.models.thinker import Thinker
 
 MODULES = []
-for name in ("triton_decode", "decode_attention", "decode_launch"):
+for name in ("triton_decode", "split_kv", "decode_launch"):
     try:
         MODULES.append(importlib.import_module(f"muomni.models.{name}"))
     except ModuleNotFoundError as e:  # a checkout from before these left triton_decode

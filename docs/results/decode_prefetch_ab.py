@@ -3,7 +3,7 @@
 argv: VARIANT CONFIG BATCHES_JSON. "old" loads the kernels from .devrun/td_old.py (``git show
 d97aa49:muomni/models/triton_decode.py``, before the epilogue operands were loaded first) in place of
 muomni.models.triton_decode and of the modules its attention and PDL choice have since moved to
-(decode_attention, decode_launch); run one variant per process, alternating. Prints one line "E2E {json}".
+(split_kv, decode_launch); run one variant per process, alternating. Prints one line "E2E {json}".
 """
 
 import importlib.util
@@ -17,7 +17,7 @@ if variant == "old":
     spec = importlib.util.spec_from_file_location("muomni.models.triton_decode", ".devrun/td_old.py")
     old = importlib.util.module_from_spec(spec)
     # The custom ops import their kernels from these, bench infer the PDL choice (the copy has none: no PDL).
-    names = ("triton_decode", "decode_attention", "decode_launch")
+    names = ("triton_decode", "split_kv", "decode_launch")
     for name in names:
         sys.modules[f"muomni.models.{name}"] = old
     spec.loader.exec_module(old)

@@ -35,11 +35,11 @@ def _muomni_kernel_names() -> frozenset[str]:
     try:
         import triton
 
-        from muomni.models import decode_attention, triton_decode
+        from muomni.models import split_kv, triton_decode
         from muomni.training import triton_ce
     except ImportError:
         return frozenset()
-    modules = (triton_decode, decode_attention, triton_ce)
+    modules = (triton_decode, split_kv, triton_ce)
     return frozenset(n for m in modules for n, f in vars(m).items() if isinstance(f, triton.runtime.KernelInterface))
 
 

@@ -1,4 +1,4 @@
-"""How the decode kernels of :mod:`muomni.models.triton_decode` and :mod:`muomni.models.decode_attention`
+"""How the decode kernels of :mod:`muomni.models.triton_decode` and :mod:`muomni.models.split_kv`
 launch: with programmatic dependent launch or not (``USE_PDL``, ``PDL_MAX_BATCH``: :func:`_launch`), and
 how their ``tl.dot`` multiplies (:func:`_dot_precision`). The PDL instructions inside the kernels are in
 :mod:`muomni.models.decode_kernels.pdl`.

@@ -53,13 +53,13 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 def split_kv_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, last: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One-token attention over the KV cache by the Triton kernels of :mod:`muomni.models.decode_attention`.
+    """One-token attention over the KV cache by the Triton kernels of :mod:`muomni.models.split_kv`.
 
     q [B, H, 1, Dh], k/v [B, H_kv, S, Dh], valid [B, S], ``last`` [1] the last slot any row may attend
     (optional) -> [B, H, 1, Dh]. A custom op, so that a compiled decode step calls the kernels as they are
     (CUDA only: Triton is imported on the first call).
     """
-    from muomni.models.decode_attention import split_kv_attention as kernels
+    from muomni.models.split_kv import split_kv_attention as kernels
 
     return kernels(q, k, v, valid, last)
 

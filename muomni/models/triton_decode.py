@@ -1,11 +1,11 @@
 """The compiled decode step's fused Triton kernels on CUDA: which kernel serves which batch, its launch
 parameters (each with what was measured to choose it), and the functions the custom ops of
 :mod:`muomni.models.decode_ops` call. The kernels themselves are in :mod:`muomni.models.decode_kernels`;
-split-KV attention's launch is in :mod:`muomni.models.decode_attention`, and whether the kernels launch with
+split-KV attention's launch is in :mod:`muomni.models.split_kv`, and whether the kernels launch with
 PDL (and how their ``tl.dot`` multiplies) in :mod:`muomni.models.decode_launch`.
 
 Per layer: the attention input (norm, q/k/v, RoPE, cache write; :func:`norm_qkv_rope`), split-KV attention
-(:func:`muomni.models.decode_attention.split_kv_attention`), the output projection with its residual add
+(:func:`muomni.models.split_kv.split_kv_attention`), the output projection with its residual add
 (:func:`linear_residual`) and the SwiGLU MLP with its norm and residual add (:func:`swiglu_residual`); then
 the final norm and the output head (:func:`norm_linear`). Batch 1 runs the row kernels, 2 to 4 rows the
 batched row kernels, 5 to 64 the tensor-core tiles, more the row kernels again (see ``BATCHED_MIN_BATCH``

@@ -244,7 +244,7 @@ def test_device_breakdown_sorts_kernels_by_kind_and_counts_idle_time_once() -> N
     )
     if importlib.util.find_spec("triton") is not None:  # muomni's kernels by their function names
         assert kernel_kind("_cross_entropy_rows_kernel") == kernel_kind("_norm_gate_up") == MUOMNI_KERNELS
-        assert kernel_kind("_merge_splits") == MUOMNI_KERNELS  # launched by decode_attention
+        assert kernel_kind("_merge_splits") == MUOMNI_KERNELS  # launched by split_kv
         assert kernel_kind("_partial_attention") == "attention"
     assert kernel_kind("_some_other_kernel") == "other"
     # Two steps: a product 0-10 us overlapping an elementwise kernel 5-12 on another stream, a gap to 20,

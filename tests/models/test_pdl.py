@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
-from muomni.models import decode_attention, decode_launch  # noqa: E402
+from muomni.models import decode_launch, split_kv  # noqa: E402
 from muomni.models import triton_decode as td  # noqa: E402
 
 HOPPER = torch.cuda.is_available() and decode_launch._pdl_on(torch.device("cuda"))
@@ -150,7 +150,7 @@ def _step(p: dict, x: torch.Tensor, pos: torch.Tensor, caches: list) -> torch.Te
     valid = (torch.arange(SLOTS, device="cuda") <= pos).expand(batch, SLOTS)
     for layer, (k_cache, v_cache) in zip(p["layers"], caches, strict=True):
         q = td.norm_qkv_rope(x, layer["n1"], 1e-5, layer["qkv"], None, p["cos"], p["sin"], pos, k_cache, v_cache)
-        attended = decode_attention.split_kv_attention(q, k_cache, v_cache, valid, pos)
+        attended = split_kv.split_kv_attention(q, k_cache, v_cache, valid, pos)
         x = td.linear_residual(x, attended.reshape(batch, -1), layer["o"])
         x = td.swiglu_residual(x, layer["n2"], 1e-5, layer["mlp"])
     return td.norm_linear(x, p["norm"], 1e-5, p["head"])

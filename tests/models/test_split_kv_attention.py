@@ -50,9 +50,9 @@ def test_split_kv_attention_matches_math(
 def test_split_kv_attention_with_wide_blocks_matches_math(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """The longer blocks of many rows (``WIDE_BLOCK``), here for few: a block partly past the cache's end,
     a group of 3 padded to 4 and then to the 16 rows of the product."""
-    from muomni.models import decode_attention
+    from muomni.models import split_kv
 
-    monkeypatch.setattr(decode_attention, "WIDE_BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(split_kv, "WIDE_BLOCK_MIN_ROWS", 1)
     torch.manual_seed(4)
     q = torch.randn(2, 6, 1, 32, device=DEVICE, dtype=dtype)
     k, v = (torch.randn(2, 2, 300, 32, device=DEVICE, dtype=dtype) for _ in "kv")
@@ -76,10 +76,10 @@ def test_split_kv_attention_in_one_program_per_row_matches_math(
 ) -> None:
     """From ``WHOLE_MIN_ROWS`` rows, one program walks a row's whole cache and stores the output itself (no
     merge): here for few rows, with blocks partly past the cache's end and a group padded to 16 rows."""
-    from muomni.models import decode_attention
+    from muomni.models import split_kv
 
-    monkeypatch.setattr(decode_attention, "WHOLE_MIN_ROWS", 1)
-    monkeypatch.setattr(decode_attention, "_merge_splits", None)  # a merge launched by mistake fails
+    monkeypatch.setattr(split_kv, "WHOLE_MIN_ROWS", 1)
+    monkeypatch.setattr(split_kv, "_merge_splits", None)  # a merge launched by mistake fails
     torch.manual_seed(5)
     q = torch.randn(batch, heads, 1, head_dim, device=DEVICE, dtype=dtype)
     k, v = (torch.randn(batch, kv_heads, slots, head_dim, device=DEVICE, dtype=dtype) for _ in "kv")
@@ -111,11 +111,11 @@ def test_split_kv_attention_reads_nothing_past_the_last_slot(
     """With ``last``, the slots after it are not attended: the result is what masking them gives. From
     ``SKIP_MIN_BATCH`` rows on they are not even read (junk there, NaN and not masked, changes nothing);
     below it they are read and masked by ``valid``, as a decode step's mask does."""
-    from muomni.models import decode_attention
+    from muomni.models import split_kv
 
-    assert decode_attention.SKIP_MIN_BATCH == 16  # the batch-16 case below is the one that skips
+    assert split_kv.SKIP_MIN_BATCH == 16  # the batch-16 case below is the one that skips
     if whole:
-        monkeypatch.setattr(decode_attention, "WHOLE_MIN_ROWS", 1)
+        monkeypatch.setattr(split_kv, "WHOLE_MIN_ROWS", 1)
     torch.manual_seed(2)
     q, k, v = (torch.randn(batch, 4, n, 16, device=DEVICE) for n in (1, 700, 700))
     k, v = k[:, :2], v[:, :2]
@@ -125,7 +125,7 @@ def test_split_kv_attention_reads_nothing_past_the_last_slot(
     masked = valid.clone()
     masked[:, 301:] = False
     want = split_kv_attention(q, k, v, masked)
-    if batch >= decode_attention.SKIP_MIN_BATCH:
+    if batch >= split_kv.SKIP_MIN_BATCH:
         k[:, :, 301:], v[:, :, 301:] = float("nan"), float("nan")
         got = split_kv_attention(q, k, v, valid, last)
     else:

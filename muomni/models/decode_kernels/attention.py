@@ -8,7 +8,7 @@ head, and a second kernel merges the parts (from ``WHOLE_MIN_ROWS`` rows on, eno
 splits, one program walks a row's whole cache and no merge is needed). Slots masked out (padding, and
 the slots beyond the position, not written yet) count for nothing, whatever they hold. The products run
 on tensor cores in the cache's dtype (fp32 ones in full precision); scores, softmax and sums are fp32.
-Launched by :func:`muomni.models.decode_attention.split_kv_attention`.
+Launched by :func:`muomni.models.split_kv.split_kv_attention`.
 """
 
 # No ``from __future__ import annotations`` in the kernel modules: Triton 3.1 (torch 2.5's) runs kernels in
