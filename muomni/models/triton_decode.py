@@ -115,6 +115,10 @@ QKV_SPLITS = 6
 # batch 16, alternating on one start (docs/results/h200_decode_gate_up_split_ab.json): 43,656 and 43,527
 # tokens/s in 3 splits, 43,133 and 43,084 in 6, 42,856 and 42,816 unsplit.
 GATE_UP_COLUMNS = 32
+# Their warps: 4 ran even with 2, small preset batch 16 on an H200, alternating processes (2026-11-30,
+# docs/results/decode_tile_regs_ab.py, h200_decode_gate_up_warps_ab.jsonl: 49,305 and 49,345 tokens/s
+# against 49,302 and 49,290), and with 2 the kernel holds 134 registers a thread and spills none there.
+GATE_UP_WARPS = 2
 GATE_UP_SPLITS = 3
 SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
 _locks: dict[torch.device, torch.Tensor] = {}
@@ -299,7 +303,8 @@ def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
 def _gate_up_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
     """:func:`_tile_shape` for gate/up: ``GATE_UP_COLUMNS`` wide for 16 rows stepping through a deep row."""
     tile = _tile_shape(batch, dtype, dim)
-    return {**tile, "BN": GATE_UP_COLUMNS} if dim >= SPLIT_MIN_DEPTH and tile["BM"] == 16 else tile
+    wide = dim >= SPLIT_MIN_DEPTH and tile["BM"] == 16
+    return {**tile, "BN": GATE_UP_COLUMNS, "num_warps": GATE_UP_WARPS} if wide else tile
 
 
 def linear_residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
