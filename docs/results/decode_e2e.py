@@ -3,29 +3,17 @@
 CONSTS_JSON sets settings of the decode kernels, each on the module that owns it: muomni.models.triton_decode,
 split_kv (split-KV attention) or decode_launch (PDL)."""
 
-import importlib
 import json
 import sys
 
 import torch
+from decode_settings import MODULES, apply
 
 from muomni.bench.infer import _row
 from muomni.config import load_config
 from muomni.models.thinker import Thinker
 
-MODULES = []
-for name in ("triton_decode", "split_kv", "decode_launch"):
-    try:
-        MODULES.append(importlib.import_module(f"muomni.models.{name}"))
-    except ModuleNotFoundError as e:  # a checkout from before these left triton_decode
-        if e.name != f"muomni.models.{name}":
-            raise
-
-for k, v in json.loads(sys.argv[2]).items():
-    owners = [m for m in MODULES if hasattr(m, k)]
-    if len(owners) != 1:  # a misspelt setting (or one set on the wrong module) would change nothing
-        sys.exit(f"decode_e2e.py: {len(owners)} of {', '.join(m.__name__ for m in MODULES)} have {k}, not one")
-    setattr(owners[0], k, v)
+apply(sys.argv[2], "decode_e2e.py")
 
 cfg = load_config(sys.argv[1])
 torch.manual_seed(cfg.seed)

@@ -6,17 +6,14 @@ import json
 import sys
 
 import torch
+from decode_settings import apply
 
 from muomni.bench.infer import _row
 from muomni.config import load_config
-from muomni.models import triton_decode as td
 from muomni.models.decode_kernels import tiles
 from muomni.models.thinker import Thinker
 
-for k, v in json.loads(sys.argv[2]).items():
-    if not hasattr(td, k):
-        sys.exit(f"decode_tile_regs_ab.py: triton_decode has no {k}")
-    setattr(td, k, v)
+apply(sys.argv[2], "decode_tile_regs_ab.py")
 cfg = load_config(sys.argv[1])
 torch.manual_seed(cfg.seed)
 model = Thinker(cfg).cuda().eval().to(torch.bfloat16)
