@@ -148,6 +148,7 @@ def wrap(
     device: torch.device,
     param_dtype: torch.dtype | None,
     find_unused: bool = False,
+    ignored: list[nn.Parameter] | None = None,
 ) -> nn.Module:
     """DDP or FSDP2 around ``module`` (already on ``device``); ``module`` itself on one process.
 
@@ -156,10 +157,20 @@ def wrap(
         blocks: the transformer blocks, sharded one by one with FSDP (gathered and freed one at a time).
         param_dtype: the autocast dtype (FSDP then gathers parameters in it and reduces gradients in fp32).
         find_unused: DDP must look for parameters without a gradient (MoE experts no token chose).
+        ignored: parameters DDP leaves alone: the fp32 weights of ``weight_dtype=bf16``, whose gradients land
+            on their bf16 copies and are reduced by
+            :class:`~muomni.training.master_weights.CopyGradientMean`. They are broadcast from rank 0 here,
+            as DDP broadcasts the parameters it holds.
     """
     if not env.enabled:
         return module
     if env.mode == "ddp":
+        if ignored:
+            ids_ignored = {id(p) for p in ignored}
+            names = [name for name, p in module.named_parameters() if id(p) in ids_ignored]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+            for p in ignored:
+                dist.broadcast(p.detach(), src=0)
         ids = [device.index] if device.type == "cuda" else None
         # The buffers (RoPE tables, padding mask) are the same on every rank: no broadcast at each forward.
         # (The argument was renamed in recent torch; the old name still works there, with a warning.)

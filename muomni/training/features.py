@@ -88,8 +88,9 @@ def _refuse_bf16_weights(cfg: Config, precision: Precision) -> None:
         problem, fix = "bf16 weights are trained by AdamW only", "use optimizer=adamw"
     elif cfg.cpu_offload == "optimizer":
         problem, fix = "bf16 weights do not combine with optimizer offload", "use cpu_offload=none or activations"
-    elif cfg.distributed != "none":
-        problem, fix = "bf16 weights are not yet available under torchrun", "use distributed=none"
+    elif cfg.distributed == "fsdp":
+        # FSDP's mixed precision (param_dtype) already gathers each weight in bf16 for the products.
+        problem, fix = "FSDP already computes with bf16 weights (its mixed precision)", "use distributed=ddp"
     elif cfg.use_moe:
         problem = "bf16 weights are not yet available with mixture-of-experts (an expert may get no gradient)"
         fix = "use use_moe=false"

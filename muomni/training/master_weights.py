@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from muomni.models.layers import Linear
@@ -34,17 +35,76 @@ from muomni.models.layers import Linear
 TRITON_DEVICES = {"cuda"}
 
 
-def attach_compute_weights(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-    """Give every :class:`Linear` of ``model`` whose weight trains (and is not tied to an embedding) a bf16
-    copy of its weight to compute with; returns {fp32 weight: bf16 copy}."""
+def copied_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights :func:`attach_compute_weights` gives bf16 copies: every :class:`Linear`'s that trains and
+    is not tied to an embedding."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, Linear) and m.weight.requires_grad and id(m.weight) not in embeddings
+    ]
+
+
+def attach_compute_weights(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """Give every weight of :func:`copied_weights` a bf16 copy to compute with; returns {fp32 weight: bf16
+    copy}."""
+    weights = {id(w) for w in copied_weights(model)}
     copies: dict[nn.Parameter, torch.Tensor] = {}
     for module in model.modules():
-        if isinstance(module, Linear) and module.weight.requires_grad and id(module.weight) not in embeddings:
+        if isinstance(module, Linear) and id(module.weight) in weights and module.weight not in copies:
             copy = module.weight.detach().to(torch.bfloat16).requires_grad_(True)
             module.compute_weight = copy
             copies[module.weight] = copy
     return copies
+
+
+class CopyGradientMean:
+    """Under DDP, the mean over ranks of the bf16 copies' gradients (``weight_dtype=bf16`` under torchrun).
+
+    DDP reduces the gradients of the parameters it holds, and a copy is not a parameter: the fp32 weights
+    with copies are left out of DDP (:func:`muomni.distributed.wrap`'s ``ignored``), and their gradients are
+    reduced here. When a copy's gradient from the last micro-batch of an accumulation window is ready (a
+    post-accumulate-grad hook, during the backward pass), it is added in fp32 into its weight's ``.grad``, as
+    :meth:`MasterWeightAdamW.accumulate` adds, divided by the number of ranks, and its all-reduce starts:
+    it overlaps the rest of the backward pass, as DDP's own buckets do. In fp32, as FSDP's gradients are
+    reduced here, so 2 ranks of one micro-batch each give what 1 process accumulating both gives.
+
+    Set :attr:`armed` before the window's last backward pass; call :meth:`wait` after it, before anything
+    reads the gradients.
+    """
+
+    def __init__(self, compute_weights: dict[nn.Parameter, torch.Tensor], world_size: int) -> None:
+        self.world_size = world_size
+        self.armed = False
+        self._pending: list[Any] = []
+        self._hooks = [
+            copy.register_post_accumulate_grad_hook(lambda c, p=p: self._reduce(p, c))
+            for p, copy in compute_weights.items()
+        ]
+
+    @torch.no_grad()
+    def _reduce(self, weight: nn.Parameter, copy: torch.Tensor) -> None:
+        if not self.armed or copy.grad is None:
+            return
+        if weight.grad is None:
+            weight.grad = copy.grad.float()
+        else:
+            weight.grad.add_(copy.grad)
+        copy.grad = None
+        weight.grad.div_(self.world_size)
+        self._pending.append(dist.all_reduce(weight.grad, op=dist.ReduceOp.SUM, async_op=True))
+
+    def wait(self) -> None:
+        """Let what follows (on the device: the work queued after this) see the reduced gradients."""
+        pending, self._pending = self._pending, []
+        for work in pending:
+            work.wait()
+        self.armed = False
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):
@@ -284,4 +344,4 @@ def _adamw_reference(
         copy.copy_(p)
 
 
-__all__ = ["MasterWeightAdamW", "attach_compute_weights"]
+__all__ = ["CopyGradientMean", "MasterWeightAdamW", "attach_compute_weights", "copied_weights"]

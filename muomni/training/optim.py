@@ -63,7 +63,7 @@ def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torc
         if cfg.optimizer == "adamw":
             return CPUOffloadOptimizer(groups, torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         return CPUOffloadOptimizer(groups, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    if cfg.weight_dtype == "bf16":  # refused with SGD, offload and torchrun (features.refuse_unavailable)
+    if cfg.weight_dtype == "bf16":  # refused with SGD, offload and FSDP (features.refuse_unavailable)
         copies = attach_compute_weights(model)
         return MasterWeightAdamW(groups, copies, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     if cfg.optimizer == "adamw":

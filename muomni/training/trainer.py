@@ -43,7 +43,7 @@ from muomni.training.features import grad_norm_fn, refuse_unavailable, total_gra
 from muomni.training.in_flight import LaunchedStep, StepResult, copy_to_host
 from muomni.training.loop import TrainingDiverged, TrainingRun
 from muomni.training.loss import LossModule, run_loss
-from muomni.training.master_weights import MasterWeightAdamW
+from muomni.training.master_weights import CopyGradientMean, MasterWeightAdamW, copied_weights
 from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr, skips_on_device, step_unless
 from muomni.training.precision import resolve_precision
@@ -136,12 +136,17 @@ class Trainer:
         cfg = self.cfg
         self.loss_module = LossModule(self.model, cfg.chunked_ce)
         blocks = list(self.model.model.layers)
+        # With weight_dtype=bf16, DDP leaves the weights with bf16 copies to the copies' own reduction.
+        copied = copied_weights(self.model) if cfg.weight_dtype == "bf16" else []
         self.forward_model = distributed.wrap(
-            self.loss_module, blocks, self.env, self.device, self.precision.dtype, find_unused=cfg.use_moe
+            self.loss_module, blocks, self.env, self.device, self.precision.dtype, cfg.use_moe, copied
         )
         self.loss_fn = run_loss
         # Under FSDP the optimizer must hold the sharded parameters, so it is built after wrapping.
         self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.copy_grads = None
+        if self.env.enabled and self.env.mode == "ddp" and isinstance(self.optimizer, MasterWeightAdamW):
+            self.copy_grads = CopyGradientMean(self.optimizer.compute_weights, self.env.world_size)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_norm = grad_norm_fn(cfg.max_grad_norm, self.env)
         # Whether the optimizer is told on the device to skip a non-finite step (see update). Not with fp16's
@@ -202,7 +207,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for i, tokens in enumerate(batches):
             # Gradients are reduced across ranks once per step, in the last micro-batch's backward.
-            with distributed.gradient_sync(self.forward_model, self.env, sync=i == len(batches) - 1):
+            sync = i == len(batches) - 1
+            if self.copy_grads is not None:
+                self.copy_grads.armed = sync
+            with distributed.gradient_sync(self.forward_model, self.env, sync):
                 with self.precision.ctx, self.offload():
                     sum_loss, _ = self.loss_fn(self.forward_model, tokens)
                 loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
@@ -212,6 +220,8 @@ class Trainer:
                 self.optimizer.accumulate()  # the bf16 copies' gradients summed in fp32
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
+        if self.copy_grads is not None:
+            self.copy_grads.wait()
         fault_point("mid_step", number)
         read = self.update(loss_sum, stop_requested)
         return LaunchedStep(number, lr, read, launch_seconds=time.perf_counter() - started)

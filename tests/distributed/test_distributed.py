@@ -127,6 +127,39 @@ def test_ddp_matches_one_process_with_the_global_batch(work: Path) -> None:
     assert len(losses) == STEPS and losses == pytest.approx(want, rel=1e-5)  # the mean over ranks is logged
 
 
+@pytest.mark.parametrize(
+    ("compiled", "accumulation"),
+    [(False, 2), pytest.param(True, 1, marks=needs_compiled_ddp)],
+    ids=["eager-accumulating", "compiled"],
+)
+def test_ddp_with_bf16_weights_matches_one_process_accumulating_the_same_micro_batches(
+    tmp_path: Path, compiled: bool, accumulation: int
+) -> None:
+    # weight_dtype=bf16: DDP leaves the fp32 weights alone and the bf16 copies' gradients are reduced in fp32
+    # (master_weights.CopyGradientMean). 2 ranks x batch 2 read the micro-batches that 1 process x batch 2
+    # accumulates, each rank's loss scaled by a power of two more: the same bf16 gradients, summed in fp32.
+    # Without the copies' reduction each rank steps on its own gradients: 0.35 away.
+    write_corpus(tmp_path / "corpus.txt")
+    bf16 = {"use_amp": True, "amp_dtype": "bf16", "weight_dtype": "bf16", "use_compile": compiled}
+    for name, procs, keys in (
+        ("single", 1, {"gradient_accumulation_steps": 2 * accumulation}),
+        ("ddp", 2, {"distributed": "ddp", "gradient_accumulation_steps": accumulation}),
+    ):
+        settings = tiny_settings(
+            tmp_path / "corpus.txt", tmp_path / name, dropout=0.0, batch_size=2, max_steps=STEPS, **bf16, **keys
+        )
+        result = _run(overrides(settings), tmp_path / "cache", procs, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+        assert "is not used" not in result.stderr  # compiled: no fallback to eager
+    got, want = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single")
+    _assert_close(got, want)
+    if accumulation == 1:  # a + b on both sides; accumulating, the ranks sum the windows in another order
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    for key in ("loss", "grad_norm"):  # the norm of the mean gradient, taken after the reduction
+        values = [m[key] for m in read_metrics(tmp_path / "ddp") if key in m]
+        assert values == pytest.approx([m[key] for m in read_metrics(tmp_path / "single") if key in m], rel=1e-6)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_gpus_match_one_gpu_in_fp32(tmp_path: Path, mode: str) -> None:

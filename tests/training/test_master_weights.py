@@ -258,11 +258,14 @@ def test_training_with_bf16_weights_follows_autocast(corpus: Path, tmp_path: Pat
         assert torch.equal(copy, p.detach().to(torch.bfloat16))
 
 
-def test_refused_without_bf16_autocast_and_with_sgd(corpus: Path, tmp_path: Path) -> None:
+def test_refused_without_bf16_autocast_with_sgd_and_with_fsdp(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="weight_dtype.*bf16 autocast"):
         Trainer(tiny_config(corpus, tmp_path / "a", weight_dtype="bf16"))
     with pytest.raises(ConfigError, match="weight_dtype.*AdamW"):
         Trainer(tiny_config(corpus, tmp_path / "b", weight_dtype="bf16", optimizer="sgd", **BF16))
+    # FSDP gathers the weights in bf16 itself; DDP takes the key (tests/distributed).
+    with pytest.raises(ConfigError, match="weight_dtype.*FSDP.*use distributed=ddp, or weight_dtype=fp32"):
+        Trainer(tiny_config(corpus, tmp_path / "c", weight_dtype="bf16", distributed="fsdp", **BF16))
     with pytest.raises(ConfigError, match="weight_dtype"):
         load_config({"weight_dtype": "fp16"})
 
