@@ -207,10 +207,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for i, tokens in enumerate(batches):
             # Gradients are reduced across ranks once per step, in the last micro-batch's backward.
-            sync = i == len(batches) - 1
-            if self.copy_grads is not None:
-                self.copy_grads.armed = sync
-            with distributed.gradient_sync(self.forward_model, self.env, sync):
+            with distributed.gradient_sync(self.forward_model, self.env, sync=i == len(batches) - 1):
                 with self.precision.ctx, self.offload():
                     sum_loss, _ = self.loss_fn(self.forward_model, tokens)
                 loss = sum_loss / self.tokens_per_step  # mean over the targets of the whole step
@@ -221,7 +218,7 @@ class Trainer:
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
         if self.copy_grads is not None:
-            self.copy_grads.wait()
+            self.copy_grads.reduce()
         fault_point("mid_step", number)
         read = self.update(loss_sum, stop_requested)
         return LaunchedStep(number, lr, read, launch_seconds=time.perf_counter() - started)
