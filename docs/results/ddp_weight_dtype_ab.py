@@ -1,8 +1,9 @@
 """muomni train under torchrun (DDP, 2 GPUs) with a preset's +all keys, weight_dtype=fp32 and bf16 in turn:
 the loop's logged tokens/s (global), losses and validation losses. argv: PRESET out.json [steps [pairs]]
-(100 steps, 2 pairs by default). First, unless the environment has NO_TEST_MODEL=1, on the test model of tests/distributed (device cuda, eager, 4 steps),
-weight_dtype=bf16: 2 ranks x batch 2 against 1 process accumulating 2 micro-batches of 2, the relative
-error of the worst weight tensor, next to the same comparison with fp32 weights."""
+(100 steps, 2 pairs by default). First, unless the environment has NO_TEST_MODEL=1, on the test model of
+tests/distributed (device cuda, eager, 4 steps), weight_dtype=bf16: 2 ranks x batch 2 against 1 process
+accumulating 2 micro-batches of 2, the relative error of the worst weight tensor, next to the same
+comparison with fp32 weights."""
 
 import json
 import os
