@@ -1,9 +1,9 @@
 """muomni train under torchrun (DDP, 2 GPUs) with a preset's +all keys, weight_dtype=fp32 and bf16 in turn:
 the loop's logged tokens/s (global), losses and validation losses. argv: PRESET out.json [steps [pairs]]
-(100 steps, 2 pairs by default). First, unless the environment has NO_TEST_MODEL=1, on the test model of
-tests/distributed (device cuda, eager, 4 steps), weight_dtype=bf16: 2 ranks x batch 2 against 1 process
-accumulating 2 micro-batches of 2, the relative error of the worst weight tensor, next to the same
-comparison with fp32 weights."""
+(100 steps, 2 pairs by default; FIRST=bf16 in the environment starts each pair with bf16). First, unless
+the environment has NO_TEST_MODEL=1, on the test model of tests/distributed (device cuda, eager, 4 steps),
+weight_dtype=bf16: 2 ranks x batch 2 against 1 process accumulating 2 micro-batches of 2, the relative
+error of the worst weight tensor, next to the same comparison with fp32 weights."""
 
 import json
 import os
@@ -93,7 +93,9 @@ def test_model_check(work: Path) -> dict:
 res = {"preset": PRESET, "keys": KEYS, "steps": STEPS}
 if os.environ.get("NO_TEST_MODEL") != "1":
     res["test_model"] = test_model_check(Path("/tmp/ddp_wd_test_model"))
-for i, weight_dtype in enumerate(("fp32", "bf16") * PAIRS):
+# FIRST=bf16 in the environment runs each pair the other way round.
+order = ("bf16", "fp32") if os.environ.get("FIRST") == "bf16" else ("fp32", "bf16")
+for i, weight_dtype in enumerate(order * PAIRS):
     res[f"{weight_dtype}_{i}"] = preset_run(f"{weight_dtype}_{i}", weight_dtype)
 print({k: v for k, v in res.items() if not isinstance(v, dict)})
 with open(OUT, "w") as f:
