@@ -145,7 +145,8 @@ class Trainer:
         # Under FSDP the optimizer must hold the sharded parameters, so it is built after wrapping.
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.copy_grads = None
-        if self.env.enabled and self.env.mode == "ddp" and isinstance(self.optimizer, MasterWeightAdamW):
+        ddp = self.env.enabled and self.env.mode == "ddp"
+        if ddp and isinstance(self.optimizer, MasterWeightAdamW) and self.optimizer.compute_weights:
             self.copy_grads = CopyGradientMean(self.optimizer.compute_weights, self.env.world_size)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_norm = grad_norm_fn(cfg.max_grad_norm, self.env)
