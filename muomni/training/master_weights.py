@@ -35,27 +35,29 @@ from muomni.models.layers import Linear
 TRITON_DEVICES = {"cuda"}
 
 
-def copied_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The weights :func:`attach_compute_weights` gives bf16 copies: every :class:`Linear`'s that trains and
-    is not tied to an embedding."""
+def _copied_linears(model: nn.Module) -> list[Linear]:
+    """Every :class:`Linear` of ``model`` whose weight trains and is not tied to an embedding."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     return [
-        m.weight
+        m
         for m in model.modules()
         if isinstance(m, Linear) and m.weight.requires_grad and id(m.weight) not in embeddings
     ]
 
 
+def copied_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights :func:`attach_compute_weights` gives bf16 copies."""
+    return [m.weight for m in _copied_linears(model)]
+
+
 def attach_compute_weights(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-    """Give every weight of :func:`copied_weights` a bf16 copy to compute with; returns {fp32 weight: bf16
-    copy}."""
-    weights = {id(w) for w in copied_weights(model)}
+    """Give every :class:`Linear` of ``model`` whose weight trains (and is not tied to an embedding) a bf16
+    copy of its weight to compute with; returns {fp32 weight: bf16 copy}."""
     copies: dict[nn.Parameter, torch.Tensor] = {}
-    for module in model.modules():
-        if isinstance(module, Linear) and id(module.weight) in weights and module.weight not in copies:
-            copy = module.weight.detach().to(torch.bfloat16).requires_grad_(True)
-            module.compute_weight = copy
-            copies[module.weight] = copy
+    for module in _copied_linears(model):
+        copy = module.weight.detach().to(torch.bfloat16).requires_grad_(True)
+        module.compute_weight = copy
+        copies[module.weight] = copy
     return copies
 
 

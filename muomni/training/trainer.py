@@ -139,7 +139,13 @@ class Trainer:
         # With weight_dtype=bf16, DDP leaves the weights with bf16 copies to the copies' own reduction.
         copied = copied_weights(self.model) if cfg.weight_dtype == "bf16" else []
         self.forward_model = distributed.wrap(
-            self.loss_module, blocks, self.env, self.device, self.precision.dtype, cfg.use_moe, copied
+            self.loss_module,
+            blocks,
+            self.env,
+            self.device,
+            self.precision.dtype,
+            find_unused=cfg.use_moe,
+            ignored=copied,
         )
         self.loss_fn = run_loss
         # Under FSDP the optimizer must hold the sharded parameters, so it is built after wrapping.
