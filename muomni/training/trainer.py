@@ -150,10 +150,12 @@ class Trainer:
         self.loss_fn = run_loss
         # Under FSDP the optimizer must hold the sharded parameters, so it is built after wrapping.
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.copy_grads = None
+        # Under DDP, the bf16 copies' gradients are averaged after the backward pass (DDP leaves their
+        # weights alone); elsewhere there is nothing to do.
+        self.reduce_copy_gradients: Callable[[], None] = lambda: None
         ddp = self.env.enabled and self.env.mode == "ddp"
         if ddp and isinstance(self.optimizer, MasterWeightAdamW) and self.optimizer.compute_weights:
-            self.copy_grads = CopyGradientMean(self.optimizer.compute_weights, self.env.world_size)
+            self.reduce_copy_gradients = CopyGradientMean(self.optimizer.compute_weights, self.env.world_size).reduce
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_norm = grad_norm_fn(cfg.max_grad_norm, self.env)
         # Whether the optimizer is told on the device to skip a non-finite step (see update). Not with fp16's
@@ -224,8 +226,7 @@ class Trainer:
                 self.optimizer.accumulate()  # the bf16 copies' gradients summed in fp32
             if i == 0 and len(batches) > 1 and self.cuda_graphs:
                 own_gradients(self.params)
-        if self.copy_grads is not None:
-            self.copy_grads.reduce()
+        self.reduce_copy_gradients()
         fault_point("mid_step", number)
         read = self.update(loss_sum, stop_requested)
         return LaunchedStep(number, lr, read, launch_seconds=time.perf_counter() - started)
