@@ -70,8 +70,8 @@ class CopyGradientMean:
     gradient (its copy's, or the fp32 sum :meth:`MasterWeightAdamW.accumulate` made) is written into one
     fp32 buffer, which one all-reduce averages; the weights' ``.grad`` are then views of it. One collective
     and one copy a step: one all-reduce per weight, launched from gradient hooks, ran the tiny preset on 2
-    H200s at 0.50 and 0.75 of fp32 weights' speed (under CUDA graphs a hook fires only after its graph's
-    backward pass, so little could overlap), where this gains 3-4% on the small preset. In fp32, as FSDP's
+    H200s at 0.50 and 0.75 of fp32 weights' speed (not profiled; under CUDA graphs a hook fires only after
+    its graph's backward pass, so little could overlap), where this gains 3-4% on the small preset. In fp32, as FSDP's
     gradients are reduced here, so 2 ranks of one micro-batch each give what 1 process accumulating both
     gives.
     """
