@@ -120,9 +120,6 @@ GATE_UP_COLUMNS = 32
 # against 49,302 and 49,290), and with 2 the kernel holds 134 registers a thread and spills none there.
 GATE_UP_WARPS = 2
 GATE_UP_SPLITS = 3
-# The tiles' first weights, loaded before the wait, also staged into the tensor cores' operand layout there
-# (see decode_kernels.tiles._staged), not after it behind the batch's rows.
-STAGED_WEIGHTS = True
 SPLIT_LOCKS = 4096  # tiles one launch may split; a wider launch runs unsplit
 _locks: dict[torch.device, torch.Tensor] = {}
 
@@ -300,9 +297,7 @@ def _tile_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:
     split_depth = SPLIT_DEPTH if rows == 16 else SPLIT_DEPTH_MORE_ROWS
     # The depths are for 16-bit weights: fp32 tiles twice as deep overran an H200's shared memory at 64 rows.
     depth = (split_depth if dim >= SPLIT_MIN_DEPTH else TILE_DEPTH) * 2 // dtype.itemsize
-    precision = _dot_precision(dtype)
-    stage = STAGED_WEIGHTS and dtype != torch.float32  # fp32 products run on CUDA cores: zeros would cost
-    return {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, **precision, "STAGE": stage, "num_warps": TILE_WARPS}
+    return {"BM": rows, "BN": TILE_COLUMNS, "BK": depth, **_dot_precision(dtype), "num_warps": TILE_WARPS}
 
 
 def _gate_up_shape(batch: int, dtype: torch.dtype, dim: int) -> dict:

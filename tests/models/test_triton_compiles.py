@@ -44,7 +44,7 @@ TILE_KERNELS = {"_tile_norm_qkv_rope": ROPE, "_tile_norm_gate_up": {}, "_tile_li
 # Called by the kernels above, compiled with them (the split-K ones only when SPLITS > 1).
 HELPERS = {"_head_block", "_head_weights", "_qkv_biases", "_rope_angles", "_qkv_epilogue", "_depth_range",
            "_gather_pair", "_arrive", "_sum_splits", "_let_next_kernel_start", "_wait_for_inputs", "_weights_t",
-           "_batch_rows", "_gain", "_gained_rows", "_dot", "_staged", "_normed_pair_first", "_normed_pair_steps", "_pairs",
+           "_batch_rows", "_gain", "_gained_rows", "_dot", "_normed_pair_first", "_normed_pair_steps", "_pairs",
            "_row_block_pairs", "_pair_weights", "_pair_gain", "_gained_pair_rows", "_pair_rows"}  # fmt: skip
 # Tiles as shallow kernels take them (256 deep, unsplit) and as deep ones do (SPLIT_DEPTH, 4 splits).
 SPLIT_K = {"_tile_norm_qkv_rope", "_tile_norm_gate_up", "_tile_linear_residual"}
@@ -57,9 +57,6 @@ CASES = {f"{name}-bf16": [name, constexprs, "bfloat16", None, None] for name, co
     for rows in (16, 64)
     for dim in (256, 2048)
 }  # fmt: skip
-# Controls for the staging test below: the bf16 16-row tiles with their weights' early staging off.
-STAGED = sorted(case for case in CASES if case.startswith("_tile") and "-bfloat16-16-" in case)
-CASES |= {f"{case}-unstaged": CASES[case] for case in STAGED}
 # Attention whose one program per row walks the whole cache and stores the output (no merge kernel).
 CASES["_partial_attention-whole-bf16"] = ["_partial_attention", {**ROW_KERNELS["_partial_attention"], "WHOLE": True},
                                           "bfloat16", None, None]  # fmt: skip
@@ -102,7 +99,6 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
         constexprs["ONE_STEP"] = td.ONE_STEP_TILES and triton.cdiv(dim, constexprs["SPLITS"]) <= constexprs["BK"]
         constexprs["PDL"] = rows <= decode_launch.PDL_MAX_BATCH
         constexprs["EARLY"] = constexprs["PDL"] or constexprs["ONE_STEP"]
-        constexprs["STAGE"] = constexprs["STAGE"] and not case.endswith("-unstaged")
     value = "*bf16" if dtype == "bfloat16" else "*fp32"
     signature = {}
     for arg in kernel.arg_names:
@@ -119,11 +115,7 @@ for case, (name, constexprs, dtype, rows, dim) in cases.items():
                if signature[arg] not in ("constexpr", "fp32")}  # fmt: skip
     try:
         source = ASTSource(fn=kernel, signature=signature, constexprs=positions, attrs=aligned)
-        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-        results[case] = kernel.metadata.shared
-        lines = kernel.asm["ptx"].splitlines()
-        wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), 0)
-        results[case + ":staged before the wait"] = sum("ldmatrix" in line for line in lines[:wait])
+        results[case] = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared
     except CompilationError as e:
         results[case] = "error: " + str(e)[-600:]
     except Exception as e:  # no CUDA tool chain here (ptxas): the front end passed, the rest cannot run
@@ -151,14 +143,3 @@ def test_kernel_compiles_for_hopper(case: str, compiled: dict[str, object]) -> N
         pytest.skip(result)
     assert isinstance(result, int), result  # the shared memory it asks for, or the compiler's error
     assert result <= SHARED_MEMORY, f"{case} asks for {result} bytes of shared memory"
-
-
-@pytest.mark.parametrize("case", STAGED)
-def test_tile_weights_staged_before_the_wait(case: str, compiled: dict[str, object]) -> None:
-    """The bf16 tiles of 16 rows (launched with PDL) stage their first weights for the tensor cores before
-    the wait (decode_kernels.tiles._staged), and without STAGE they do not: a Triton that moved the staging
-    back after the wait would lose, unseen, what it bought."""
-    if isinstance(compiled[case], str) and compiled[case].startswith("no back end"):
-        pytest.skip(compiled[case])
-    assert compiled[f"{case}:staged before the wait"] > 0
-    assert compiled[f"{case}-unstaged:staged before the wait"] == 0

@@ -108,25 +108,10 @@ def _dot(a, w, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _staged(w, acc, BM: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-            STAGE: tl.constexpr):  # fmt: skip
-    """``acc``, with STAGE plus a product of zero rows and the weights ``w`` [BK, BN] loaded before the wait.
-
-    Called before `_wait_for_inputs`: Triton converts a product's operands into the tensor cores' layout
-    (through shared memory) where their first product is, and the product after the wait reuses that
-    conversion. Without it the weights were staged after the wait, behind the rows' own staging, with two
-    more barriers on the path that the wait starts. The zeros add +0 exactly: the sums are unchanged.
-    """
-    if STAGE:
-        acc = _dot(tl.zeros([BM, BK], w.dtype), w, acc, PRECISION, UPCAST)
-    return acc
-
-
-@triton.jit
 def _normed_pair_first(
     x_ptr, norm_ptr, wa_ptr, wb_ptr, rows_a, rows_b, rows_ok, m, m_ok, k_start, k_end, dim, stride_xb,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, STAGE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     """Two products of the gained rows (see :func:`_gained_rows`), with weight rows ``rows_a`` of wa and
     ``rows_b`` of wb, [BM, BN] fp32 each, and the rows' sums of squares, so far: with EARLY the split's
@@ -142,8 +127,6 @@ def _normed_pair_first(
         w_a = _weights_t(wa_ptr, rows_a, rows_ok, k, k_ok, dim)
         w_b = _weights_t(wb_ptr, rows_b, rows_ok, k, k_ok, dim)
         gain = _gain(norm_ptr, k, k_ok)
-        a = _staged(w_a, a, BM, BK, PRECISION, UPCAST, STAGE)
-        b = _staged(w_b, b, BM, BK, PRECISION, UPCAST, STAGE)
     _wait_for_inputs(PDL)
     if EARLY:
         gx, squares = _gained_rows(x_ptr, gain, m, m_ok, k, k_ok, stride_xb)
@@ -179,7 +162,6 @@ def _tile_norm_qkv_rope(
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, HAS_BIAS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, ONE_STEP: tl.constexpr,
-    STAGE: tl.constexpr,
 ):  # fmt: skip
     # Program (pair block, split): _norm_qkv_rope's BN row pairs of one head for all rows of the batch, on
     # tensor cores, over the split's share of the depth.
@@ -194,7 +176,7 @@ def _tile_norm_qkv_rope(
     # rows i (low) and i + Dh/2 (high) of the head's weight; the RoPE angles are read once the wait is passed
     low, high, squares, first = _normed_pair_first(
         x_ptr, norm_ptr, w_ptr, w_ptr, row + j, row + HALF + j, j_ok, m, m_ok, k_start, k_end, dim, stride_xb,
-        BM, BN, BK, PRECISION, UPCAST, PDL, EARLY, STAGE,
+        BM, BN, BK, PRECISION, UPCAST, PDL, EARLY,
     )  # fmt: skip
     pos, cos, sin = _rope_angles(j, j_ok, cos_ptr, sin_ptr, pos_ptr, stride_rope)
     if not ONE_STEP:
@@ -250,7 +232,6 @@ def _tile_norm_gate_up(
     batch, rows, dim, eps,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, ONE_STEP: tl.constexpr,
-    STAGE: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of silu(gate) * up for all rows of the batch
     # (BM >= batch), over the split's share of the depth.
@@ -261,7 +242,7 @@ def _tile_norm_gate_up(
     k_start, k_end = _depth_range(dim, BK, SPLITS)
     gate, up, squares, first = _normed_pair_first(
         x_ptr, norm_ptr, wg_ptr, wu_ptr, n, n, n_ok, m, m_ok, k_start, k_end, dim, stride_xb,
-        BM, BN, BK, PRECISION, UPCAST, PDL, EARLY, STAGE,
+        BM, BN, BK, PRECISION, UPCAST, PDL, EARLY,
     )  # fmt: skip
     if not ONE_STEP:
         gate, up, squares = _normed_pair_steps(
@@ -288,7 +269,6 @@ def _tile_linear_residual(
     batch, rows, dim,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr, ONE_STEP: tl.constexpr,
-    STAGE: tl.constexpr,
 ):  # fmt: skip
     # Program (n, split): columns [n * BN, (n + 1) * BN) of x + h W^T for all rows of the batch (BM >= batch),
     # over the split's share of the depth. Every program loads its residual tile (the last of a split tile
@@ -306,7 +286,6 @@ def _tile_linear_residual(
         k = k_start + tl.arange(0, BK)
         k_ok = k < k_end
         w = _weights_t(w_ptr, n, n_ok, k, k_ok, dim)
-        acc = _staged(w, acc, BM, BK, PRECISION, UPCAST, STAGE)
     _wait_for_inputs(PDL)
     x = tl.load(x_ptr + m[:, None] * stride_xb + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
     if EARLY:
