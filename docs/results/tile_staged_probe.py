@@ -1,6 +1,6 @@
-"""The tiles' first weights staged for the tensor cores before the PDL wait (``STAGED_WEIGHTS``, commit
-"decode tiles: the first weights staged before the wait"): where the compiled kernels stage them, and what
-the tiny preset's output projection tile costs a launch with and without it.
+"""The tiles' first weights staged for the tensor cores before the PDL wait (``STAGED_WEIGHTS``, which commit
+853d305 added and d1efa7d took out again): where the compiled kernels stage them, and what the tiny
+preset's output projection tile costs a launch with and without it. Run it on 853d305's tree:
 
     PYTHONPATH=.:docs/results python3 docs/results/tile_staged_probe.py OUT.json
 
