@@ -64,29 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
 
     p = sub.add_parser("bench", help="measure what each optimization buys, on this machine")
-    p.add_argument("what", choices=["train", "infer"])
-    p.add_argument("--config", default="tiny")
+    p.add_argument("what", choices=["train", "infer"], help="train: the optimization table; infer: decoding")
+    p.add_argument("--config", default="tiny", help="a JSON file or a preset: debug, default, tiny, small")
     p.add_argument("--ckpt", default=None, help="bench infer: use these weights instead of random ones")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train: timed steps a row (default 20 on a GPU, 3 on a CPU); infer: new tokens (512 and 32)",
+    )
     p.add_argument("--out", default=None, help="folder for results.json, results.md and the charts")
     p.add_argument("--vs-hf", action="store_true", help="run the equivalent Hugging Face rows in the same run")
-    p.add_argument("--rows", default=None, help="comma-separated row names (default: all that apply)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument(
+        "--rows", default=None, help="comma-separated row names, e.g. baseline,+all (default: all that apply here)"
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config keys to change, e.g. batch_size=8")
 
     p = sub.add_parser("profile", help="run a few steps under torch.profiler and print where the time goes")
     _config_args(p)
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--out", default="profile")
+    p.add_argument("--steps", type=int, default=6, help="training steps profiled, after 2 untimed ones")
+    p.add_argument("--out", default="profile", help="folder for the Chrome/Perfetto trace and the memory timeline")
     p.add_argument("--infer", action="store_true", help="also profile decoding steps")
 
     p = sub.add_parser("plan", help="find the fastest settings that fit a memory budget")
     _config_args(p)
     p.add_argument("--memory", type=float, required=True, help="budget in GiB")
-    p.add_argument("--out", default="planned.json")
+    p.add_argument("--out", default="planned.json", help="where the fastest setting that fits is written")
 
     p = sub.add_parser("export", help="write a Hugging Face LlamaForCausalLM folder")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint) or a checkpoint folder")
+    p.add_argument("--out", required=True, help="the folder to write")
     return parser
 
 
