@@ -9,15 +9,17 @@ bitwise identical to one that was never interrupted.
 Resume policy (``resume``): ``auto`` continues from the run folder's newest complete checkpoint (broken
 ones are skipped with a warning) or starts fresh when there is none; ``never`` starts fresh; a path
 resumes from that checkpoint (or run folder). A checkpoint whose config differs in a key that fixes the
-model's shape or the data order is refused. Checkpoints in ``save_dir`` newer than the starting point
-belong to an abandoned run: they are deleted when this run writes its first checkpoint (not before, so a
-run that dies at once loses nothing).
+model's shape or the data order is refused, and so is another folder's checkpoint for a ``save_dir`` that
+holds a run of its own. Checkpoints in ``save_dir`` newer than the starting point belong to an abandoned
+run: they are deleted when this run writes its first checkpoint (not before, so a run that dies at once
+loses nothing), and the run says so when it starts.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -251,13 +253,45 @@ def check_global_batch(old: Config, old_world: int, new: Config, new_world: int,
         )
 
 
-def find_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from under ``cfg.resume``, or None to start fresh."""
+def find_resume(cfg: Config, announce: bool = True) -> Path | None:
+    """The checkpoint to resume from under ``cfg.resume``, or None to start fresh.
+
+    A run folder holds one run. Resuming a checkpoint of another folder into one that already holds a run
+    would replace that run (its newer checkpoints deleted, its log cut), so it is refused; starting over
+    (``resume=never``) or going back to an earlier checkpoint of the folder's own run is allowed, and said
+    (``announce``, on one rank of several) before anything is replaced.
+
+    Raises:
+        CheckpointError: a missing or broken ``resume`` path, or another run's checkpoint for a run folder
+            that holds a run of its own.
+    """
+    own = list_checkpoints(cfg.save_dir)
+    newest = _step_of(own[-1]) if own else None
     if cfg.resume == "never":
+        if own and announce:
+            replaced = f"its checkpoints up to step {newest} go when this run writes its first"
+            warnings.warn(f"resume=never: this run replaces the one in {cfg.save_dir} ({replaced})", stacklevel=2)
         return None
     if cfg.resume == "auto":
         return latest_checkpoint(cfg.save_dir)
-    return resolve_checkpoint(cfg.resume)
+    ckpt = resolve_checkpoint(cfg.resume)
+    if own and not ckpt.resolve().is_relative_to(Path(cfg.save_dir).resolve()):
+        raise CheckpointError(
+            f"save_dir {cfg.save_dir} already holds a run (checkpoints up to step {newest}), and resume={cfg.resume} "
+            f"is another run's: give an empty save_dir to continue that run there, or resume=auto to continue "
+            f"the run in {cfg.save_dir}"
+        )
+    if announce and ckpt.resolve() in {p.resolve() for p in own[:-1]}:  # an earlier checkpoint of this run
+        replaced = f"the checkpoints of {cfg.save_dir} after it (up to step {newest})"
+        warnings.warn(
+            f"resuming from step {_step_of(ckpt)}: {replaced} go when this run writes its first", stacklevel=2
+        )
+    return ckpt
+
+
+def _step_of(ckpt: Path) -> int:
+    """The step of a checkpoint folder (``step_00000012`` -> 12)."""
+    return int(ckpt.name.split("_")[1])
 
 
 def check_compatible(old: Config, new: Config, ckpt: Path, keys: list[str]) -> None:
@@ -277,7 +311,7 @@ def check_compatible(old: Config, new: Config, ckpt: Path, keys: list[str]) -> N
 
 def stale_checkpoints(save_dir: str | Path, start_step: int) -> list[Path]:
     """Checkpoints of ``save_dir`` newer than the step this run starts from (an abandoned run's)."""
-    return [p for p in list_checkpoints(save_dir) if int(p.name.split("_")[1]) > start_step]
+    return [p for p in list_checkpoints(save_dir) if _step_of(p) > start_step]
 
 
 def remove_stale(stale: list[Path], keep: Path) -> None:

@@ -81,7 +81,7 @@ class Trainer:
             self.device = torch.device("cuda", self.env.local_rank)
         auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"
         self.auto_fit = auto_fit and not self.env.enabled  # a retry on one rank would desynchronise the ranks
-        self.resume_from = find_resume(cfg)
+        self.resume_from = find_resume(cfg, announce=self.env.is_main)
         init_state = self._prepare(cfg)
         cfg = self.cfg
         seed_everything(cfg.seed)

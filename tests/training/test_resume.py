@@ -143,6 +143,39 @@ def test_resume_from_a_path_into_a_new_save_dir(shared: dict[str, Any], tmp_path
         assert torch.equal(ref, final_weights(run)[name])
 
 
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_another_runs_checkpoint_is_refused_for_a_folder_that_holds_a_run(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
+    # Resumed there, step 8 of the reference would replace this folder's run: its step 12 deleted,
+    # its log cut at step 8. Refused before anything is written.
+    run = tmp_path / "run"
+    shutil.copytree(shared["ref"], run)
+    before = _folder_bytes(run)
+    elsewhere = tmp_path / "other"
+    shutil.copytree(shared["ref"], elsewhere)
+    result = _train(shared, run, resume=str(checkpoints_dir(elsewhere) / "step_00000008"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "already holds a run (checkpoints up to step 12)" in lines[0] and "resume=auto" in lines[0]
+    assert _folder_bytes(run) == before
+
+
+def test_an_earlier_checkpoint_of_the_same_run_is_resumed_with_a_warning(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(shared["ref"], run)
+    result = _train(shared, run, resume=str(checkpoints_dir(run) / "step_00000008"))
+    assert result.returncode == 0, result.stderr
+    assert "resuming from step 8: the checkpoints of" in result.stderr and "up to step 12" in result.stderr
+    _assert_same_as_reference(shared, run)
+
+
 def test_sigterm_finishes_the_step_and_checkpoints(shared: dict[str, Any], tmp_path: Path) -> None:
     run = tmp_path / "run"
     settings = tiny_settings(shared["corpus"], run, max_steps=100000, checkpoint_freq=100000, val_freq=100000)
