@@ -98,7 +98,10 @@ def verify(ckpt: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        # Valid JSON of another shape (hand-edited, or another tool's file) is as corrupt as a torn write.
+        if not all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and "sha256" in e for e in files.values()):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {ckpt} has a corrupt {MANIFEST}")
     for name, entry in files.items():
         path = ckpt / name
