@@ -291,8 +291,10 @@ def _validate(c: Config) -> None:
     _check(0.0 <= c.val_split < 1.0, "val_split", c.val_split, "must be in [0, 1)")
     for key in ("val_freq", "checkpoint_freq", "print_freq", "keep_checkpoints", "max_nonfinite_steps", "val_batches"):
         _check(getattr(c, key) >= 1, key, getattr(c, key), "must be at least 1")
-    for key in ("num_workers", "shuffle_buffer_size", "empty_cache_steps", "seed"):
+    for key in ("num_workers", "shuffle_buffer_size", "empty_cache_steps"):
         _check(getattr(c, key) >= 0, key, getattr(c, key), "must be zero or positive")
+    # NumPy's legacy global seed, one of the generators a run seeds, takes 32 bits.
+    _check(0 <= c.seed < 2**32, "seed", c.seed, "must be in [0, 2**32 - 1]")
     _check(bool(c.save_dir.strip()), "save_dir", c.save_dir, "must name a folder")
     _check(bool(c.train_text.strip()), "train_text", c.train_text, "must name a file, folder or builtin:stdlib")
     _check(

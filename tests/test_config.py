@@ -58,6 +58,8 @@ BAD_CONFIGS = [
     ({"rope_theta": 0}, "rope_theta"),
     ({"save_dir": ""}, "save_dir"),
     ({"eps": 0}, "eps"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
 ]
 
 
