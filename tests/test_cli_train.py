@@ -62,6 +62,17 @@ def test_config_errors_are_one_line_before_any_work(tmp_path: Path, cache: Path,
     assert not run.exists() and not cache.exists()  # nothing was prepared
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_save_dir_that_is_a_file_is_refused_before_any_work(tmp_path: Path, cache: Path, inside: bool) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a run folder\n")
+    save_dir = taken / "run" if inside else taken
+    result = train(["--config", "debug", "max_steps=2", f"save_dir={save_dir}"], cache)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and f"{taken} is a file, not a folder" in result.stderr
+    assert taken.read_text() == "not a run folder\n" and not cache.exists()  # nothing was prepared
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_user_error(tmp_path: Path, cache: Path) -> None:
     result = train(["--config", "debug", "device=cuda", f"save_dir={tmp_path / 'run'}"], cache)

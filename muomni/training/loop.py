@@ -18,7 +18,7 @@ import torch
 
 from muomni import distributed
 from muomni.errors import UserError
-from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, prune_checkpoints
+from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, make_run_folder, prune_checkpoints
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.in_flight import InFlight, LaunchedStep, StepResult
 from muomni.training.runlog import RunLog, truncate_metrics
@@ -47,7 +47,7 @@ class TrainingRun:
         t = trainer
         step = t.progress.step
         if t.env.is_main:
-            t.save_dir.mkdir(parents=True, exist_ok=True)
+            make_run_folder(t.save_dir)
             t.cfg.save(t.save_dir / CONFIG_FILE)
             t.tokenizer.save(t.save_dir / TOKENIZER_FILE)
             truncate_metrics(t.save_dir / "metrics.jsonl", step)  # a resumed run rewrites what followed

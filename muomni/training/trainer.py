@@ -38,6 +38,7 @@ from muomni.config import Config, load_config
 from muomni.data import TokenData, WindowStream, check_vocab
 from muomni.models.thinker import Thinker, checkpoint_blocks
 from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
+from muomni.training.checkpoint import check_run_folder
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
 from muomni.training.in_flight import LaunchedStep, StepResult, copy_to_host
@@ -75,6 +76,7 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         started = time.perf_counter()
+        check_run_folder(cfg.save_dir)
         self.device = resolve_device(cfg.device)
         self.env = distributed.setup(cfg.distributed, self.device.type, cfg.use_compile)
         if self.env.enabled and self.device.type == "cuda":
