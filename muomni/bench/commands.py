@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from muomni.bench.options import bench_out_folder, check_out_folder, check_steps
+from muomni.bench.selection import named_rows
+
 
 def run_bench(args: argparse.Namespace) -> int:
+    _check_options(args)
     if args.what == "train":
         from muomni.bench.train import bench_train
 
@@ -15,3 +19,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     bench_infer(args)
     return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """What the options alone can get wrong, before a model is built or a row measured. (Row names are
+    checked against the rows of the device once it is known, still before the first row.)"""
+    check_steps(args.steps)
+    named_rows(args.rows)
+    check_out_folder(bench_out_folder(args.what, args.out))

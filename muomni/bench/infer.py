@@ -17,12 +17,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, reset_peak_memory, synchronize
+from muomni.bench.options import bench_out_folder
 from muomni.bench.report import GIB, write_results
 from muomni.bench.selection import wanted_rows
 from muomni.config import load_config
@@ -219,10 +219,11 @@ def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = _model(args)
     device = model.lm_head.weight.device
     # 512 new tokens where the context has room for them after the prompt (tiny's 512 leaves 496).
-    new = min(args.steps or (512 if device.type == "cuda" else 32), model.config.ctx_len - PROMPT_TOKENS)
+    asked = args.steps if args.steps is not None else (512 if device.type == "cuda" else 32)
+    new = min(asked, model.config.ctx_len - PROMPT_TOKENS)
     info = {**describe(device), "params": model.num_params(), "dtype": str(model.lm_head.weight.dtype)}
     info["decode_pdl_max_batch"] = _pdl_max_batch(device)
-    out = Path(args.out or "bench-out/infer")
+    out = bench_out_folder("infer", args.out)
     measured: Iterator[dict[str, Any]] = infer_rows(model, new, args.rows)
     if args.vs_hf:
         measured = itertools.chain(measured, hf_rows(model, new))

@@ -29,6 +29,7 @@ from muomni.bench.device_time import (
     print_breakdown,
     top_kernels,
 )
+from muomni.bench.options import check_out_folder, check_steps
 from muomni.config import load_config
 
 REGIONS = ("attention", "mlp", "loss", "backward", "optimizer", "data")
@@ -216,9 +217,11 @@ def _print_tables(prof: profile, memory_prof: profile, cuda: bool, shares: dict[
 def run_profile(args: argparse.Namespace) -> int:
     from muomni.training.trainer import Trainer
 
+    check_steps(args.steps)
     out = Path(args.out)
+    check_out_folder(out)
+    cfg = load_config(args.config, args.overrides)  # before the folder is made: a bad key leaves none behind
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(args.config, args.overrides)
     cfg = cfg.replace(save_dir=str(out / "run"), resume="never", max_steps=2 * args.steps + 2)
     trainer = Trainer(cfg)
     cuda = trainer.device.type == "cuda"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from muomni.bench.hardware import describe
+from muomni.bench.options import bench_out_folder
 from muomni.bench.report import train_table, write_results
 from muomni.bench.selection import wanted_rows
 from muomni.config import Config, load_config
@@ -153,7 +154,7 @@ def bench_train(
     """Run the table and write results.json, results.md and chart.png to ``out``; return the rows."""
     cfg = load_config(config, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    steps = steps or (20 if device.type == "cuda" else 3)
+    steps = steps if steps is not None else (20 if device.type == "cuda" else 3)
     warmup = 3 if device.type == "cuda" else 1
     # A short warmup, so that the few steps move the loss and the quality column compares learning, not init.
     total = warmup + steps
@@ -163,11 +164,12 @@ def bench_train(
             import transformers  # noqa: F401
         except ImportError:
             raise ConfigError("--vs-hf needs transformers: pip install 'muomni[hf]'")
+    selected = select_rows(rows_for(device), rows)  # an unknown row fails now, not after the tokenizing
     _warm_data_cache(cfg)
     results: list[dict[str, Any]] = []
-    info, out_dir = describe(device), Path(out or "bench-out/train")
+    info, out_dir = describe(device), bench_out_folder("train", out)
     with tempfile.TemporaryDirectory() as tmp:
-        for row in select_rows(rows_for(device), rows):
+        for row in selected:
             frameworks = ["muomni"] + (["hf"] if vs_hf and row.hf else [])
             for fw in frameworks:
                 label = row.name if fw == "muomni" else row.hf_name

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from muomni.bench.options import check_out_file
 from muomni.bench.report import GIB
 from muomni.bench.train import _warm_data_cache, run_spec
 from muomni.config import Config, load_config
-from muomni.errors import UserError
+from muomni.errors import ConfigError, UserError
 
 PLAN_STEPS = 3
 
@@ -114,14 +116,24 @@ def plan(cfg: Config, budget_gib: float, out: Path) -> dict[str, Any]:
         raise NothingFits(f"nothing fits in {budget_gib:g} GiB: {smallest}; lower ctx_len or the model size")
     best = max(fitting, key=lambda r: r["tokens_per_s"])
     planned = {**cfg.to_dict(), **best["keys"]}
+    out.parent.mkdir(parents=True, exist_ok=True)  # as the other commands make their --out folders
     out.write_text(json.dumps(planned, indent=2) + "\n", encoding="utf-8")
     print(f"planned: {best['keys']} at {best['tokens_per_s']:,.0f} tokens/s -> {out}")
     return planned
 
 
+def check_budget(memory: float) -> None:
+    """``--memory`` is a finite positive number of GiB. NaN passes a ``<= 0`` check (every comparison with
+    it is false) and failed only after the measurement; infinity is no budget at all."""
+    if not (math.isfinite(memory) and memory > 0):
+        raise ConfigError(f"--memory {memory} must be a positive number of GiB")
+
+
 def run_plan(args: argparse.Namespace) -> int:
+    # The options first: the search measures for a minute or more before it writes --out.
+    check_budget(args.memory)
+    out = Path(args.out)
+    check_out_file(out)
     cfg = load_config(args.config, args.overrides)
-    if args.memory <= 0:
-        raise UserError(f"--memory {args.memory} must be a positive number of GiB")
-    plan(cfg, args.memory, Path(args.out))
+    plan(cfg, args.memory, out)
     return 0

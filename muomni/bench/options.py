@@ -1,0 +1,50 @@
+"""Checks of the options that ``bench``, ``profile`` and ``plan`` share, made before any work starts.
+
+A measurement takes minutes: an ``--out`` that cannot be written, found when the results are, loses it.
+So each command checks its options first, and a bad one is a :class:`ConfigError` that says what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from muomni.errors import ConfigError
+
+
+def bench_out_folder(what: str, out: str | None) -> Path:
+    """Where ``bench train|infer`` writes: ``--out``, else ``bench-out/train`` or ``bench-out/infer``."""
+    return Path(out or f"bench-out/{what}")
+
+
+def check_steps(steps: int | None) -> None:
+    """``--steps``, when given, is at least 1. Not checked, 0 read as "not given" (or profiled nothing) and
+    a negative one was reported as ``max_steps`` or ``max_new_tokens``, keys the user never set."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps {steps} must be at least 1")
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out`` is a folder or can be made one (the commands make it): neither it nor a parent is a file."""
+    blocking = _file_in_the_way(out)
+    if blocking == out:
+        raise ConfigError(f"--out {out} is a file, not a folder: give a folder (it is made if missing)")
+    if blocking is not None:
+        raise ConfigError(f"--out {out} cannot be made: {blocking} is a file, not a folder")
+
+
+def check_out_file(out: Path) -> None:
+    """``--out`` can be written as a file: it is not a folder, and its folder exists or can be made."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give the path of a file, e.g. {out / 'planned.json'}")
+    blocking = _file_in_the_way(out.parent)
+    if blocking is not None:
+        raise ConfigError(f"--out {out} cannot be written: {blocking} is a file, not a folder")
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """What stops ``folder`` from being made with ``mkdir(parents=True)``: the nearest of it and its parents
+    that exists, when that is not a folder (None: nothing)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return None if existing.is_dir() else existing

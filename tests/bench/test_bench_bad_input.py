@@ -1,0 +1,134 @@
+"""Bad options to ``bench``, ``profile`` and ``plan``: exit 2 with one line that names the option, before any work.
+
+A measurement takes minutes, so a bad option found after it loses it. Every test here replaces the work
+(building a model, tokenizing, measuring a row) with a failure: the check must come first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from muomni.cli import main
+
+
+def _work_started(*args: object, **kwargs: object) -> None:
+    raise AssertionError("work started before the options were checked")
+
+
+@pytest.fixture(autouse=True)
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first step of each command's work, replaced by a failure."""
+    from muomni.bench import infer, train
+    from muomni.training import plan, trainer
+
+    monkeypatch.setattr(train, "_warm_data_cache", _work_started)
+    monkeypatch.setattr(train, "run_spec", _work_started)
+    monkeypatch.setattr(infer, "_model", _work_started)
+    monkeypatch.setattr(trainer, "Trainer", _work_started)
+    monkeypatch.setattr(plan, "_warm_data_cache", _work_started)
+    monkeypatch.setattr(plan, "search", _work_started)
+
+
+def _fails_naming(capsys: pytest.CaptureFixture[str], argv: list[str], option: str) -> str:
+    """Run ``muomni argv``; assert it is a user error, one line naming ``option``; return that line."""
+    code = main([*argv, "--config", "debug", "device=cpu"])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("muomni: error: "), err
+    assert option in lines[0], err
+    return lines[0]
+
+
+@pytest.fixture
+def existing_file(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", [["bench", "train"], ["bench", "infer"], ["profile"]])
+def test_out_that_is_a_file_is_refused_before_any_work(
+    command: list[str], existing_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _fails_naming(capsys, [*command, "--steps", "1", "--out", str(existing_file)], "--out")
+    assert "is a file" in line
+    assert existing_file.read_text(encoding="utf-8") == "keep me\n"
+
+
+@pytest.mark.parametrize("command", [["bench", "train"], ["bench", "infer"], ["profile"]])
+def test_out_under_a_file_is_refused(
+    command: list[str], existing_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _fails_naming(capsys, [*command, "--out", str(existing_file / "results")], "--out")
+    assert f"{existing_file} is a file" in line
+
+
+def test_profile_checks_the_config_before_making_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "prof"
+    _fails_naming(capsys, ["profile", "--out", str(out), "nosuchkey=1"], "nosuchkey")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["bench", "train"], ["bench", "infer"], ["profile"]])
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_steps_below_one_is_refused_naming_steps(
+    command: list[str], steps: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0 was read as "not given" (bench) or profiled nothing; a negative was reported as max_steps or
+    # max_new_tokens, keys the user never set.
+    out = tmp_path / "out"
+    line = _fails_naming(capsys, [*command, "--steps", steps, "--out", str(out)], f"--steps {steps}")
+    assert "max_steps" not in line and "max_new_tokens" not in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("what", ["train", "infer"])
+@pytest.mark.parametrize("rows", ["", " , "])
+def test_rows_naming_no_row_is_refused(
+    what: str, rows: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    _fails_naming(capsys, ["bench", what, "--rows", rows, "--out", str(out)], "--rows")
+    assert not out.exists()
+
+
+def test_bench_train_unknown_row_is_refused_before_the_data_is_prepared(capsys: pytest.CaptureFixture[str]) -> None:
+    _fails_naming(capsys, ["bench", "train", "--rows", "baseline,warp"], "unknown bench row 'warp'")
+
+
+@pytest.mark.parametrize("memory", ["nan", "inf", "0", "-1"])
+def test_plan_memory_must_be_finite_and_positive(
+    memory: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "planned.json"
+    _fails_naming(capsys, ["plan", "--memory", memory, "--out", str(out)], "--memory")
+    assert not out.exists()
+
+
+def test_plan_out_that_is_a_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _fails_naming(capsys, ["plan", "--memory", "8", "--out", str(tmp_path)], "--out")
+    assert "is a folder" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_plan_out_under_a_file_is_refused(existing_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _fails_naming(capsys, ["plan", "--memory", "8", "--out", str(existing_file / "planned.json")], "--out")
+    assert f"{existing_file} is a file" in line
+    assert existing_file.read_text(encoding="utf-8") == "keep me\n"
+
+
+def test_plan_makes_the_missing_folder_of_its_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from muomni.training import plan
+
+    measured = {"keys": {"batch_size": 1, "gradient_accumulation_steps": 1}, "fits": True, "tokens_per_s": 1.0}
+    monkeypatch.setattr(plan, "_warm_data_cache", lambda cfg: None)
+    monkeypatch.setattr(plan, "search", lambda cfg, budget, workdir: [measured])
+    out = tmp_path / "plans" / "today" / "planned.json"
+    code = main(["plan", "--memory", "8", "--out", str(out), "--config", "debug", "device=cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert out.is_file()
