@@ -16,7 +16,8 @@ one. When the conversation no longer fits in ``ctx_len`` the oldest turns are dr
 so, and what is left runs again.
 
 Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history;
-Ctrl-C during a reply stops that reply and drops its turn.
+Ctrl-C during a reply stops that reply and drops its turn. A bad option ends the chat before it starts; a
+message that is not valid UTF-8 text is not sent, with one line saying so, and the chat goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from muomni.data import Tokenizer
-from muomni.inference.generate import generate_tokens
+from muomni.inference.generate import check_max_new_tokens, generate_tokens, is_unicode
 from muomni.inference.prefix import KVPrefix
+from muomni.inference.sampling import SamplingParams, check_seed
 from muomni.inference.stats import GenerationStats
 from muomni.inference.streaming import TextStream
 from muomni.models.thinker import Thinker
@@ -38,6 +40,8 @@ STOP = ("\n" + USER,)
 PROMPT_MARKER = "> "
 QUIT = ("exit", "quit")
 RESET = "/reset"
+# torch takes seeds modulo 2**64, so per-turn seeds wrap there rather than leave its range.
+SEED_WRAP = 2**64
 
 
 @dataclass
@@ -95,6 +99,7 @@ def chat(
         out: where replies go (standard output by default).
         sampling: ``temperature``, ``top_k``, ``top_p``, ``compile``, ``tune``, ``decode_chunk`` for generation.
     """
+    _check_options(max_new_tokens, seed, sampling)
     out = out or sys.stdout
     ctx_len = model.config.ctx_len
     reply_tokens = max(min(max_new_tokens, ctx_len // 2), 1)
@@ -115,13 +120,24 @@ def chat(
             conversation.reset()
             print("(history cleared)", file=out)
             continue
+        if not is_unicode(message):  # a bad line costs that line, as a too long one costs its start
+            print("(your message is not valid UTF-8 text, so it was not sent; type it again)", file=out, flush=True)
+            continue
         if message:
-            turn_seed = None if seed is None else seed + turn
+            turn_seed = None if seed is None else (seed + turn) % SEED_WRAP
             try:
                 _answer(model, conversation, message, turn_seed, show_stats, out, sampling)
             except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat; the turn is not kept
                 print("\n(reply interrupted)", file=out, flush=True)
             turn += 1
+
+
+def _check_options(max_new_tokens: int, seed: int | None, sampling: dict[str, object]) -> None:
+    """Reject a bad option before the chat starts, not at the first message (which generation checks too)."""
+    check_max_new_tokens(max_new_tokens)
+    check_seed(seed)
+    options = {name: sampling[name] for name in ("temperature", "top_k", "top_p") if name in sampling}
+    SamplingParams(**options)  # type: ignore[arg-type]
 
 
 def _answer(

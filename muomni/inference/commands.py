@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from muomni.data import Tokenizer
@@ -59,4 +60,14 @@ def run_chat(args: argparse.Namespace) -> int:
     from muomni.inference.chat import chat
 
     model, tokenizer = load_from_args(args)
+    _read_bad_bytes_as_text(sys.stdin)
     return chat(model, tokenizer, args.max_new_tokens, show_stats=args.stats, **sampling_kwargs(args))
+
+
+def _read_bad_bytes_as_text(stdin: object) -> None:
+    """Make standard input pass on bytes that are not UTF-8 (as lone surrogates, which the chat rejects line by
+    line) rather than fail on them: a strict decoder, the default in most UTF-8 locales, raises in the middle
+    of ``input()`` and drops the lines it had already read ahead."""
+    reconfigure = getattr(stdin, "reconfigure", None)  # io.TextIOWrapper; a test's stand-in may lack it
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")

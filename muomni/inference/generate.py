@@ -24,7 +24,7 @@ from muomni.data import Tokenizer
 from muomni.errors import InputError
 from muomni.inference.decode import CachedDecoder, DecodeSetup, UncachedDecoder, prefill
 from muomni.inference.prefix import KVPrefix
-from muomni.inference.sampling import SamplingParams
+from muomni.inference.sampling import SamplingParams, check_seed
 from muomni.inference.stats import GenerationStats, synced_time
 from muomni.inference.streaming import StreamCallback, TextStream
 from muomni.models.thinker import Thinker
@@ -90,6 +90,8 @@ def generate(
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if any(not text for text in texts):
         raise InputError("empty prompt: give at least one character of text to complete")
+    if not all(is_unicode(text) for text in texts):
+        raise InputError("prompt is not valid UTF-8 text; pass it as UTF-8 (check its terminal's or file's encoding)")
     text_stream = TextStream(tokenizer, len(texts), stream, stop) if stream is not None or stop else None
     tokens = generate_tokens(
         model,
@@ -147,6 +149,7 @@ def generate_tokens(
         The generated ids of each row, up to and including its ``eos_id``.
     """
     params = SamplingParams(temperature, top_k, top_p)
+    check_seed(seed)
     prompts, max_new = fit_to_context(prompt_ids, model.config.ctx_len, max_new_tokens, truncate)
     _check_ids(prompts, model.config.vocab_size)
     device = model.lm_head.weight.device
@@ -156,6 +159,21 @@ def generate_tokens(
         compile = compile or tune
         chunk = _chunk(decode_chunk, compile, device)
         return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune, prefix)
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` holds no lone surrogates, which is how Python passes on bytes that are not UTF-8 (in
+    ``sys.argv`` and, in the C locale, standard input); the tokenizer would fail on them with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
 
 
 def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
@@ -170,8 +188,7 @@ def fit_to_context(
     prompts: list[list[int]], ctx_len: int, max_new_tokens: int, truncate: bool
 ) -> tuple[list[list[int]], int]:
     """Check the prompts against the context (see the module docstring); return them and ``max_new_tokens``."""
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    check_max_new_tokens(max_new_tokens)
     if not prompts:
         raise InputError("no prompts given")
     fitted = []

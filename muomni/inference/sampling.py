@@ -9,6 +9,7 @@ decoding draw the very same samples for the same seed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0:  # also rejects NaN
             raise InputError(f"temperature must be 0 (greedy) or positive, not {self.temperature}")
+        if math.isinf(self.temperature):  # it divides the logits: inf would sample every token alike
+            raise InputError(f"temperature must be finite, not {self.temperature}: 0 (greedy) or a number such as 0.8")
         if self.top_k < 0:
             raise InputError(f"top_k must be 0 (off) or a positive number of tokens, not {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -36,6 +39,16 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+# The seeds torch.Generator.manual_seed takes; it counts a negative one back from 2**64 (-1 is 2**64 - 1).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def check_seed(seed: int | None) -> None:
+    """Reject a seed that ``manual_seed`` would refuse with a ValueError."""
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+        raise InputError(f"seed must be in [-2**63, 2**64 - 1], not {seed}")
 
 
 def draw_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
