@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import torch
 
-from muomni.config import Config, load_config
+from muomni.config import Config
 from muomni.data import Tokenizer
-from muomni.errors import CheckpointError, ConfigError, DataError, InputError
+from muomni.errors import CheckpointError, DataError, InputError
 from muomni.models.layers import rope_tables
 from muomni.models.thinker import Thinker
-from muomni.training.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
+from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, read_config, resolve_checkpoint
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -72,7 +71,7 @@ def load(
         model, tokenizer = _load_hf(str(path)[3:])
     else:
         ckpt = resolve_checkpoint(path)
-        model = _build_model(ckpt, _read_config(ckpt))
+        model = _build_model(ckpt, read_config(ckpt))
         tokenizer = _read_tokenizer(ckpt, model.config)
     return prepare_for_inference(model, target, pick_dtype(target, dtype)), tokenizer
 
@@ -99,18 +98,6 @@ def _load_hf(name: str) -> tuple[Thinker, Tokenizer]:
     if hf is None or not hasattr(hf, "load_hf"):
         raise InputError("hf: paths are not yet available in this version; give a muomni checkpoint folder")
     return hf.load_hf(name)
-
-
-def _read_config(ckpt: Path) -> Config:
-    path = ckpt / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {ckpt} has no {CONFIG_FILE}; it is not a muomni checkpoint")
-    try:
-        return load_config(json.loads(path.read_text(encoding="utf-8")), warn_ignored=False)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is not valid JSON; the checkpoint is corrupt")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}")
 
 
 def _build_model(ckpt: Path, cfg: Config) -> Thinker:

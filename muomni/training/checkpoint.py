@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from muomni.config import Config, load_config
 from muomni.errors import CheckpointError, ConfigError
 
 MANIFEST = "manifest.json"
@@ -163,17 +164,44 @@ def prune_checkpoints(save_dir: str | Path, keep: int) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_config(ckpt: Path) -> Config:
+    """The resolved config a checkpoint was saved with.
+
+    Raises:
+        CheckpointError: ``config.json`` is missing, not JSON, not a JSON object, or holds a bad config.
+    """
+    path = ckpt / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no {CONFIG_FILE}; it is not a muomni checkpoint")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is not valid JSON; the checkpoint is corrupt")
+    if not isinstance(data, dict):  # load_config would read a string or list as the path of a config file
+        raise CheckpointError(f"{path} holds no JSON object of config keys; the checkpoint is corrupt")
+    try:
+        return load_config(data, warn_ignored=False)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from ``--ckpt``: a run's save_dir (its newest complete checkpoint) or one folder."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist; give a run folder or a checkpoint folder")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a file; give a run folder or a checkpoint folder")
     if (path / MANIFEST).exists() or (path / MODEL_FILE).exists():
         verify(path)
         return path
     ckpt = latest_checkpoint(path)
     if ckpt is None:
-        raise CheckpointError(f"{path} holds no complete checkpoint; train first (muomni train save_dir={path})")
+        train = f"(muomni train save_dir={path})"
+        broken = len(list_checkpoints(path))
+        if broken:  # each was named in a warning by latest_checkpoint
+            raise CheckpointError(f"{path} holds no complete checkpoint: all {broken} are broken; train again {train}")
+        raise CheckpointError(f"{path} holds no complete checkpoint; train first {train}")
     return ckpt
 
 

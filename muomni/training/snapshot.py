@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from muomni.config import MODEL_KEYS, Config, load_config
+from muomni.config import MODEL_KEYS, Config
 from muomni.data import Tokenizer, WindowStream
 from muomni.distributed import SINGLE, DistEnv, barrier
 from muomni.errors import CheckpointError
@@ -40,6 +40,7 @@ from muomni.training.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_tensors,
+    read_config,
     resolve_checkpoint,
     save_tensors,
     step_dir_name,
@@ -214,15 +215,6 @@ def load_model_state(
     load_full_model_state(model, state, env)
 
 
-def read_config(ckpt: Path) -> Config:
-    """The resolved config saved in a checkpoint."""
-    try:
-        data = json.loads((ckpt / CONFIG_FILE).read_text(encoding="utf-8"))
-        return load_config(data, warn_ignored=False)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {ckpt}: {CONFIG_FILE} is unreadable ({e})")
-
-
 def saved_world_size(ckpt: Path) -> int:
     """The number of processes that wrote a checkpoint (1 for checkpoints older than the field)."""
     try:
@@ -274,7 +266,10 @@ def find_resume(cfg: Config, announce: bool = True) -> Path | None:
         return None
     if cfg.resume == "auto":
         return latest_checkpoint(cfg.save_dir)
-    ckpt = resolve_checkpoint(cfg.resume)
+    try:
+        ckpt = resolve_checkpoint(cfg.resume)
+    except CheckpointError as e:
+        raise CheckpointError(f"config key 'resume': {e}")
     if own and not ckpt.resolve().is_relative_to(Path(cfg.save_dir).resolve()):
         raise CheckpointError(
             f"save_dir {cfg.save_dir} already holds a run (checkpoints up to step {newest}), and resume={cfg.resume} "

@@ -16,7 +16,7 @@ import torch
 
 from muomni.config import Config
 from muomni.data import Tokenizer, prepare_tokenizer
-from muomni.errors import ConfigError, UserError
+from muomni.errors import CheckpointError, ConfigError, UserError
 from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
 from muomni.training.snapshot import (
     DATA_KEYS,
@@ -80,9 +80,45 @@ def initial_sources(cfg: Config) -> Sources:
             raise UserError("init_from hf: is not yet available in this version")
         init = load_for_training(cfg.init_from, cfg)
         return cfg.replace(**init.overrides), init.tokenizer, init.state
-    ckpt = resolve_checkpoint(cfg.init_from)
-    keys = {k: v for k, v in model_keys(read_config(ckpt)).items() if k != "ctx_len"}
+    ckpt = _init_checkpoint(cfg.init_from)
+    keys = _shape_from(ckpt)
     return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
 
 
-__all__ = ["adopt_fitted_split", "initial_sources", "resolve_device", "resume_sources", "seed_everything"]
+def refuse_shape_overrides(cfg: Config, explicit: list[str]) -> None:
+    """With ``init_from`` a muomni checkpoint, the model's shape is the checkpoint's (``ctx_len`` aside): a
+    model key set on the command line (``explicit``) that disagrees would be dropped without a word.
+
+    Raises:
+        ConfigError: naming the key, both values, and the way out.
+    """
+    if cfg.init_from is None or cfg.init_from.startswith("hf:") or not set(explicit) & set(MODEL_KEYS):
+        return
+    for key, value in _shape_from(_init_checkpoint(cfg.init_from)).items():
+        if key in explicit and getattr(cfg, key) != value:
+            raise ConfigError(
+                f"config key '{key}': {getattr(cfg, key)!r} was given, but init_from={cfg.init_from} has "
+                f"{value!r} and the model keeps its shape; leave {key} out, or train from scratch without init_from"
+            )
+
+
+def _init_checkpoint(path: str) -> Path:
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"config key 'init_from': {e}")
+
+
+def _shape_from(ckpt: Path) -> dict[str, object]:
+    """The model keys a run started ``init_from`` a checkpoint takes from it: all but ``ctx_len``."""
+    return {k: v for k, v in model_keys(read_config(ckpt)).items() if k != "ctx_len"}
+
+
+__all__ = [
+    "adopt_fitted_split",
+    "initial_sources",
+    "refuse_shape_overrides",
+    "resolve_device",
+    "resume_sources",
+    "seed_everything",
+]

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from muomni import distributed
-from muomni.config import Config, load_config
+from muomni.config import Config, load_config, parse_override
 from muomni.data import TokenData, WindowStream, check_vocab
 from muomni.models.thinker import Thinker, checkpoint_blocks
 from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
@@ -56,7 +56,13 @@ from muomni.training.snapshot import (
     load_model_state,
     load_snapshot,
 )
-from muomni.training.sources import initial_sources, resolve_device, resume_sources, seed_everything
+from muomni.training.sources import (
+    initial_sources,
+    refuse_shape_overrides,
+    resolve_device,
+    resume_sources,
+    seed_everything,
+)
 from muomni.training.startup import unigram_entropy
 
 EXIT_INTERRUPTED = 130
@@ -360,6 +366,7 @@ def own_gradients(params: list[torch.nn.Parameter]) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """``muomni train``: load the config (errors before any work), train, return the exit code."""
     cfg = load_config(args.config, args.overrides)
+    refuse_shape_overrides(cfg, [parse_override(item)[0] for item in args.overrides])
     trainer = Trainer(cfg)
     ok = False
     try:

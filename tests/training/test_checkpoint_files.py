@@ -1,4 +1,4 @@
-"""A checkpoint's manifest: what verify accepts, and a clear error for anything else."""
+"""A checkpoint's files and paths: what is read, and a clear error naming the key or file for anything else."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from muomni.errors import CheckpointError
-from muomni.training.checkpoint import MANIFEST, verify, write_checkpoint
+from muomni.config import load_config
+from muomni.errors import CheckpointError, ConfigError
+from muomni.training.checkpoint import (
+    CONFIG_FILE,
+    MANIFEST,
+    list_checkpoints,
+    read_config,
+    resolve_checkpoint,
+    verify,
+    write_checkpoint,
+)
+from muomni.training.snapshot import find_resume
+from muomni.training.sources import refuse_shape_overrides
 
 
 def _checkpoint(tmp_path: Path) -> Path:
@@ -46,3 +57,53 @@ def test_a_file_that_changed_after_writing_fails_its_checksum(tmp_path: Path) ->
     with pytest.raises(CheckpointError, match="notes.json is missing or does not match its checksum"):
         verify(ckpt)
     assert json.loads((ckpt / MANIFEST).read_text())["step"] == 3
+
+
+def _config_checkpoint(tmp_path: Path, **keys: object) -> Path:
+    """A run folder whose one checkpoint holds a config.json (all that reading a config needs)."""
+    cfg = load_config("debug", keys)
+    write_checkpoint(tmp_path / "run", 5, {CONFIG_FILE: cfg.save})
+    return tmp_path / "run"
+
+
+def test_a_checkpoint_path_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    taken = tmp_path / "weights.bin"
+    taken.write_bytes(b"\0")
+    with pytest.raises(CheckpointError, match="weights.bin is a file; give a run folder or a checkpoint folder"):
+        resolve_checkpoint(taken)
+
+
+def test_a_run_folder_of_broken_checkpoints_says_so_rather_than_train_first(tmp_path: Path) -> None:
+    run = _config_checkpoint(tmp_path)
+    (list_checkpoints(run)[0] / MANIFEST).write_text("not json")
+    broken = "holds no complete checkpoint: all 1 are broken; train again"
+    with pytest.warns(UserWarning, match="skipping checkpoint"), pytest.raises(CheckpointError, match=broken):
+        resolve_checkpoint(run)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"debug"', "not json"])
+def test_a_config_json_of_another_shape_is_a_corrupt_checkpoint(tmp_path: Path, content: str) -> None:
+    # A list or a string once went on to load_config, which read it as the path of a config file.
+    ckpt = list_checkpoints(_config_checkpoint(tmp_path))[0]
+    (ckpt / CONFIG_FILE).write_text(content)
+    with pytest.raises(CheckpointError, match="the checkpoint is corrupt"):
+        read_config(ckpt)
+
+
+def test_init_from_refuses_a_model_key_given_against_its_checkpoint(tmp_path: Path) -> None:
+    run = _config_checkpoint(tmp_path, d_model=64)
+    cfg = load_config("debug", {"init_from": str(run), "d_model": 128, "n_layers": 3})
+    with pytest.raises(ConfigError, match="'d_model': 128 was given, but init_from=.* has 64"):
+        refuse_shape_overrides(cfg, ["init_from", "d_model"])
+    refuse_shape_overrides(cfg, ["init_from"])  # not given on the command line: the checkpoint's shape, silently
+    same = load_config("debug", {"init_from": str(run), "d_model": 64, "ctx_len": 32})
+    refuse_shape_overrides(same, ["init_from", "d_model", "ctx_len"])  # agreeing, and ctx_len may change
+
+
+def test_a_missing_init_from_or_resume_path_names_its_key(tmp_path: Path) -> None:
+    cfg = load_config("debug", {"init_from": str(tmp_path / "nowhere"), "d_model": 64})
+    with pytest.raises(CheckpointError, match="config key 'init_from': checkpoint path .* does not exist"):
+        refuse_shape_overrides(cfg, ["d_model"])
+    cfg = load_config("debug", {"resume": str(tmp_path / "nowhere"), "save_dir": str(tmp_path / "run")})
+    with pytest.raises(CheckpointError, match="config key 'resume': checkpoint path .* does not exist"):
+        find_resume(cfg)

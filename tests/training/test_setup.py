@@ -82,7 +82,8 @@ def test_resume_never_starts_over_and_drops_the_old_checkpoints(corpus: Path, tm
     run = tmp_path / "run"
     Trainer(tiny_config(corpus, run)).fit()
     assert [p.name for p in checkpoints_dir(run).iterdir()] == [f"step_0000000{k}" for k in (4, 8)] + ["step_00000012"]
-    fresh = Trainer(tiny_config(corpus, run, resume="never", max_steps=4, lr=1e-3))
+    with pytest.warns(UserWarning, match="resume=never: this run replaces the one in .* up to step 12"):
+        fresh = Trainer(tiny_config(corpus, run, resume="never", max_steps=4, lr=1e-3))
     assert fresh.progress.step == 0
     fresh.fit()
     assert sorted(p.name for p in checkpoints_dir(run).iterdir()) == ["step_00000004"]
