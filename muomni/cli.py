@@ -11,11 +11,22 @@ import importlib
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
 from muomni.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other user error (argparse prints the usage and
+    ``PROG: error: ...``), pointing to the command's --help. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("muomni").strip()  # "generate" in "muomni generate"
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USER_ERROR, f"muomni: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +61,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="muomni", description="Train and run the μOmni Thinker.")
+    parser = _Parser(prog="muomni", description="Train and run the μOmni Thinker.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model (no arguments: the built-in default job)")
