@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,6 +101,12 @@ def setup(mode: str, device_type: str, compiled: bool = False) -> DistEnv:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
+        if mode != "none" and "WORLD_SIZE" not in os.environ:  # torchrun sets it, even for one process
+            warnings.warn(
+                f"distributed={mode} but not started by torchrun: training as one process "
+                f"(for N: torchrun --nproc_per_node N -m muomni train ...)",
+                stacklevel=2,
+            )
         return DistEnv(mode=mode)
     if mode == "none":
         raise ConfigError(
