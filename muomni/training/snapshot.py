@@ -265,7 +265,14 @@ def find_resume(cfg: Config, announce: bool = True) -> Path | None:
             warnings.warn(f"resume=never: this run replaces the one in {cfg.save_dir} ({replaced})", stacklevel=2)
         return None
     if cfg.resume == "auto":
-        return latest_checkpoint(cfg.save_dir)
+        ckpt = latest_checkpoint(cfg.save_dir)  # warns of each broken one it skips
+        if ckpt is None and own and announce:
+            warnings.warn(
+                f"no checkpoint of {cfg.save_dir} is complete: starting over (they go when this run writes its "
+                f"first; to keep them, stop now and move them away)",
+                stacklevel=2,
+            )
+        return ckpt
     try:
         ckpt = resolve_checkpoint(cfg.resume)
     except CheckpointError as e:

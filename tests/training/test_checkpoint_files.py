@@ -107,3 +107,14 @@ def test_a_missing_init_from_or_resume_path_names_its_key(tmp_path: Path) -> Non
     cfg = load_config("debug", {"resume": str(tmp_path / "nowhere"), "save_dir": str(tmp_path / "run")})
     with pytest.raises(CheckpointError, match="config key 'resume': checkpoint path .* does not exist"):
         find_resume(cfg)
+
+
+def test_resume_auto_over_only_broken_checkpoints_starts_over_and_says_so(tmp_path: Path) -> None:
+    run = _config_checkpoint(tmp_path)
+    (list_checkpoints(run)[0] / MANIFEST).write_text("not json")
+    cfg = load_config("debug", {"save_dir": str(run)})
+    with pytest.warns(UserWarning) as said:
+        assert find_resume(cfg) is None
+    messages = [str(w.message) for w in said]
+    assert any("skipping checkpoint" in m for m in messages)
+    assert any("no checkpoint of" in m and "is complete: starting over" in m for m in messages)
