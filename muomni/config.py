@@ -180,7 +180,10 @@ def _type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        if len(set(args)) == 1:  # (float, float): "a list of 2 numbers"
+            return f"a list of {len(args)} {_type_name(args[0]).split(' ', 1)[1]}s"
+        return "a list of " + ", ".join(_type_name(a) for a in args)
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
         tp, str(tp)
     )
@@ -319,12 +322,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e}")
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object of keys, not {type(data).__name__}")
     return data
+
+
+def _unique_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: JSON itself lets the last of two equal keys win, silently."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ConfigError(f"config file {path} gives key '{key}' twice; keep the one you mean")
+        seen.add(key)
+    return dict(pairs)
 
 
 def preset_path(name: str) -> Path:

@@ -92,6 +92,18 @@ def test_bad_files(tmp_path: Path) -> None:
         load_config(listy)
 
 
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.json"
+    path.write_text('{"batch_size": 4, "lr": 0.001, "batch_size": 8}')
+    with pytest.raises(ConfigError, match="gives key 'batch_size' twice"):
+        load_config(str(path))
+
+
+def test_a_list_of_the_wrong_length_says_what_it_must_be() -> None:
+    with pytest.raises(ConfigError, match=r"'betas': \[0.9\] is not a list of 2 numbers"):
+        load_config(None, {"betas": [0.9]})
+
+
 def test_muomni_thinker_tiny_loads_unchanged() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

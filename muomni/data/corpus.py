@@ -54,7 +54,8 @@ _STDLIB_SKIP = frozenset(
 MAX_INVALID_FRACTION = 0.01
 
 # Bump when the way documents are cut changes, so caches keyed on the fingerprint are rebuilt.
-_FORMAT_VERSION = 1
+# 2: a folder's .jsonl files are read as JSON Lines (they were read as plain text).
+_FORMAT_VERSION = 2
 
 _BLANK_LINE = re.compile(r"\n\s*\n")
 # surrogateescape maps each undecodable byte to one lone surrogate in this range, and a strict
@@ -80,9 +81,11 @@ def load_documents(source: str) -> list[str]:
         docs = [_read_text(p) for p in _stdlib_files()] + _pydoc_topics()
     else:
         path = _existing_path(source)
-        if path.is_dir():
-            docs = [_read_text(p) for p in _folder_files(path)]
-        elif path.suffix.lower() == ".jsonl":
+        if path.is_dir():  # each file one document; a .jsonl one document per line, as on its own
+            docs = [
+                doc for p in _folder_files(path) for doc in (_jsonl_documents(p) if _is_jsonl(p) else [_read_text(p)])
+            ]
+        elif _is_jsonl(path):
             docs = _jsonl_documents(path)
         else:
             docs = _BLANK_LINE.split(_read_text(path))
@@ -186,10 +189,15 @@ def _read_text(path: Path) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() == ".jsonl"
+
+
 def _jsonl_documents(path: Path) -> list[str]:
-    """The ``text`` field of each non-empty line of a JSON Lines file."""
+    """The ``text`` field of each non-empty line of a JSON Lines file (a byte-order mark before the first is
+    skipped: some editors on Windows write one, and JSON does not allow it)."""
     docs = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(_read_text(path).removeprefix("\ufeff").split("\n"), start=1):
         if not line.strip():
             continue
         try:

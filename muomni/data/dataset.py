@@ -39,9 +39,18 @@ _ENCODE_BATCH = 512
 
 
 def cache_dir() -> Path:
-    """Where muomni caches tokenizers and token files: ``$MUOMNI_CACHE``, else ``~/.cache/muomni``."""
+    """Where muomni caches tokenizers and token files: ``$MUOMNI_CACHE``, else ``~/.cache/muomni``.
+
+    Raises:
+        DataError: it, or a folder on its path, is a file.
+    """
     env = os.environ.get("MUOMNI_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "muomni"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "muomni"
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "MUOMNI_CACHE" if env else "the cache folder"
+        raise DataError(f"{where} {path} cannot be a folder: {existing} is a file; point MUOMNI_CACHE at a folder")
+    return path
 
 
 @contextlib.contextmanager

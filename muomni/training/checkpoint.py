@@ -197,6 +197,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     ckpt = latest_checkpoint(path)
     if ckpt is None:
+        if path.name == "checkpoints" and (path.parent / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{path} is a run's checkpoints folder; give the run folder {path.parent}")
         train = f"(muomni train save_dir={path})"
         broken = len(list_checkpoints(path))
         if broken:  # each was named in a warning by latest_checkpoint

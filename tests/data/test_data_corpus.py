@@ -47,6 +47,21 @@ def test_jsonl_reads_text_field_and_skips_blank_lines(tmp_path: Path) -> None:
     assert load_documents(str(path)) == [r["text"] for r in rows]
 
 
+def test_a_folders_jsonl_files_are_read_as_json_lines(tmp_path: Path) -> None:
+    # They were once read as plain text: the JSON syntax and the {"text": ...} wrappers were trained on.
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.txt").write_text("plain\n\nstill one document", encoding="utf-8")
+    (root / "b.jsonl").write_text('{"text": "first"}\n{"text": "second"}\n', encoding="utf-8")
+    assert load_documents(str(root)) == ["plain\n\nstill one document", "first", "second"]
+
+
+def test_jsonl_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "one"}\n{"text": "two"}\n')
+    assert load_documents(str(path)) == ["one", "two"]
+
+
 @pytest.mark.parametrize(
     ("bad_line", "phrase"),
     [

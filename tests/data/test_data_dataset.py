@@ -25,6 +25,15 @@ def test_cache_dir_from_env_or_home(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert cache_dir() == tmp_path / "home" / ".cache" / "muomni"
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_cache_that_is_a_file_is_a_data_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inside: bool) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("x")
+    monkeypatch.setenv("MUOMNI_CACHE", str(taken / "cache" if inside else taken))
+    with pytest.raises(DataError, match=f"MUOMNI_CACHE .* cannot be a folder: {taken} is a file"):
+        cache_dir()
+
+
 def test_prepare_tokenizer_trains_once_then_loads(txt_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = prepare_tokenizer(str(txt_corpus), 380)
     path = cache_dir() / "tokenizers" / f"{corpus_fingerprint(str(txt_corpus))}-380.json"

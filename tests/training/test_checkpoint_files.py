@@ -118,3 +118,10 @@ def test_resume_auto_over_only_broken_checkpoints_starts_over_and_says_so(tmp_pa
     messages = [str(w.message) for w in said]
     assert any("skipping checkpoint" in m for m in messages)
     assert any("no checkpoint of" in m and "is complete: starting over" in m for m in messages)
+
+
+def test_a_runs_checkpoints_folder_points_to_the_run_folder(tmp_path: Path) -> None:
+    run = _config_checkpoint(tmp_path)
+    load_config("debug").save(run / CONFIG_FILE)  # a run folder holds its config, as training writes it
+    with pytest.raises(CheckpointError, match=f"is a run's checkpoints folder; give the run folder {run}$"):
+        resolve_checkpoint(run / "checkpoints")
