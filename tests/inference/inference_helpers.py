@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
+from muomni.cli import main
 from muomni.config import Config, load_config
 from muomni.data import Tokenizer
 from muomni.models.thinker import Thinker
@@ -68,3 +71,23 @@ def write_run(run_dir: Path, model: Thinker, tokenizer: Tokenizer, step: int = 1
             "tokenizer.json": lambda p: tokenizer.save(p),
         },
     )
+
+
+def scripted_input(*lines: str) -> Callable[[str], str]:
+    """A ``read`` for :func:`~muomni.inference.chat.chat` that answers with ``lines``, then signals end of input."""
+    it: Iterator[str] = iter(lines)
+
+    def read(prompt: str) -> str:
+        try:
+            return next(it)
+        except StopIteration:
+            raise EOFError from None
+
+    return read
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``muomni argv`` in this process: its exit code, standard output and standard error."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

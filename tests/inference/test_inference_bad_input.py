@@ -4,37 +4,16 @@ chat goes on; never a traceback."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inference_helpers import tiny_model
+from inference_helpers import run_cli, scripted_input, tiny_model
 
-from muomni.cli import main
 from muomni.data import Tokenizer
 from muomni.inference.chat import PROMPT_MARKER, chat
 
 NOT_UTF8 = b"\xff\xfe hi".decode("utf-8", "surrogateescape")  # what Python makes of such bytes in argv or stdin
 TOO_BIG_SEED = str(2**64)
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _lines(*lines: str) -> Callable[[str], str]:
-    """A ``read`` for :func:`chat` that answers with ``lines`` and then signals end of input."""
-    it = iter(lines)
-
-    def read(prompt: str) -> str:
-        try:
-            return next(it)
-        except StopIteration:
-            raise EOFError from None
-
-    return read
 
 
 def _assert_one_line_error(code: int, err: str, message: str) -> None:
@@ -55,17 +34,17 @@ def _assert_one_line_error(code: int, err: str, message: str) -> None:
 def test_generate_bad_input_is_one_line_and_exit_2(
     run_dir: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    code, _, err = _run(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def ", *extra)
+    code, _, err = run_cli(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def ", *extra)
     _assert_one_line_error(code, err, message)
 
 
 def test_negative_seeds_count_back_from_2_to_the_64(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """torch takes a seed modulo 2**64: -1 is the largest seed, and both ends of the range work."""
     args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--max-new-tokens", "8", "--temperature", "5"]
-    code, minus_one, err = _run(capsys, *args, "--seed", "-1")
+    code, minus_one, err = run_cli(capsys, *args, "--seed", "-1")
     assert code == 0, err
-    assert _run(capsys, *args, "--seed", str(2**64 - 1))[:2] == (0, minus_one)
-    assert _run(capsys, *args, "--seed", str(-(2**63)))[0] == 0
+    assert run_cli(capsys, *args, "--seed", str(2**64 - 1))[:2] == (0, minus_one)
+    assert run_cli(capsys, *args, "--seed", str(-(2**63)))[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -81,14 +60,14 @@ def test_negative_seeds_count_back_from_2_to_the_64(run_dir: Path, capsys: pytes
 def test_chat_rejects_bad_options_before_the_session(
     run_dir: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    code, out, err = _run(capsys, "chat", "--ckpt", str(run_dir), *extra)  # pytest's stdin fails if it is read
+    code, out, err = run_cli(capsys, "chat", "--ckpt", str(run_dir), *extra)  # pytest's stdin fails if it is read
     _assert_one_line_error(code, err, message)
     assert out == ""  # no banner: the session never started
 
 
 def test_chat_skips_a_message_that_is_not_utf8_and_goes_on(tokenizer: Tokenizer) -> None:
     out = io.StringIO()
-    read = _lines(NOT_UTF8, "hello")
+    read = scripted_input(NOT_UTF8, "hello")
     assert chat(tiny_model(), tokenizer, 4, temperature=0.0, show_stats=True, read=read, out=out) == 0
     text = out.getvalue()
     assert "(your message is not valid UTF-8 text, so it was not sent; type it again)" in text
@@ -102,7 +81,7 @@ def test_chat_stdin_that_is_not_utf8_costs_one_line(
     and the lines after it are read: a strict decoder raises and drops what it had buffered."""
     stdin = io.TextIOWrapper(io.BytesIO(b"\xff\xfe hi\nhello\nexit\n"), encoding="utf-8", errors="strict")
     monkeypatch.setattr("sys.stdin", stdin)
-    code, out, err = _run(capsys, "chat", "--ckpt", str(run_dir), "--max-new-tokens", "4", "--stats")
+    code, out, err = run_cli(capsys, "chat", "--ckpt", str(run_dir), "--max-new-tokens", "4", "--stats")
     assert code == 0, err
     assert "not valid UTF-8" in out and out.count("[stats]") == 1 and out.count(PROMPT_MARKER) == 3
 
@@ -112,7 +91,7 @@ def test_chat_seeds_wrap_at_the_top_of_the_range(tokenizer: Tokenizer) -> None:
 
     def session(seed: int) -> str:
         out = io.StringIO()
-        read = _lines("hello", "hi", "how")
+        read = scripted_input("hello", "hi", "how")
         assert chat(tiny_model(), tokenizer, 4, temperature=5.0, seed=seed, read=read, out=out) == 0
         return out.getvalue()
 

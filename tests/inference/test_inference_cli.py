@@ -6,25 +6,19 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from inference_helpers import ROOT, tiny_model
+from inference_helpers import ROOT, run_cli, scripted_input, tiny_model
 
-from muomni.cli import main
 from muomni.data import Tokenizer
 from muomni.inference.chat import PROMPT_MARKER, Conversation, chat
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_generate_prints_prompt_and_completion(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def parse(", "--max-new-tokens", "8")
+    code, out, err = run_cli(
+        capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def parse(", "--max-new-tokens", "8"
+    )
     assert code == 0, err
     assert out.startswith("def parse(") and "[1/" not in out
 
@@ -32,21 +26,21 @@ def test_generate_prints_prompt_and_completion(run_dir: Path, capsys: pytest.Cap
 def test_generate_batch_no_cache_and_stats(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--prompt", "import", "--temperature", "0"]
     args += ["--device", "cpu"]  # fp32: cached and uncached decoding agree exactly
-    code, cached, _ = _run(capsys, *args, "--max-new-tokens", "10")
+    code, cached, _ = run_cli(capsys, *args, "--max-new-tokens", "10")
     assert code == 0
     assert "[1/2]" in cached and "[2/2]" in cached and cached.index("def ") < cached.index("import")
-    code, uncached, _ = _run(capsys, *args, "--max-new-tokens", "10", "--no-kv-cache")
+    code, uncached, _ = run_cli(capsys, *args, "--max-new-tokens", "10", "--no-kv-cache")
     assert (code, uncached) == (0, cached)
-    code, out, _ = _run(capsys, *args, "--max-new-tokens", "10", "--stats")
+    code, out, _ = run_cli(capsys, *args, "--max-new-tokens", "10", "--stats")
     assert code == 0 and "[stats] prompt tokens" in out and "tok/s" in out and "time to first token" in out
 
 
 def test_tune_compiles_and_decodes_what_eager_decodes(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--tune`` implies ``--compile`` (tuning itself is a CUDA setting; on a CPU it compiles plainly)."""
     args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--temperature", "0", "--max-new-tokens", "8"]
-    code, eager, _ = _run(capsys, *args)
+    code, eager, _ = run_cli(capsys, *args)
     assert code == 0
-    code, out, _ = _run(capsys, *args, "--tune", "--stats")
+    code, out, _ = run_cli(capsys, *args, "--tune", "--stats")
     stats = [line for line in out.splitlines() if line.startswith("[stats]")]
     assert code == 0 and any("compile " in line for line in stats)
     assert [line for line in out.splitlines() if not line.startswith("[stats]")] == eager.splitlines()
@@ -67,13 +61,13 @@ def test_tune_compiles_and_decodes_what_eager_decodes(run_dir: Path, capsys: pyt
 def test_generate_bad_input_is_one_line_and_exit_2(
     run_dir: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    code, out, err = _run(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def ", *extra)
+    code, out, err = run_cli(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def ", *extra)
     assert code == 2
     assert err.startswith("muomni: error: ") and message in err and err.count("\n") == 1
 
 
 def test_truncate_makes_a_long_prompt_fit(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "generate", "--ckpt", str(run_dir), "--prompt", "x" * 200, "--truncate", "--max-new-tokens", "5"
     )
     assert code == 0, err
@@ -83,11 +77,11 @@ def test_truncate_makes_a_long_prompt_fit(run_dir: Path, capsys: pytest.CaptureF
 def test_missing_or_incomplete_checkpoint_exit_2(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run(capsys, "generate", "--ckpt", str(tmp_path / "nowhere"), "--prompt", "a")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", str(tmp_path / "nowhere"), "--prompt", "a")
     assert code == 2 and "does not exist" in err
     for manifest in run_dir.glob("checkpoints/*/manifest.json"):
         manifest.unlink()
-    code, _, err = _run(capsys, "chat", "--ckpt", str(run_dir))
+    code, _, err = run_cli(capsys, "chat", "--ckpt", str(run_dir))
     assert code == 2 and "holds no complete checkpoint" in err and err.count("\n") == 2  # a skip warning + error
 
 
@@ -111,24 +105,11 @@ def test_chat_ends_cleanly_at_end_of_input(run_dir: Path) -> None:
     assert result.stdout.count(PROMPT_MARKER) == 2
 
 
-def _lines(*lines: str) -> Callable[[str], str]:
-    """A ``read`` for :func:`chat` that answers with ``lines`` and then signals end of input."""
-    it: Iterator[str] = iter(lines)
-
-    def read(prompt: str) -> str:
-        try:
-            return next(it)
-        except StopIteration:
-            raise EOFError from None
-
-    return read
-
-
 def test_chat_drops_the_oldest_turns_and_shows_stats(tokenizer: Tokenizer) -> None:
     model = tiny_model()  # ctx_len 64: a reply budget of 8 leaves 56 tokens of conversation
     out = io.StringIO()
     long_message = "a long message about parsing lines of text"
-    read = _lines(long_message, long_message, long_message, "quit", "never read")
+    read = scripted_input(long_message, long_message, long_message, "quit", "never read")
     assert chat(model, tokenizer, 8, temperature=0.0, show_stats=True, read=read, out=out) == 0
     text = out.getvalue()
     assert "oldest turn(s) to fit the 64-token context" in text
@@ -164,7 +145,7 @@ class _InterruptOnce(io.StringIO):
 
 def test_ctrl_c_stops_the_reply_not_the_chat(tokenizer: Tokenizer) -> None:
     out = _InterruptOnce()
-    assert chat(tiny_model(), tokenizer, 8, temperature=0.0, read=_lines("hello", "hi"), out=out) == 0
+    assert chat(tiny_model(), tokenizer, 8, temperature=0.0, read=scripted_input("hello", "hi"), out=out) == 0
     text = out.getvalue()
     assert "(reply interrupted)" in text and not out.armed
     assert text.count("(reply interrupted)") == 1  # the second reply streamed normally
