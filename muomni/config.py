@@ -173,6 +173,9 @@ def _field_types() -> dict[str, Any]:
 _TYPES: dict[str, Any] | None = None
 
 
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -181,8 +184,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         args = typing.get_args(tp)
-        if len(set(args)) == 1:  # (float, float): "a list of 2 numbers"
-            return f"a list of {len(args)} {_type_name(args[0]).split(' ', 1)[1]}s"
+        if len(set(args)) == 1 and args[0] in _PLURALS:  # (float, float): "a list of 2 numbers"
+            return f"a list of {len(args)} {_PLURALS[args[0]]}"
         return "a list of " + ", ".join(_type_name(a) for a in args)
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
         tp, str(tp)

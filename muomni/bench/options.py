@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from muomni.errors import ConfigError
+from muomni.paths import file_in_the_way
 
 
 def bench_out_folder(what: str, out: str | None) -> Path:
@@ -25,7 +26,7 @@ def check_steps(steps: int | None) -> None:
 
 def check_out_folder(out: Path) -> None:
     """``--out`` is a folder or can be made one (the commands make it): neither it nor a parent is a file."""
-    blocking = _file_in_the_way(out)
+    blocking = file_in_the_way(out)
     if blocking == out:
         raise ConfigError(f"--out {out} is a file, not a folder: give a folder (it is made if missing)")
     if blocking is not None:
@@ -36,15 +37,6 @@ def check_out_file(out: Path) -> None:
     """``--out`` can be written as a file: it is not a folder, and its folder exists or can be made."""
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder: give the path of a file, e.g. {out / 'planned.json'}")
-    blocking = _file_in_the_way(out.parent)
+    blocking = file_in_the_way(out.parent)
     if blocking is not None:
         raise ConfigError(f"--out {out} cannot be written: {blocking} is a file, not a folder")
-
-
-def _file_in_the_way(folder: Path) -> Path | None:
-    """What stops ``folder`` from being made with ``mkdir(parents=True)``: the nearest of it and its parents
-    that exists, when that is not a folder (None: nothing)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return None if existing.is_dir() else existing

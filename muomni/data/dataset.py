@@ -30,6 +30,7 @@ import torch
 from muomni.data.corpus import corpus_fingerprint, load_documents
 from muomni.data.tokenizer import Tokenizer
 from muomni.errors import DataError
+from muomni.paths import file_in_the_way
 
 # Bump when the token file layout changes, so old cache files are not misread.
 _TOKENS_FORMAT = 1
@@ -46,10 +47,9 @@ def cache_dir() -> Path:
     """
     env = os.environ.get("MUOMNI_CACHE")
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "muomni"
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
+    if (blocking := file_in_the_way(path)) is not None:
         where = "MUOMNI_CACHE" if env else "the cache folder"
-        raise DataError(f"{where} {path} cannot be a folder: {existing} is a file; point MUOMNI_CACHE at a folder")
+        raise DataError(f"{where} {path} cannot be a folder: {blocking} is a file; point MUOMNI_CACHE at a folder")
     return path
 
 

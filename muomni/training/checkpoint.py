@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from muomni.config import Config, load_config
 from muomni.errors import CheckpointError, ConfigError
+from muomni.paths import nearest_existing
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
@@ -61,8 +62,7 @@ def check_run_folder(save_dir: str | Path) -> None:
         ConfigError: ``save_dir`` (or a folder on its path) is a file, or the nearest existing folder on
             its path cannot be written.
     """
-    path = Path(save_dir)
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    existing = nearest_existing(Path(save_dir))
     if not existing.is_dir():
         raise ConfigError(f"config key 'save_dir': {existing} is a file, not a folder; choose another save_dir")
     if not os.access(existing, os.W_OK | os.X_OK):
