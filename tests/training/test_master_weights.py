@@ -258,6 +258,7 @@ def test_training_with_bf16_weights_follows_autocast(corpus: Path, tmp_path: Pat
         assert torch.equal(copy, p.detach().to(torch.bfloat16))
 
 
+@pytest.mark.filterwarnings("ignore:distributed=.* but not started by torchrun")  # refused all the same
 def test_refused_without_bf16_autocast_with_sgd_and_with_fsdp(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="weight_dtype.*bf16 autocast"):
         Trainer(tiny_config(corpus, tmp_path / "a", weight_dtype="bf16"))

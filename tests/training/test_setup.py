@@ -72,6 +72,7 @@ def test_bf16_residual_stream_trains_like_the_fp32_one(corpus: Path, tmp_path: P
         ({"residual_dtype": "bf16"}, "residual_dtype"),  # the tests run fp32
     ],
 )
+@pytest.mark.filterwarnings("ignore:distributed=.* but not started by torchrun")  # refused all the same
 def test_unavailable_features_are_refused(corpus: Path, tmp_path: Path, keys: dict, named: str) -> None:
     cfg = tiny_config(corpus, tmp_path, **keys)
     with pytest.raises(ConfigError, match=f"'({named})'"):
