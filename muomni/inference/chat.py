@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from muomni.data import Tokenizer
-from muomni.inference.generate import check_max_new_tokens, generate_tokens, is_unicode
+from muomni.inference.generate import check_decode_chunk, check_max_new_tokens, generate_tokens, is_unicode
 from muomni.inference.prefix import KVPrefix
 from muomni.inference.sampling import SamplingParams, check_seed
 from muomni.inference.stats import GenerationStats
@@ -136,6 +136,7 @@ def _check_options(max_new_tokens: int, seed: int | None, sampling: dict[str, ob
     """Reject a bad option before the chat starts, not at the first message (which generation checks too)."""
     check_max_new_tokens(max_new_tokens)
     check_seed(seed)
+    check_decode_chunk(sampling.get("decode_chunk"))  # type: ignore[arg-type]
     options = {name: sampling[name] for name in ("temperature", "top_k", "top_p") if name in sampling}
     SamplingParams(**options)  # type: ignore[arg-type]
 

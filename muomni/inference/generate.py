@@ -150,14 +150,14 @@ def generate_tokens(
     """
     params = SamplingParams(temperature, top_k, top_p)
     check_seed(seed)
+    device = model.lm_head.weight.device
+    compile = compile or tune
+    chunk = _chunk(decode_chunk, compile, device)  # every option is checked before the prompts are fitted
     prompts, max_new = fit_to_context(prompt_ids, model.config.ctx_len, max_new_tokens, truncate)
     _check_ids(prompts, model.config.vocab_size)
-    device = model.lm_head.weight.device
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     setup = DecodeSetup(model, params, pad_id, -1 if eos_id is None else eos_id, generator)
     with torch.inference_mode():
-        compile = compile or tune
-        chunk = _chunk(decode_chunk, compile, device)
         return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune, prefix)
 
 
@@ -176,11 +176,15 @@ def check_max_new_tokens(max_new_tokens: int) -> None:
         raise InputError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
 
 
+def check_decode_chunk(decode_chunk: int | None) -> None:
+    if decode_chunk is not None and decode_chunk < 1:
+        raise InputError(f"decode_chunk must be at least 1, not {decode_chunk}")
+
+
 def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
+    check_decode_chunk(decode_chunk)
     if decode_chunk is None:
         return CUDA_DECODE_CHUNK if compile and device.type == "cuda" else 1
-    if decode_chunk < 1:
-        raise InputError(f"decode_chunk must be at least 1, not {decode_chunk}")
     return decode_chunk
 
 

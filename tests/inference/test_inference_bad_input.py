@@ -29,6 +29,8 @@ def _assert_one_line_error(code: int, err: str, message: str) -> None:
         (["--temperature", "inf"], "temperature must be finite, not inf"),
         (["--temperature", "nan"], "temperature must be 0 (greedy) or positive, not nan"),
         (["--prompt", NOT_UTF8], "prompt is not valid UTF-8 text"),
+        # Asked for more tokens than the context holds, it warned of the cap before refusing the chunk.
+        (["--decode-chunk", "0", "--max-new-tokens", "100000"], "decode_chunk must be at least 1, not 0"),
     ],
 )
 def test_generate_bad_input_is_one_line_and_exit_2(
@@ -55,6 +57,7 @@ def test_negative_seeds_count_back_from_2_to_the_64(run_dir: Path, capsys: pytes
         (["--seed", TOO_BIG_SEED], "seed must be in [-2**63, 2**64 - 1]"),
         (["--temperature", "inf"], "temperature must be finite, not inf"),
         (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--decode-chunk", "0"], "decode_chunk must be at least 1, not 0"),
     ],
 )
 def test_chat_rejects_bad_options_before_the_session(
