@@ -98,7 +98,7 @@ class Trainer:
             load_model_state(model, init_state, str(cfg.init_from))
         self.model = model.to(self.device)
         if cfg.use_gradient_checkpointing:
-            checkpoint_blocks(self.model)  # before FSDP: each block is checkpointed inside its shard's hooks
+            self._checkpoint_blocks()  # before FSDP: each block is checkpointed inside its shard's hooks
         self.precision = resolve_precision(cfg, self.device)
         refuse_unavailable(cfg, self.precision)
         self.offload = activation_offload(cfg.cpu_offload == "activations", self.device)
@@ -134,6 +134,12 @@ class Trainer:
             check_vocab(self.tokenizer, c.vocab_size)
             self.data = TokenData.build(c.train_text, self.tokenizer, c.ctx_len, c.val_split, c.seed)
         return init_state
+
+    def _checkpoint_blocks(self) -> None:
+        """Gradient checkpointing of the kind this run can use: the reentrant kind, which costs the host half
+        as much, in eager single-process runs; the non-reentrant kind where ``torch.compile`` must trace the
+        blocks or DDP / FSDP must see their gradients (see :func:`checkpoint_blocks`)."""
+        checkpoint_blocks(self.model, reentrant=not self.cfg.use_compile and not self.env.enabled)
 
     def _build_step(self) -> None:
         """The loss module, its DDP / FSDP wrapper, the optimizer (after sharding) and the gradient norm.
@@ -300,7 +306,7 @@ class Trainer:
             raise OutOfMemory(give_up_message(self.cfg, self.device))
         self.cfg = self.cfg.replace(**remedy)
         if "use_gradient_checkpointing" in remedy:
-            checkpoint_blocks(self.model)
+            self._checkpoint_blocks()
             if self.loss_module.compiled:  # the compiled graph was traced without checkpointing
                 self.loss_module.use_compiled(self.cfg.compile_mode, self.loss_module.chunks_in_graph)
         if "cpu_offload" in remedy:

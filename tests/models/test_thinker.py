@@ -131,8 +131,9 @@ def test_math_attention_is_causal() -> None:
     assert torch.equal(out[:, :, :-1], out2[:, :, :-1]) and not torch.equal(out[:, :, -1], out2[:, :, -1])
 
 
-def test_checkpointed_gradients_equal_plain() -> None:
-    plain, ckpt = tiny(), checkpoint_blocks(tiny())
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointed_gradients_equal_plain(reentrant: bool) -> None:
+    plain, ckpt = tiny(), checkpoint_blocks(tiny(), reentrant=reentrant)
     x = tokens()
     for model in (plain, ckpt):
         F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()

@@ -13,7 +13,10 @@ from muomni.training.trainer import Trainer
 
 
 def weights_after_steps(corpus: Path, save_dir: Path, steps: int, **changes: Any) -> dict[str, torch.Tensor]:
-    t = Trainer(tiny_config(corpus, save_dir, dropout=0.0, **changes))
+    return trained_weights(Trainer(tiny_config(corpus, save_dir, dropout=0.0, **changes)), steps)
+
+
+def trained_weights(t: Trainer, steps: int) -> dict[str, torch.Tensor]:
     for _ in range(steps):
         assert t.train_step(t.next_batches())[3]
         t.progress.applied_steps += 1
@@ -42,6 +45,20 @@ def test_compiled_chunked_steps_match_eager(corpus: Path, tmp_path: Path) -> Non
     eager = weights_after_steps(corpus, tmp_path / "a", 3, **common)
     compiled = weights_after_steps(corpus, tmp_path / "b", 3, use_compile=True, **common)
     assert_close_weights(eager, compiled, 1e-4)
+
+
+def test_compiled_checkpointed_steps_match_eager(corpus: Path, tmp_path: Path) -> None:
+    # Eager runs take the reentrant kind (less host work), compiled runs the kind torch.compile traces.
+    weights, kinds = {}, {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        t = Trainer(
+            tiny_config(corpus, tmp_path / name, dropout=0.0, use_gradient_checkpointing=True, use_compile=compiled)
+        )
+        assert t.compiled == compiled
+        kinds[name] = {block.forward.keywords["use_reentrant"] for block in t.model.model.layers}
+        weights[name] = trained_weights(t, 2)
+    assert kinds == {"eager": {True}, "compiled": {False}}
+    assert_close_weights(weights["eager"], weights["compiled"], 1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -54,12 +54,36 @@ def test_without_auto_fit_the_error_propagates(corpus: Path, tmp_path: Path) -> 
         _train(tiny_config(corpus, tmp_path / "a", batch_size=4, auto_fit=False), steps=1, fail_above=2)
 
 
+CHECKPOINTING = {"use_gradient_checkpointing": True}
+BF16_WEIGHTS = {"use_amp": True, "amp_dtype": "bf16", "weight_dtype": "bf16"}
+
+
 @pytest.mark.parametrize(
-    "setting", [{"cpu_offload": "activations"}, {"cpu_offload": "optimizer"}, {"chunked_ce": False}]
+    ("setting", "base_setting"),
+    [
+        ({"cpu_offload": "activations"}, {}),
+        ({"cpu_offload": "optimizer"}, {}),
+        ({"chunked_ce": False}, {}),
+        (CHECKPOINTING, {}),
+        ({**CHECKPOINTING, "cpu_offload": "activations"}, {}),
+        # The bf16 copies are leaves of their own, whose gradients the recomputation must reach too.
+        ({**CHECKPOINTING, **BF16_WEIGHTS}, BF16_WEIGHTS),
+        # Dropout draws its masks again in the recomputation: they must be the forward's.
+        ({**CHECKPOINTING, "dropout": 0.1}, {"dropout": 0.1}),
+    ],
+    ids=[
+        "offload_activations",
+        "offload_optimizer",
+        "full_logits",
+        "checkpointing",
+        "checkpointing_offload_activations",
+        "checkpointing_bf16_weights",
+        "checkpointing_dropout",
+    ],
 )
-def test_memory_savers_give_the_same_weights(corpus: Path, tmp_path: Path, setting: dict) -> None:
-    base, base_losses = _train(tiny_config(corpus, tmp_path / "a", dropout=0.0))
-    other, other_losses = _train(tiny_config(corpus, tmp_path / "b", dropout=0.0, **setting))
+def test_memory_savers_give_the_same_weights(corpus: Path, tmp_path: Path, setting: dict, base_setting: dict) -> None:
+    base, base_losses = _train(tiny_config(corpus, tmp_path / "a", **{"dropout": 0.0, **base_setting}))
+    other, other_losses = _train(tiny_config(corpus, tmp_path / "b", **{"dropout": 0.0, **setting}))
     assert other_losses == pytest.approx(base_losses, rel=1e-5)
     for (name, a), b in zip(_weights(base).items(), _weights(other).values()):
         # Relative error of each tensor as a whole: the chunked loss sums in another order, and AdamW's
