@@ -217,5 +217,11 @@ def checkpoint_blocks(model: Thinker, reentrant: bool = False) -> Thinker:
     The block's ``forward`` is replaced on the instance, so parameter names and the state dict are unchanged.
     """
     for block in model.model.layers:
-        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=reentrant)
+        block.forward = partial(_checkpointed_forward, block, reentrant)
     return model
+
+
+def _checkpointed_forward(block: Block, reentrant: bool, *args: torch.Tensor | None) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # evaluation: nothing is kept for a backward pass, so nothing to recompute
+        return type(block).forward(block, *args)
+    return checkpoint(type(block).forward, block, *args, use_reentrant=reentrant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,16 @@ def _train(cfg, steps: int = 3, fail_above: int | None = None) -> tuple[Trainer,
     log = type("Log", (), {"info": lambda self, line: None})()
     losses = [trainer.fitted_step(trainer.next_batches(), log).result().loss for _ in range(steps)]
     return trainer, losses
+
+
+def test_checkpointed_run_evaluates_without_recomputing_or_warning(corpus: Path, tmp_path: Path) -> None:
+    # Evaluation runs without grad: checkpointing there has nothing to save, and the reentrant kind warns
+    # that no input requires grad. The checkpointed blocks must step aside, and give the plain loss.
+    plain = Trainer(tiny_config(corpus, tmp_path / "a", dropout=0.0))
+    ckpt = Trainer(tiny_config(corpus, tmp_path / "b", dropout=0.0, use_gradient_checkpointing=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ckpt.evaluate() == plain.evaluate()
 
 
 def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
