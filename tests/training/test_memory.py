@@ -67,6 +67,7 @@ def test_without_auto_fit_the_error_propagates(corpus: Path, tmp_path: Path) -> 
 
 CHECKPOINTING = {"use_gradient_checkpointing": True}
 BF16_WEIGHTS = {"use_amp": True, "amp_dtype": "bf16", "weight_dtype": "bf16"}
+MOE = {"use_moe": True, "num_experts": 4, "num_experts_per_tok": 2}
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,8 @@ BF16_WEIGHTS = {"use_amp": True, "amp_dtype": "bf16", "weight_dtype": "bf16"}
         ({**CHECKPOINTING, **BF16_WEIGHTS}, BF16_WEIGHTS),
         # Dropout draws its masks again in the recomputation: they must be the forward's.
         ({**CHECKPOINTING, "dropout": 0.1}, {"dropout": 0.1}),
+        # Experts no token chose get no gradient, in the recomputation as in the forward.
+        ({**CHECKPOINTING, **MOE}, MOE),
     ],
     ids=[
         "offload_activations",
@@ -90,6 +93,7 @@ BF16_WEIGHTS = {"use_amp": True, "amp_dtype": "bf16", "weight_dtype": "bf16"}
         "checkpointing_offload_activations",
         "checkpointing_bf16_weights",
         "checkpointing_dropout",
+        "checkpointing_moe",
     ],
 )
 def test_memory_savers_give_the_same_weights(corpus: Path, tmp_path: Path, setting: dict, base_setting: dict) -> None:
