@@ -133,12 +133,17 @@ def math_attention(
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # [B, H, S, Dh]
     v = v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])  # [B, H, T, S]
+    # Scaled and masked in q's dtype; only the softmax computes in fp32. Under autocast that saves the fp32
+    # copies of every score that a cast, the scale and the mask made, forward and backward (the small preset's
+    # eager fp16 rows on an H200: +16% tokens/s, see BENCHMARKS). The numbers are those of scaling in fp32
+    # where the scale is a power of two (head_dim 16, 64, 256); otherwise the scaled score is rounded once to
+    # half precision, as Hugging Face's eager attention does.
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
     if mask is None:
         t, s = scores.shape[-2:]
         mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p).to(q.dtype)
+    probs = F.dropout(scores.softmax(dim=-1, dtype=torch.float32), p=dropout_p).to(q.dtype)
     return probs @ v  # [B, H, T, Dh]
 
 

@@ -208,10 +208,11 @@ def checkpoint_blocks(model: Thinker, reentrant: bool = False) -> Thinker:
 
     Both of PyTorch's kinds give the same gradients as without checkpointing. The non-reentrant kind (the
     one PyTorch recommends) works everywhere: ``torch.compile`` traces it, DDP and FSDP see every gradient.
-    The ``reentrant`` kind recomputes a block inside a backward of its own: half the host work a step in
-    eager mode, which is what a fast GPU waits for (on an H200 without ``torch.compile``: the tiny preset's
-    bench row 739.5k against 617.6k tokens/s; the small preset's fp16 step 75.9 against 102.8 ms on a start
-    whose host was slow, even on one whose host was not). Its limits: a block's input must require grad (in
+    The ``reentrant`` kind recomputes a block inside a backward of its own, without the non-reentrant kind's
+    pack and unpack hooks on every saved tensor: about half the host work a step in eager mode (a 2-core CPU
+    at widths where a step is all host work: 29.3 against 39.5 ms), which a fast GPU can wait for (an H200's
+    small-preset fp16 step, on a start whose host was slow: 75.9 against 102.8 ms; the bench's rows on a
+    later start were even, within their spread). Its limits: a block's input must require grad (in
     training, the embedding's output always does), gradients come from ``backward()`` only, and compiled
     graphs break at every block. Without grad (evaluation) a block runs plainly: nothing is recomputed.
 

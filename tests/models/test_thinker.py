@@ -131,6 +131,39 @@ def test_math_attention_is_causal() -> None:
     assert torch.equal(out[:, :, :-1], out2[:, :, :-1]) and not torch.equal(out[:, :, -1], out2[:, :, -1])
 
 
+def _attention_scaled_in_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention written out with every score cast to fp32 before the scale and the mask."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    causal = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1).to(q.dtype) @ v
+
+
+@pytest.mark.parametrize("head_dim", [64, 48])
+def test_math_attention_in_bf16_matches_scaling_the_scores_in_fp32(head_dim: int) -> None:
+    # In half precision the scores are scaled and masked in bf16 and only the softmax runs in fp32. With a
+    # power-of-two scale (head_dim 64) that is exact: the same bits as the fp32 scores, forward and backward
+    # (a softmax in bf16 would change dq and dk). Otherwise each scaled score is rounded once to bf16.
+    torch.manual_seed(6)
+    q = (3 * torch.randn(2, 4, 40, head_dim)).bfloat16().requires_grad_()  # wide scores: a peaked softmax
+    k, v = (torch.randn(2, 2, 40, head_dim).bfloat16().requires_grad_() for _ in range(2))
+    grad = torch.randn(2, 4, 40, head_dim).bfloat16()
+
+    def outputs_and_grads(attention) -> list[torch.Tensor]:  # noqa: ANN001
+        out = attention(q, k, v)
+        return [out, *torch.autograd.grad(out, (q, k, v), grad)]
+
+    got = outputs_and_grads(lambda q, k, v: math_attention(q, k, v, None, 0.0))
+    want = outputs_and_grads(_attention_scaled_in_fp32)
+    assert all(g.dtype == torch.bfloat16 for g in got)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        if head_dim == 64:
+            assert torch.equal(g, w), name
+        else:  # one bf16 rounding of each score: within 2% of the largest value (0.6%-0.7% measured)
+            torch.testing.assert_close(g, w, rtol=0, atol=2e-2 * w.abs().max().item(), msg=name)
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointed_gradients_equal_plain(reentrant: bool) -> None:
     plain, ckpt = tiny(), checkpoint_blocks(tiny(), reentrant=reentrant)
