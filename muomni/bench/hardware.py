@@ -87,6 +87,7 @@ def describe(device: torch.device) -> dict[str, object]:
         "device": str(device),
         "command": " ".join(["muomni", *sys.argv[1:]]) if sys.argv else "",
         "muomni": muomni_version(),
+        "muomni_path": str(Path(__file__).resolve().parents[1]),  # which copy ran: an A/B of two copies says so
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

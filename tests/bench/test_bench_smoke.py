@@ -446,10 +446,13 @@ def test_results_name_the_commit_only_of_the_checkout_muomni_runs_from(tmp_path:
     import shutil
     import subprocess
 
+    import torch
+
     import muomni
-    from muomni.bench.hardware import muomni_version
+    from muomni.bench.hardware import describe, muomni_version
 
     assert muomni_version(tmp_path) == muomni.__version__  # no repository
+    assert describe(torch.device("cpu"))["muomni_path"] == str(Path(muomni.__file__).resolve().parent)
     if shutil.which("git") is None:
         pytest.skip("no git here")
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
