@@ -136,9 +136,9 @@ def math_attention(
     # Scaled and masked in q's dtype; only the softmax computes in fp32. Under autocast that saves the fp32
     # copies of every score that a cast, the scale and the mask made, forward and backward (the small preset's
     # eager fp16 rows on an H200: +16% tokens/s, see BENCHMARKS). Where the scale is a power of two (head_dim
-    # 16, 64, 256) the forward's numbers are those of scaling in fp32, and in bf16 the gradients' too; in fp16
-    # a gradient that falls below the normal range can differ in its last bit. Otherwise the scaled score is
-    # rounded once to half precision, as Hugging Face's eager attention does.
+    # 16, 64, 256) the forward's numbers are those of scaling in fp32, and in bf16 the gradients' too (tested on
+    # CPUs); in fp16 a gradient that falls below the normal range can differ in its last bit. Otherwise the
+    # scaled score is rounded once to half precision, as Hugging Face's eager attention does.
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
     if mask is None:
         t, s = scores.shape[-2:]
