@@ -91,6 +91,7 @@ class Config:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     cpu_offload: Literal["none", "activations", "optimizer"] = "none"
     chunked_ce: bool = True
+    gradient_checkpointing_every: int = 1  # with use_gradient_checkpointing: every n-th block (1: all of them)
     overlap_steps: bool = True  # launch step n+1 before reading step n's loss (see trainer.py)
     residual_dtype: Literal["fp32", "bf16"] = "fp32"  # the residual stream's dtype under bf16 autocast
     weight_dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: linear layers compute with bf16 weight copies
@@ -295,7 +296,8 @@ def _validate(c: Config) -> None:
     _check(all(0.0 <= b < 1.0 for b in c.betas), "betas", list(c.betas), "each must be in [0, 1)")
     _check(c.eps > 0, "eps", c.eps, "must be positive")
     _check(0.0 <= c.val_split < 1.0, "val_split", c.val_split, "must be in [0, 1)")
-    for key in ("val_freq", "checkpoint_freq", "print_freq", "keep_checkpoints", "max_nonfinite_steps", "val_batches"):
+    at_least_one = ("val_freq", "checkpoint_freq", "print_freq", "keep_checkpoints", "max_nonfinite_steps")
+    for key in (*at_least_one, "val_batches", "gradient_checkpointing_every"):
         _check(getattr(c, key) >= 1, key, getattr(c, key), "must be at least 1")
     for key in ("num_workers", "shuffle_buffer_size", "empty_cache_steps"):
         _check(getattr(c, key) >= 0, key, getattr(c, key), "must be zero or positive")

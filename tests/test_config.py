@@ -55,6 +55,7 @@ BAD_CONFIGS = [
     ({"use_moe": True, "num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok"),
     ({"min_lr": 1.0, "lr": 1e-3}, "min_lr"),
     ({"keep_checkpoints": 0}, "keep_checkpoints"),
+    ({"gradient_checkpointing_every": 0}, "gradient_checkpointing_every"),
     ({"rope_theta": 0}, "rope_theta"),
     ({"save_dir": ""}, "save_dir"),
     ({"eps": 0}, "eps"),

@@ -203,8 +203,11 @@ class Thinker(nn.Module):
         return n - self.model.embed_tokens.weight.numel() if non_embedding else n
 
 
-def checkpoint_blocks(model: Thinker, reentrant: bool = False) -> Thinker:
-    """Recompute each block's activations in the backward pass instead of storing them.
+def checkpoint_blocks(model: Thinker, reentrant: bool = False, every: int = 1) -> Thinker:
+    """Recompute the activations of every ``every``-th block (blocks 0, every, 2 every, ...; 1: all of them) in
+    the backward pass instead of storing them. Checkpointing a part of the blocks saves that part of what
+    full checkpointing saves, at that part of its recomputation: a setting between the two for a model whose
+    memory lies between them.
 
     Both of PyTorch's kinds give the same gradients as without checkpointing. The non-reentrant kind (the
     one PyTorch recommends) works everywhere: ``torch.compile`` traces it, DDP and FSDP see every gradient.
@@ -218,7 +221,7 @@ def checkpoint_blocks(model: Thinker, reentrant: bool = False) -> Thinker:
 
     The block's ``forward`` is replaced on the instance, so parameter names and the state dict are unchanged.
     """
-    for block in model.model.layers:
+    for block in list(model.model.layers)[::every]:
         block.forward = partial(_checkpointed_forward, block, reentrant)
     return model
 

@@ -3,9 +3,9 @@
 On an out-of-memory error the step is retried, the same windows in the same order, with the next remedy
 of the founding document's checklist: halve the micro-batch and double the accumulation (the effective
 batch, the learning rate and the data order stay as they were), then at micro-batch 1 gradient
-checkpointing, then activation offload to the CPU. Only when all are on does the run stop, with a message
-that says what else to change. The adjusted keys are in the trainer's config, so checkpoints carry them
-and a resume does not run out of memory again.
+checkpointing of every block (also where only some were checkpointed), then activation offload to the
+CPU. Only when all are on does the run stop, with a message that says what else to change. The adjusted
+keys are in the trainer's config, so checkpoints carry them and a resume does not run out of memory again.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def next_remedy(cfg: Config) -> dict[str, Any] | None:
     if cfg.batch_size > 1:
         micro = smaller_micro_batch(cfg.batch_size)
         return {"batch_size": micro, "gradient_accumulation_steps": cfg.effective_batch_size // micro}
-    if not cfg.use_gradient_checkpointing:
-        return {"use_gradient_checkpointing": True}
+    if not cfg.use_gradient_checkpointing or cfg.gradient_checkpointing_every > 1:
+        return {"use_gradient_checkpointing": True, "gradient_checkpointing_every": 1}  # every block
     if cfg.cpu_offload == "none":
         return {"cpu_offload": "activations"}
     return None

@@ -61,8 +61,9 @@ def search(cfg: Config, budget_gib: float, workdir: Path) -> list[dict[str, Any]
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     savers = [
         {"use_gradient_checkpointing": False},
-        {"use_gradient_checkpointing": True},
-        {"use_gradient_checkpointing": True, "cpu_offload": "activations"},
+        {"use_gradient_checkpointing": True, "gradient_checkpointing_every": 2},  # half the blocks
+        {"use_gradient_checkpointing": True, "gradient_checkpointing_every": 1},
+        {"use_gradient_checkpointing": True, "gradient_checkpointing_every": 1, "cpu_offload": "activations"},
     ]
     # The most frugal setting first: if even it does not fit, nothing will, and the search ends at once.
     frugal = measure(cfg, candidate(cfg, 1, chunked_ce=True, **savers[-1]), budget_gib, workdir, 0)
@@ -95,12 +96,19 @@ def plan_table(tried: list[dict[str, Any]]) -> str:
         k = r["keys"]
         peak = r.get("peak_memory_bytes")
         lines.append(
-            f"| {k['batch_size']} x {k['gradient_accumulation_steps']} | {k.get('use_gradient_checkpointing', False)} "
+            f"| {k['batch_size']} x {k['gradient_accumulation_steps']} | {_checkpointing(k)} "
             f"| {k.get('cpu_offload', 'none')} | {k.get('compile_mode', 'default') if k.get('use_compile') else False} "
             f"| {r.get('tokens_per_s', 0):,.0f} | {'-' if peak is None else f'{peak / GIB:.2f} GiB'} "
             f"| {'yes' if r['fits'] else r.get('error') or 'no'} |"
         )
     return "\n".join(lines)
+
+
+def _checkpointing(keys: dict[str, Any]) -> str:
+    if not keys.get("use_gradient_checkpointing"):
+        return "none"
+    every = keys.get("gradient_checkpointing_every", 1)
+    return "every block" if every == 1 else f"every {every} blocks"
 
 
 def plan(cfg: Config, budget_gib: float, out: Path) -> dict[str, Any]:

@@ -44,6 +44,9 @@ def _features_line(t: Trainer) -> str:
     clip = f"clip at {cfg.max_grad_norm}" if cfg.max_grad_norm else "no clipping"
     compiled = f"compiled ({cfg.compile_mode})" if t.compiled else "eager"
     ckpt = "gradient checkpointing" if cfg.use_gradient_checkpointing else "no gradient checkpointing"
+    every = cfg.gradient_checkpointing_every
+    if cfg.use_gradient_checkpointing and every > 1:
+        ckpt += f" of {len(range(0, cfg.n_layers, every))} of {cfg.n_layers} blocks (every {every})"
     loss = "chunked linear cross-entropy" if cfg.chunked_ce else "full-logits cross-entropy"
     offload = "" if cfg.cpu_offload == "none" else f", {cfg.cpu_offload} offloaded to CPU"
     residual = ", bf16 residual stream" if cfg.residual_dtype == "bf16" else ""

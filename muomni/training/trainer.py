@@ -139,7 +139,8 @@ class Trainer:
         """Gradient checkpointing of the kind this run can use: the reentrant kind, which costs the host half
         as much, in eager single-process runs; the non-reentrant kind where ``torch.compile`` must trace the
         blocks or DDP / FSDP must see their gradients (see :func:`checkpoint_blocks`)."""
-        checkpoint_blocks(self.model, reentrant=not self.cfg.use_compile and not self.env.enabled)
+        reentrant = not self.cfg.use_compile and not self.env.enabled
+        checkpoint_blocks(self.model, reentrant, self.cfg.gradient_checkpointing_every)
 
     def _build_step(self) -> None:
         """The loss module, its DDP / FSDP wrapper, the optimizer (after sharding) and the gradient norm.

@@ -167,6 +167,38 @@ def test_math_attention_in_bf16_matches_scaling_the_scores_in_fp32(head_dim: int
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointed_gradients_equal_plain(reentrant: bool) -> None:
     plain, ckpt = tiny(), checkpoint_blocks(tiny(), reentrant=reentrant)
+    _assert_checkpointed_gradients_equal_plain(plain, ckpt)
+
+
+@pytest.mark.parametrize(("every", "checkpointed"), [(2, [0, 2]), (3, [0, 3]), (5, [0])])
+def test_checkpointing_every_nth_block_gives_plain_gradients(every: int, checkpointed: list[int]) -> None:
+    plain, ckpt = tiny(n_layers=4), checkpoint_blocks(tiny(n_layers=4), every=every)
+    # A checkpointed block's forward is replaced on the instance; the others keep their class's.
+    assert [i for i, block in enumerate(ckpt.model.layers) if "forward" in vars(block)] == checkpointed
+    _assert_checkpointed_gradients_equal_plain(plain, ckpt)
+
+
+def test_checkpointing_more_blocks_keeps_less_for_the_backward_pass() -> None:
+    def saved_bytes(model: Thinker) -> int:
+        """What autograd keeps for the backward pass of a forward and loss (the reentrant kind keeps a
+        checkpointed block's input, and nothing it computes from it)."""
+        kept = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = tokens(4, 48)
+            F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        return sum(kept)
+
+    plain = saved_bytes(tiny(n_layers=4))
+    one, half, every = (saved_bytes(checkpoint_blocks(tiny(n_layers=4), True, every=n)) for n in (4, 2, 1))
+    assert plain > one > half > every
+
+
+def _assert_checkpointed_gradients_equal_plain(plain: Thinker, ckpt: Thinker) -> None:
     x = tokens()
     for model in (plain, ckpt):
         F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()

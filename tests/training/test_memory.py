@@ -60,6 +60,29 @@ def test_auto_fit_then_checkpointing_then_gives_up(corpus: Path, tmp_path: Path)
         _train(tiny_config(corpus, tmp_path / "b", batch_size=1, auto_fit=True), steps=1, fail_above=0)
 
 
+def test_auto_fit_checkpoints_every_block_before_it_offloads(corpus: Path, tmp_path: Path) -> None:
+    # A run that checkpoints every 2nd block has more to save at micro-batch 1: every block, then offload.
+    cfg = tiny_config(corpus, tmp_path / "a", batch_size=1, auto_fit=True, use_gradient_checkpointing=True)
+    cfg = cfg.replace(gradient_checkpointing_every=2)
+    trainer = Trainer(cfg)
+    real_loss, failures = trainer.loss_fn, []
+
+    def loss_fn(model, tokens):  # noqa: ANN001, ANN202
+        if not failures:  # the first micro-batch "runs out of memory", the retry fits
+            failures.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_loss(model, tokens)
+
+    trainer.loss_fn = loss_fn
+    log = type("Log", (), {"info": lambda self, line: None})()
+    trainer.fitted_step(trainer.next_batches(), log).result()
+    assert (trainer.cfg.gradient_checkpointing_every, trainer.cfg.cpu_offload) == (1, "none")
+    assert all("forward" in vars(block) for block in trainer.model.model.layers)  # each one checkpointed now
+    from muomni.training.autofit import next_remedy
+
+    assert next_remedy(trainer.cfg) == {"cpu_offload": "activations"}
+
+
 def test_without_auto_fit_the_error_propagates(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(torch.OutOfMemoryError):
         _train(tiny_config(corpus, tmp_path / "a", batch_size=4, auto_fit=False), steps=1, fail_above=2)
@@ -77,6 +100,7 @@ MOE = {"use_moe": True, "num_experts": 4, "num_experts_per_tok": 2}
         ({"cpu_offload": "optimizer"}, {}),
         ({"chunked_ce": False}, {}),
         (CHECKPOINTING, {}),
+        ({**CHECKPOINTING, "gradient_checkpointing_every": 2}, {}),
         ({**CHECKPOINTING, "cpu_offload": "activations"}, {}),
         # The bf16 copies are leaves of their own, whose gradients the recomputation must reach too.
         ({**CHECKPOINTING, **BF16_WEIGHTS}, BF16_WEIGHTS),
@@ -90,6 +114,7 @@ MOE = {"use_moe": True, "num_experts": 4, "num_experts_per_tok": 2}
         "offload_optimizer",
         "full_logits",
         "checkpointing",
+        "checkpointing_every_2nd_block",
         "checkpointing_offload_activations",
         "checkpointing_bf16_weights",
         "checkpointing_dropout",
