@@ -108,7 +108,11 @@ def _hf_model(cfg: Config, spec: dict[str, Any], device: torch.device):  # noqa:
     model = llama_twin(Thinker(cfg), spec["hf_attn"])  # the same initial weights as the muomni rows
     model.to(device).train()
     if spec.get("hf_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kind = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24; the old name warns there
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kind)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kind)
     return model
 
 

@@ -71,6 +71,22 @@ def test_bench_train_table(tmp_path: Path, corpus: Path) -> None:
     assert results["info"]["torch"] and (out / "results.md").exists() and (out / "chart.png").stat().st_size > 0
 
 
+def test_hf_checkpointing_row_turns_it_on_without_a_deprecation_warning() -> None:
+    pytest.importorskip("transformers")
+    import warnings
+
+    import torch
+
+    from muomni.bench.train_worker import _hf_model
+    from muomni.config import load_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers 5.24 deprecates gradient_checkpointing_enable
+        model = _hf_model(load_config("debug"), {"hf_attn": "sdpa", "hf_checkpointing": True}, torch.device("cpu"))
+        on = getattr(model, "is_activation_checkpointing", None)
+        assert on if on is not None else model.is_gradient_checkpointing
+
+
 def test_bench_infer_table(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _muomni("bench", "infer", "--config", "debug", "--steps", "6", "--out", str(out), "device=cpu", cwd=tmp_path)
