@@ -98,7 +98,7 @@ class Trainer:
             load_model_state(model, init_state, str(cfg.init_from))
         self.model = model.to(self.device)
         if cfg.use_gradient_checkpointing:
-            self._checkpoint_blocks()  # before FSDP: each block is checkpointed inside its shard's hooks
+            self._checkpoint_blocks(traced=cfg.use_compile)  # before FSDP: inside each shard's hooks
         self.precision = resolve_precision(cfg, self.device)
         refuse_unavailable(cfg, self.precision)
         self.offload = activation_offload(cfg.cpu_offload == "activations", self.device)
@@ -112,6 +112,8 @@ class Trainer:
         if self.resume_from is not None:
             load_snapshot(self.resume_from, self.state)
         self.compiled = self._compile()
+        if cfg.use_gradient_checkpointing and cfg.use_compile and not self.compiled:
+            self._checkpoint_blocks(traced=False)  # compiling failed: the kind eager runs take
         self.tokens_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.ctx_len  # this rank's
         self.global_tokens_per_step = self.tokens_per_step * self.env.world_size
         self.val_set = self.data.val_windows(cfg.val_batches * cfg.batch_size)  # [N, ctx_len + 1], fixed
@@ -135,11 +137,11 @@ class Trainer:
             self.data = TokenData.build(c.train_text, self.tokenizer, c.ctx_len, c.val_split, c.seed)
         return init_state
 
-    def _checkpoint_blocks(self) -> None:
+    def _checkpoint_blocks(self, traced: bool) -> None:
         """Gradient checkpointing of the kind this run can use: the reentrant kind, which costs the host half
-        as much, in eager single-process runs; the non-reentrant kind where ``torch.compile`` must trace the
-        blocks or DDP / FSDP must see their gradients (see :func:`checkpoint_blocks`)."""
-        reentrant = not self.cfg.use_compile and not self.env.enabled
+        as much, in eager single-process runs; the non-reentrant kind where ``torch.compile`` traces the
+        blocks (``traced``) or DDP / FSDP must see their gradients (see :func:`checkpoint_blocks`)."""
+        reentrant = not traced and not self.env.enabled
         checkpoint_blocks(self.model, reentrant, self.cfg.gradient_checkpointing_every)
 
     def _build_step(self) -> None:
@@ -307,7 +309,7 @@ class Trainer:
             raise OutOfMemory(give_up_message(self.cfg, self.device))
         self.cfg = self.cfg.replace(**remedy)
         if "use_gradient_checkpointing" in remedy:
-            self._checkpoint_blocks()
+            self._checkpoint_blocks(traced=self.loss_module.compiled)
             if self.loss_module.compiled:  # the compiled graph was traced without checkpointing
                 self.loss_module.use_compiled(self.cfg.compile_mode, self.loss_module.chunks_in_graph)
         if "cpu_offload" in remedy:

@@ -97,3 +97,21 @@ def test_a_miscompiled_loss_falls_back_to_chunks_outside_the_graph_then_eager(
     assert any("compiled loss is not used" in m for m in messages), messages
     assert any("compiled backbone is not used" in m and "with no compile" in m for m in messages), messages
     assert not t.compiled and not t.loss_module.compiled
+
+
+def test_checkpointed_blocks_take_the_eager_kind_when_compiling_falls_back(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_compile(fn, **options):  # noqa: ANN001, ANN003, ANN202, ARG001
+        def fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise RuntimeError("no compiler here (injected)")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    cfg = tiny_config(corpus, tmp_path / "a", dropout=0.0, use_compile=True, use_gradient_checkpointing=True)
+    with pytest.warns(UserWarning, match="is not used"):
+        t = Trainer(cfg)
+    assert not t.compiled
+    # A checkpointed block's forward is partial(_checkpointed_forward, block, reentrant): eager runs reenter.
+    assert [block.forward.args[1] for block in t.model.model.layers] == [True] * cfg.n_layers
