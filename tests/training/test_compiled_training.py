@@ -47,15 +47,18 @@ def test_compiled_chunked_steps_match_eager(corpus: Path, tmp_path: Path) -> Non
     assert_close_weights(eager, compiled, 1e-4)
 
 
-def test_compiled_checkpointed_steps_match_eager(corpus: Path, tmp_path: Path) -> None:
-    # Eager runs take the reentrant kind (less host work), compiled runs the kind torch.compile traces.
+@pytest.mark.parametrize("every", [1, 2], ids=["every_block", "every_2nd_block"])
+def test_compiled_checkpointed_steps_match_eager(corpus: Path, tmp_path: Path, every: int) -> None:
+    # Eager runs take the reentrant kind (less host work), compiled runs the kind torch.compile traces; with
+    # every 2nd block, the graph holds checkpointed and plain blocks.
     weights, kinds = {}, {}
+    ckpt = {"use_gradient_checkpointing": True, "gradient_checkpointing_every": every}
     for name, compiled in (("eager", False), ("compiled", True)):
-        t = Trainer(
-            tiny_config(corpus, tmp_path / name, dropout=0.0, use_gradient_checkpointing=True, use_compile=compiled)
-        )
+        t = Trainer(tiny_config(corpus, tmp_path / name, dropout=0.0, use_compile=compiled, **ckpt))
         assert t.compiled == compiled
-        kinds[name] = {block.forward.args[1] for block in t.model.model.layers}  # partial(fn, block, reentrant)
+        wrapped = [block.forward for block in t.model.model.layers if "forward" in vars(block)]
+        assert len(wrapped) == len(range(0, t.cfg.n_layers, every))
+        kinds[name] = {forward.args[1] for forward in wrapped}  # partial(fn, block, reentrant)
         weights[name] = trained_weights(t, 2)
     assert kinds == {"eager": {True}, "compiled": {False}}
     assert_close_weights(weights["eager"], weights["compiled"], 1e-4)
