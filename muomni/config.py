@@ -403,7 +403,14 @@ def load_config(
         for key in sorted(set(data) & set(IGNORED_KEYS)):
             if data[key] != getattr(Config, key):
                 warnings.warn(f"config key '{key}' is accepted but not used: {IGNORED_KEYS[key]}", stacklevel=2)
-    return Config(**data)
+    cfg = Config(**data)
+    if warn_ignored and cfg.gradient_checkpointing_every != 1 and not cfg.use_gradient_checkpointing:
+        warnings.warn(
+            f"config key 'gradient_checkpointing_every' ({cfg.gradient_checkpointing_every}) does nothing without "
+            f"use_gradient_checkpointing=true",
+            stacklevel=2,
+        )
+    return cfg
 
 
 __all__ = ["Config", "KEYS", "MODEL_KEYS", "PRESETS", "load_config", "parse_override", "preset_path"]

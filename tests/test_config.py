@@ -105,6 +105,14 @@ def test_a_list_of_the_wrong_length_says_what_it_must_be() -> None:
         load_config(None, {"betas": [0.9]})
 
 
+def test_checkpointing_every_nth_block_without_checkpointing_says_it_does_nothing() -> None:
+    with pytest.warns(UserWarning, match="'gradient_checkpointing_every' .2. does nothing without"):
+        load_config(None, {"gradient_checkpointing_every": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, {"gradient_checkpointing_every": 2, "use_gradient_checkpointing": True})
+
+
 def test_muomni_thinker_tiny_loads_unchanged() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
