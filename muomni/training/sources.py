@@ -51,8 +51,13 @@ def adopt_fitted_split(old: Config, cfg: Config) -> Config:
     the same: auto_fit may have changed them, and the same windows in the same order are what matter."""
     if old.effective_batch_size != cfg.effective_batch_size or old.batch_size == cfg.batch_size:
         return cfg
-    keys = ("batch_size", "gradient_accumulation_steps", "use_gradient_checkpointing", "gradient_checkpointing_every")
-    keys += ("cpu_offload",)
+    keys = (
+        "batch_size",
+        "gradient_accumulation_steps",
+        "use_gradient_checkpointing",
+        "gradient_checkpointing_every",
+        "cpu_offload",
+    )
     return cfg.replace(**{k: getattr(old, k) for k in keys})
 
 

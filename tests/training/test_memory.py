@@ -83,6 +83,20 @@ def test_auto_fit_checkpoints_every_block_before_it_offloads(corpus: Path, tmp_p
     assert next_remedy(trainer.cfg) == {"cpu_offload": "activations"}
 
 
+def test_a_resumed_run_keeps_the_split_and_savers_auto_fit_chose(corpus: Path, tmp_path: Path) -> None:
+    from muomni.training.sources import adopt_fitted_split
+
+    asked = tiny_config(corpus, tmp_path, batch_size=8, use_gradient_checkpointing=True)
+    asked = asked.replace(gradient_checkpointing_every=2)
+    fitted = {"batch_size": 1, "gradient_accumulation_steps": 8, "gradient_checkpointing_every": 1}
+    fitted |= {"cpu_offload": "activations"}
+    old = asked.replace(**fitted)
+    kept = adopt_fitted_split(old, asked)
+    assert {key: getattr(kept, key) for key in fitted} == fitted
+    other_batch = asked.replace(batch_size=4)  # another effective batch: the run asks for something new
+    assert adopt_fitted_split(old, other_batch) == other_batch
+
+
 def test_without_auto_fit_the_error_propagates(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(torch.OutOfMemoryError):
         _train(tiny_config(corpus, tmp_path / "a", batch_size=4, auto_fit=False), steps=1, fail_above=2)
