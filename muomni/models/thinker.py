@@ -221,6 +221,8 @@ def checkpoint_blocks(model: Thinker, reentrant: bool = False, every: int = 1) -
 
     The block's ``forward`` is replaced on the instance, so parameter names and the state dict are unchanged.
     """
+    if every < 1:
+        raise ValueError(f"every must be at least 1 (1: every block), not {every}")
     for block in list(model.model.layers)[::every]:
         block.forward = partial(_checkpointed_forward, block, reentrant)
     return model

@@ -178,6 +178,11 @@ def test_checkpointing_every_nth_block_gives_plain_gradients(every: int, checkpo
     _assert_checkpointed_gradients_equal_plain(plain, ckpt)
 
 
+def test_checkpointing_every_0th_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="every must be at least 1"):
+        checkpoint_blocks(tiny(), every=0)
+
+
 def test_checkpointing_more_blocks_keeps_less_for_the_backward_pass() -> None:
     def saved_bytes(model: Thinker) -> int:
         """What autograd keeps for the backward pass of a forward and loss (the reentrant kind keeps a
