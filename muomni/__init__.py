@@ -5,7 +5,7 @@ The public API::
     import muomni
     cfg = muomni.load_config("tiny", overrides={"batch_size": 8})
     muomni.Trainer(cfg).fit()
-    model, tokenizer = muomni.load("runs/default")
+    model, tokenizer = muomni.load("runs/tiny")  # the tiny preset's save_dir
     texts = muomni.generate(model, tokenizer, ["def parse("], max_new_tokens=64, temperature=0.0)
 
 Heavy modules (torch) are imported on first use, so ``muomni.load_config`` stays fast.

@@ -92,20 +92,32 @@ def initial_sources(cfg: Config) -> Sources:
 
 
 def refuse_shape_overrides(cfg: Config, explicit: list[str]) -> None:
-    """With ``init_from`` a muomni checkpoint, the model's shape is the checkpoint's (``ctx_len`` aside): a
-    model key set on the command line (``explicit``) that disagrees would be dropped without a word.
+    """With ``init_from`` (a muomni checkpoint or ``hf:FOLDER``), the model's shape is the source's
+    (``ctx_len`` aside): a model key set on the command line (``explicit``) that disagrees would be dropped
+    without a word.
 
     Raises:
         ConfigError: naming the key, both values, and the way out.
     """
-    if cfg.init_from is None or cfg.init_from.startswith("hf:") or not set(explicit) & set(MODEL_KEYS):
+    if cfg.init_from is None or not set(explicit) & set(MODEL_KEYS):
         return
-    for key, value in _shape_from(_init_checkpoint(cfg.init_from)).items():
+    for key, value in _init_shape(cfg.init_from).items():
         if key in explicit and getattr(cfg, key) != value:
             raise ConfigError(
                 f"config key '{key}': {getattr(cfg, key)!r} was given, but init_from={cfg.init_from} has "
                 f"{value!r} and the model keeps its shape; leave {key} out, or train from scratch without init_from"
             )
+
+
+def _init_shape(init_from: str) -> dict[str, object]:
+    """The model keys a run started ``init_from`` a muomni checkpoint or a Hugging Face folder takes from it."""
+    if not init_from.startswith("hf:"):
+        return _shape_from(_init_checkpoint(init_from))
+    from muomni.hf.importer import hf_folder, read_hf_config
+    from muomni.hf.mapping import model_keys_from_hf
+
+    folder = hf_folder(init_from)
+    return {k: v for k, v in model_keys_from_hf(read_hf_config(folder), str(folder)).items() if k != "ctx_len"}
 
 
 def _init_checkpoint(path: str) -> Path:

@@ -12,9 +12,10 @@ import torch
 from hf_helpers import tiny_config
 
 from muomni.data.tokenizer import Tokenizer
-from muomni.errors import CheckpointError
+from muomni.errors import CheckpointError, ConfigError
 from muomni.hf import HFInit, export_hf, load_for_training, load_hf
 from muomni.models.thinker import Thinker
+from muomni.training.sources import refuse_shape_overrides
 
 HF_SHAPE = {
     "vocab_size": 320,
@@ -133,6 +134,17 @@ def test_load_for_training(tmp_path: Path, tokenizer: Tokenizer) -> None:
     assert tok.eos_id == 2 and tok.encode("def parse") == tokenizer.encode("def parse")
     # A training window longer than the model's positions is capped at them.
     assert load_for_training(tmp_path, user.replace(ctx_len=256)).overrides["ctx_len"] == 64
+
+
+def test_init_from_hf_refuses_a_model_key_given_against_the_folder(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    # As with a muomni checkpoint: d_model given on the command line and the model's 48 would otherwise be
+    # dropped without a word, the run training the folder's shape.
+    _save_hf_model("llama", tmp_path, tokenizer)
+    user = tiny_config(init_from=f"hf:{tmp_path}", d_model=128, ctx_len=32)
+    with pytest.raises(ConfigError, match="'d_model': 128 was given, but init_from=hf:.* has 48"):
+        refuse_shape_overrides(user, ["init_from", "d_model"])
+    refuse_shape_overrides(user, ["init_from", "ctx_len"])  # ctx_len is the user's; d_model not given: silently
+    refuse_shape_overrides(user.replace(d_model=48), ["init_from", "d_model"])  # agreeing
 
 
 def test_muomni_load_accepts_hf_paths(tmp_path: Path, tokenizer: Tokenizer) -> None:
