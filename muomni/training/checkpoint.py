@@ -3,8 +3,8 @@
 A checkpoint is a folder ``<save_dir>/checkpoints/step_NNNNNNNN/`` holding ``model.safetensors``,
 ``optimizer.safetensors``, ``rng.safetensors``, ``trainer_state.json``, ``config.json``, ``tokenizer.json``
 and, written last, ``manifest.json`` with the size and sha256 of every other file. It is written into a
-temporary folder, each file fsynced, then renamed into place: a crash leaves either the whole checkpoint or none, and a
-folder whose manifest is missing or disagrees with its files is never loaded.
+temporary folder, each file fsynced, then renamed into place: a crash leaves either the whole checkpoint
+or none, and a folder whose manifest is missing or disagrees with its files is never loaded.
 """
 
 from __future__ import annotations
