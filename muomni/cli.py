@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import NoReturn
@@ -131,6 +133,25 @@ def _resolve(command: str) -> Callable[[argparse.Namespace], int] | None:
         raise
 
 
+def _resolve_holding_interrupts(command: str) -> Callable[[argparse.Namespace], int] | None:
+    """:func:`_resolve`, with Ctrl-C held until the import is done, then raised as KeyboardInterrupt.
+
+    Importing a command's module imports torch and numpy (a second or more). An interrupt that lands inside
+    such an import can leave the library half loaded, and some catch it on the way: the next import then
+    fails with an unrelated error (seen: RecursionError, "module 'numpy' has no attribute 'intp'") and
+    exit 1, where Ctrl-C must give exit 130 and one line."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return _resolve(command)
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        return _resolve(command)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     print(f"muomni: warning: {message}", file=sys.stderr)
 
@@ -144,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     warnings.showwarning = _show_warning
-    run = _resolve(args.command)
-    if run is None:
-        print(f"muomni: error: '{args.command}' is not yet available in this version", file=sys.stderr)
-        return EXIT_USER_ERROR
     try:
+        run = _resolve_holding_interrupts(args.command)
+        if run is None:
+            print(f"muomni: error: '{args.command}' is not yet available in this version", file=sys.stderr)
+            return EXIT_USER_ERROR
         return int(run(args) or 0)
     except UserError as e:
         print(f"muomni: error: {e}", file=sys.stderr)

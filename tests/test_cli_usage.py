@@ -3,8 +3,13 @@ one line, ``muomni: error: ...``, that says where to look."""
 
 from __future__ import annotations
 
+import signal
+import sys
+from pathlib import Path
+
 import pytest
 
+from muomni import cli
 from muomni.cli import main
 
 
@@ -27,3 +32,23 @@ def test_a_usage_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("muomni: error: ") and needle in lines[0], err
     assert "(see muomni" in lines[0]
+
+
+def test_ctrl_c_during_the_commands_import_is_held_until_it_is_done_then_exit_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An interrupt inside torch's or numpy's import once left them half loaded: exit 1 with an unrelated error.
+    (tmp_path / "slow_command.py").write_text(
+        "import os, signal\n"
+        "os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the import\n"
+        "finished = True\n"
+        "def run(args):\n"
+        "    raise AssertionError('the command must not run after an interrupt')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.COMMANDS, "train", ("slow_command", "run"))
+    monkeypatch.delitem(sys.modules, "slow_command", raising=False)
+    assert main(["train"]) == cli.EXIT_INTERRUPTED
+    assert sys.modules["slow_command"].finished  # the import ran to its end
+    assert capsys.readouterr().err == "muomni: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back

@@ -24,6 +24,7 @@ from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
 from muomni.hf.mapping import check_exportable, check_state, hf_config
+from muomni.paths import file_in_the_way
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -96,6 +97,9 @@ def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokeni
         state = {name: t for name, t in state.items() if name != "lm_head.weight"}
     check_state(state, cfg, source)
     check_vocab(tokenizer, cfg.vocab_size)
+    # Absolute: the temporary folder is the output's sibling, and "." has no name (its sibling would be
+    # inside it, and go with the old export).
+    out = out.resolve()
     _check_out_dir(out)
     dtype = state["model.embed_tokens.weight"].dtype
     ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
@@ -161,7 +165,11 @@ def _tokenizer_config(special: dict[str, str], ctx_len: int) -> dict[str, Any]:
 
 
 def _check_out_dir(out: Path) -> None:
-    """Refuse to write over anything but an empty folder or a previous muomni export."""
+    """Refuse to write over anything but an empty folder or a previous muomni export, and a folder that
+    cannot be made (a file in the way)."""
+    blocking = file_in_the_way(out)
+    if blocking is not None and blocking != out:
+        raise CheckpointError(f"output {out} cannot be made: {blocking} is a file, not a folder; choose another --out")
     if not out.exists():
         return
     if not out.is_dir():

@@ -207,6 +207,28 @@ def test_output_folder_rules(make_checkpoint: Callable, tmp_path: Path) -> None:
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary folder was left behind"
 
 
+def test_an_export_into_the_current_folder_replaces_the_previous_one(
+    make_checkpoint: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "." has no name: the temporary folder, once made beside the output as ".NAME.tmp-PID", went inside it
+    # and was deleted with the old export, which left the folder empty and raised a traceback.
+    export_hf(make_checkpoint(), tmp_path / "hf")
+    monkeypatch.chdir(tmp_path / "hf")
+    export_hf(make_checkpoint(seed=5, name="run2"), ".")
+    replaced = load_file(tmp_path / "hf" / "model.safetensors")
+    fresh = load_file(latest_checkpoint(tmp_path / "run2") / "model.safetensors")
+    assert torch.equal(replaced["model.norm.weight"], fresh["model.norm.weight"])
+
+
+def test_an_output_under_a_file_is_refused_before_anything_is_written(
+    make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(CheckpointError, match="afile is a file, not a folder; choose another --out"):
+        export_hf(make_checkpoint(), tmp_path / "afile" / "hf")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
