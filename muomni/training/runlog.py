@@ -32,7 +32,9 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # Lines that are not JSON are dropped; bytes that are not UTF-8 (a log appended to by hand, a disk error)
+    # must not keep the run from resuming either.
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
