@@ -65,6 +65,7 @@ def resume_sources(cfg: Config, ckpt: Path, world_size: int) -> Sources:
     """The config and tokenizer of a resumed run, after checking it may continue from ``ckpt``."""
     old = read_config(ckpt)
     if cfg.init_from is not None:  # the model keys came from init_from when the run started
+        _check_same_init(old, cfg, ckpt)
         cfg = cfg.replace(**model_keys(old))
     old_world = saved_world_size(ckpt)
     if old_world == world_size:
@@ -73,6 +74,28 @@ def resume_sources(cfg: Config, ckpt: Path, world_size: int) -> Sources:
     check_global_batch(old, old_world, cfg, world_size, ckpt)
     check_compatible(old, cfg, ckpt, list(DATA_KEYS))
     return cfg, Tokenizer.load(ckpt / TOKENIZER_FILE), None
+
+
+def _check_same_init(old: Config, cfg: Config, ckpt: Path) -> None:
+    """A resumed run continues from its checkpoint's weights: another ``init_from`` than the run began with
+    would be dropped without a word. The same folder written another way (``./run``, an absolute path) is
+    the same."""
+    if old.init_from is not None and _source_path(old.init_from) == _source_path(cfg.init_from):
+        return
+    began, resume = (
+        (f"from init_from={old.init_from}", f"give init_from={old.init_from}")
+        if old.init_from
+        else ("from scratch", "leave init_from out")
+    )
+    raise CheckpointError(
+        f"cannot resume from {ckpt}: that run began {began}, and init_from={cfg.init_from} is given now; "
+        f"{resume} to resume it, or use a new save_dir to start from {cfg.init_from}"
+    )
+
+
+def _source_path(init_from: str) -> tuple[bool, Path]:
+    hf = init_from.startswith("hf:")
+    return hf, Path(init_from.removeprefix("hf:")).expanduser().resolve()
 
 
 def initial_sources(cfg: Config) -> Sources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from training_helpers import final_weights, tiny_config
 
-from muomni.errors import ConfigError
+from muomni.errors import CheckpointError, ConfigError
 from muomni.training import precision
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
 from muomni.training.loss import lm_loss
@@ -103,6 +104,22 @@ def test_init_from_a_muomni_checkpoint_loads_its_weights(corpus: Path, tmp_path:
         assert torch.equal(tensor, source[name]), name
     ckpt = latest_checkpoint(tmp_path / "source")
     assert set(load_tensors(ckpt / MODEL_FILE)) == set(source)
+
+
+def test_a_resume_with_another_init_from_is_refused(corpus: Path, tmp_path: Path) -> None:
+    # The resumed run's weights are its checkpoint's: another init_from was once dropped without a word.
+    Trainer(tiny_config(corpus, tmp_path / "a", max_steps=2)).fit()
+    Trainer(tiny_config(corpus, tmp_path / "b", max_steps=2, d_model=64)).fit()
+    Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=2, init_from=str(tmp_path / "a"))).fit()
+    with pytest.raises(
+        CheckpointError, match=r"began from init_from=.*a, and init_from=.*b is given now; give init_from"
+    ):
+        Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=4, init_from=str(tmp_path / "b")))
+    with pytest.raises(CheckpointError, match="began from scratch, and init_from=.* is given now; leave init_from out"):
+        Trainer(tiny_config(corpus, tmp_path / "a", max_steps=4, init_from=str(tmp_path / "b")))
+    # The same source written another way resumes.
+    same = Path(os.path.relpath(tmp_path / "a"))
+    assert Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=4, init_from=str(same))).progress.step == 2
 
 
 def test_lm_loss_is_the_summed_next_token_cross_entropy() -> None:
