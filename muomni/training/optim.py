@@ -12,6 +12,7 @@ resuming needs no scheduler object: the applied-step count in the checkpoint is 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -161,7 +162,15 @@ def planned_steps(cfg: Config, n_train_windows: int) -> int:
 
 
 def make_schedule(cfg: Config, total_steps: int) -> Schedule:
-    """The schedule of a config, decaying over ``total_steps`` (see :func:`planned_steps`)."""
+    """The schedule of a config, decaying over ``total_steps`` (see :func:`planned_steps`). A warmup as long
+    as the run is almost always a slip (a preset's warmup kept for a short run): it says so in one warning."""
+    if cfg.warmup_steps >= total_steps > 1:
+        peak = cfg.lr * total_steps / cfg.warmup_steps  # the last step's: see lr_at
+        warnings.warn(
+            f"warmup_steps {cfg.warmup_steps} is not below the run's {total_steps} steps: the learning rate rises "
+            f"for the whole run (to {peak:.3g}; lr is {cfg.lr:g}) and never decays; lower warmup_steps",
+            stacklevel=2,
+        )
     return Schedule(cfg.scheduler, cfg.lr, cfg.final_lr, cfg.warmup_steps, total_steps)
 
 

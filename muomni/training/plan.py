@@ -48,7 +48,8 @@ def measure(cfg: Config, keys: dict[str, Any], budget_gib: float, workdir: Path,
         "steps": PLAN_STEPS,
         "memory_budget_gib": budget_gib,
         # auto_fit off: a candidate that does not fit must fail, not quietly run as another candidate.
-        "config": {**cfg.to_dict(), **keys, "max_steps": PLAN_STEPS + 1, "auto_fit": False},
+        # warmup 1: the schedule does not matter to a measurement, and the preset's would outlast it and warn.
+        "config": {**cfg.to_dict(), **keys, "max_steps": PLAN_STEPS + 1, "warmup_steps": 1, "auto_fit": False},
     }
     result = run_spec(spec, workdir, f"plan-{n}")
     peak = result.get("peak_memory_bytes")

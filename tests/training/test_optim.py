@@ -14,6 +14,7 @@ from muomni.training.optim import (
     Schedule,
     build_optimizer,
     lr_at,
+    make_schedule,
     param_groups,
     planned_steps,
     skips_on_device,
@@ -50,6 +51,17 @@ def test_planned_steps_takes_the_smaller_limit() -> None:
     cfg = load_config({"max_steps": 1000, "max_epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2})
     assert planned_steps(cfg, n_train_windows=100) == 25  # 2 epochs x 100 windows / 8 windows per step
     assert planned_steps(cfg.replace(max_epochs=None), n_train_windows=100) == 1000
+
+
+def test_a_warmup_as_long_as_the_run_warns_with_the_peak_it_reaches(recwarn: pytest.WarningsRecorder) -> None:
+    cfg = load_config({"max_steps": 6, "warmup_steps": 100, "lr": 3e-3})
+    with pytest.warns(
+        UserWarning, match=r"warmup_steps 100 is not below the run's 6 steps: .* \(to 0.00018; lr is 0.003\)"
+    ):
+        s = make_schedule(cfg, 6)
+    assert lr_at(5, s) == pytest.approx(1.8e-4)  # the peak the warning names
+    make_schedule(cfg.replace(warmup_steps=5), 6)  # shorter than the run: no warning
+    assert not [w for w in recwarn if "warmup_steps" in str(w.message)]
 
 
 @pytest.mark.parametrize("tie", [False, True])
