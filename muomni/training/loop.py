@@ -53,6 +53,7 @@ class TrainingRun:
             truncate_metrics(t.save_dir / "metrics.jsonl", step)  # a resumed run rewrites what followed
         self._stale = stale_checkpoints(t.save_dir, step)
         self.last_ckpt: Path | None = t.resume_from
+        self._start_step = step
         # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint.
         self._last_ckpt_step = self._last_eval_step = step if t.resume_from is not None else -1
         self.log = RunLog(t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main)
@@ -200,6 +201,12 @@ class TrainingRun:
         if t.stop_signal is not None:
             self._checkpoint()
             self.log.info(f"stopped by {signal.Signals(t.stop_signal).name} after step {step}; saved {self.last_ckpt}")
+            return self.last_ckpt
+        if t.resume_from is not None and step == self._start_step:  # e.g. the same command run again
+            self.log.info(
+                f"nothing to train: the run is already at step {step}, its end (max_steps {t.cfg.max_steps}, "
+                f"max_epochs {t.cfg.max_epochs}); raise them to train further"
+            )
             return self.last_ckpt
         if self._last_eval_step != step:
             self._evaluate()

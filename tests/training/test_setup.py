@@ -122,6 +122,21 @@ def test_a_resume_with_another_init_from_is_refused(corpus: Path, tmp_path: Path
     assert Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=4, init_from=str(same))).progress.step == 2
 
 
+@pytest.mark.parametrize("max_steps", [4, 2])
+def test_a_resumed_run_at_or_past_its_end_says_there_is_nothing_to_train(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], max_steps: int
+) -> None:
+    # It once said "done at step 4: val loss n/a (no validation data)", though the run has validation data.
+    Trainer(tiny_config(corpus, tmp_path / "run", max_steps=4)).fit()
+    capsys.readouterr()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert Trainer(tiny_config(corpus, tmp_path / "run", max_steps=max_steps)).fit() == ckpt
+    out = capsys.readouterr().out
+    assert f"nothing to train: the run is already at step 4, its end (max_steps {max_steps}" in out
+    assert "no validation data" not in out and "done at step" not in out
+    assert latest_checkpoint(tmp_path / "run") == ckpt  # nothing rewritten
+
+
 def test_lm_loss_is_the_summed_next_token_cross_entropy() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
