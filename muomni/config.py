@@ -316,7 +316,7 @@ def _validate(c: Config) -> None:
 
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{close[0]}'?)" if close else "; the README's configuration table lists every key"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -324,6 +324,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give a JSON file or one of {', '.join(PRESETS)}")
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a JSON file or one of {', '.join(PRESETS)}")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e}")
     try:

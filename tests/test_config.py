@@ -78,6 +78,13 @@ def test_unknown_key_suggests_the_close_one() -> None:
         load_config(None, {"learning_rat": 1e-3})
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         load_config(None, {"batch_sise": 8})
+    with pytest.raises(ConfigError, match="unknown config key 'foo'; the README's configuration table lists every key"):
+        load_config(None, {"foo": 1})
+
+
+def test_a_config_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder; give a JSON file or one of debug"):
+        load_config(tmp_path)
 
 
 def test_bad_files(tmp_path: Path) -> None:

@@ -193,7 +193,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a file; give a run folder or a checkpoint folder")
     if (path / MANIFEST).exists() or (path / MODEL_FILE).exists():
-        verify(path)
+        try:
+            verify(path)
+        except CheckpointError as e:
+            if path.parent.name != "checkpoints":
+                raise
+            # A run folder falls back to its newest intact checkpoint by itself.
+            raise CheckpointError(f"{e}; give the run folder {path.parent.parent} to use its newest intact one")
         return path
     ckpt = latest_checkpoint(path)
     if ckpt is None:

@@ -307,7 +307,8 @@ def check_compatible(old: Config, new: Config, ckpt: Path, keys: list[str]) -> N
         if was != now:
             raise CheckpointError(
                 f"cannot resume from {ckpt}: config key '{key}' was {json.dumps(was)} there and is "
-                f"{json.dumps(now)} now; use a new save_dir, or resume=never to start over"
+                f"{json.dumps(now)} now; give {key}={json.dumps(was)} to resume it, or use a new save_dir (or "
+                "resume=never) to start over"
             )
 
 

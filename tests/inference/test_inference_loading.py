@@ -72,7 +72,7 @@ def test_missing_and_broken_checkpoints(tmp_path: Path, run_dir: Path) -> None:
         muomni.load(empty)
     ckpt = list_checkpoints(run_dir)[-1]
     (ckpt / "model.safetensors").write_bytes(b"not the weights")
-    with pytest.raises(CheckpointError, match="does not match its checksum"):
+    with pytest.raises(CheckpointError, match=f"does not match its checksum; give the run folder {run_dir}"):
         muomni.load(ckpt)
     (ckpt / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):

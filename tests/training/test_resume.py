@@ -131,7 +131,8 @@ def test_incompatible_resume_is_refused(shared: dict[str, Any], tmp_path: Path) 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "'batch_size' was 4 there and is 2 now" in lines[0] and "resume=never" in lines[0]
+    assert "'batch_size' was 4 there and is 2 now; give batch_size=4 to resume it" in lines[0]
+    assert "resume=never" in lines[0]
 
 
 def test_resume_from_a_path_into_a_new_save_dir(shared: dict[str, Any], tmp_path: Path) -> None:
