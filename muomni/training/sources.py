@@ -9,6 +9,7 @@ or read from the cache).
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,15 @@ def _source_path(init_from: str) -> tuple[bool, Path]:
 def initial_sources(cfg: Config) -> Sources:
     """The config, tokenizer and initial weights of a new run: ``init_from`` or scratch."""
     if cfg.init_from is None:
-        return cfg, prepare_tokenizer(cfg.train_text, cfg.vocab_size), None
+        tokenizer = prepare_tokenizer(cfg.train_text, cfg.vocab_size)
+        if tokenizer.vocab_size < cfg.vocab_size // 2:  # the rows past it are trained toward never being picked
+            warnings.warn(
+                f"the tokenizer learned {tokenizer.vocab_size:,} tokens from this corpus, far fewer than vocab_size "
+                f"{cfg.vocab_size:,}: the model's other embedding and output rows stand for no token; "
+                f"vocab_size={tokenizer.vocab_size} fits this corpus",
+                stacklevel=2,
+            )
+        return cfg, tokenizer, None
     if cfg.init_from.startswith("hf:"):
         try:
             from muomni.hf import load_for_training

@@ -16,6 +16,7 @@ from muomni.training import precision
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
 from muomni.training.loss import lm_loss
 from muomni.training.precision import amp_dtype
+from muomni.training.sources import initial_sources
 from muomni.training.startup import describe_run
 from muomni.training.trainer import Trainer
 
@@ -135,6 +136,14 @@ def test_a_resumed_run_at_or_past_its_end_says_there_is_nothing_to_train(
     assert f"nothing to train: the run is already at step 4, its end (max_steps {max_steps}" in out
     assert "no validation data" not in out and "done at step" not in out
     assert latest_checkpoint(tmp_path / "run") == ckpt  # nothing rewritten
+
+
+def test_a_vocab_size_far_beyond_what_the_corpus_teaches_warns(corpus: Path, tmp_path: Path) -> None:
+    with pytest.warns(
+        UserWarning, match=r"the tokenizer learned \d+ tokens from this corpus, far fewer than vocab_size 20,000"
+    ):
+        cfg, tokenizer, _ = initial_sources(tiny_config(corpus, tmp_path / "run", vocab_size=20_000))
+    assert tokenizer.vocab_size < 10_000 and cfg.vocab_size == 20_000
 
 
 def test_lm_loss_is_the_summed_next_token_cross_entropy() -> None:
