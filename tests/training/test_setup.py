@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from training_helpers import final_weights, tiny_config
 
+from muomni.config import Config
 from muomni.errors import CheckpointError, ConfigError
 from muomni.training import precision
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
@@ -107,20 +108,25 @@ def test_init_from_a_muomni_checkpoint_loads_its_weights(corpus: Path, tmp_path:
     assert set(load_tensors(ckpt / MODEL_FILE)) == set(source)
 
 
+def _short_run(corpus: Path, save_dir: Path, **changes: object) -> Config:
+    """A run of a few steps (a warmup of 1: the helper's 3 would outlast it and warn)."""
+    return tiny_config(corpus, save_dir, warmup_steps=1, **changes)
+
+
 def test_a_resume_with_another_init_from_is_refused(corpus: Path, tmp_path: Path) -> None:
     # The resumed run's weights are its checkpoint's: another init_from was once dropped without a word.
-    Trainer(tiny_config(corpus, tmp_path / "a", max_steps=2)).fit()
-    Trainer(tiny_config(corpus, tmp_path / "b", max_steps=2, d_model=64)).fit()
-    Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=2, init_from=str(tmp_path / "a"))).fit()
+    Trainer(_short_run(corpus, tmp_path / "a", max_steps=2)).fit()
+    Trainer(_short_run(corpus, tmp_path / "b", max_steps=2, d_model=64)).fit()
+    Trainer(_short_run(corpus, tmp_path / "tuned", max_steps=2, init_from=str(tmp_path / "a"))).fit()
     with pytest.raises(
         CheckpointError, match=r"began from init_from=.*a, and init_from=.*b is given now; give init_from"
     ):
-        Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=4, init_from=str(tmp_path / "b")))
+        Trainer(_short_run(corpus, tmp_path / "tuned", max_steps=4, init_from=str(tmp_path / "b")))
     with pytest.raises(CheckpointError, match="began from scratch, and init_from=.* is given now; leave init_from out"):
-        Trainer(tiny_config(corpus, tmp_path / "a", max_steps=4, init_from=str(tmp_path / "b")))
+        Trainer(_short_run(corpus, tmp_path / "a", max_steps=4, init_from=str(tmp_path / "b")))
     # The same source written another way resumes.
     same = Path(os.path.relpath(tmp_path / "a"))
-    assert Trainer(tiny_config(corpus, tmp_path / "tuned", max_steps=4, init_from=str(same))).progress.step == 2
+    assert Trainer(_short_run(corpus, tmp_path / "tuned", max_steps=4, init_from=str(same))).progress.step == 2
 
 
 @pytest.mark.parametrize("max_steps", [4, 2])
@@ -128,10 +134,10 @@ def test_a_resumed_run_at_or_past_its_end_says_there_is_nothing_to_train(
     corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], max_steps: int
 ) -> None:
     # It once said "done at step 4: val loss n/a (no validation data)", though the run has validation data.
-    Trainer(tiny_config(corpus, tmp_path / "run", max_steps=4)).fit()
+    Trainer(_short_run(corpus, tmp_path / "run", max_steps=4)).fit()
     capsys.readouterr()
     ckpt = latest_checkpoint(tmp_path / "run")
-    assert Trainer(tiny_config(corpus, tmp_path / "run", max_steps=max_steps)).fit() == ckpt
+    assert Trainer(_short_run(corpus, tmp_path / "run", max_steps=max_steps)).fit() == ckpt
     out = capsys.readouterr().out
     assert f"nothing to train: the run is already at step 4, its end (max_steps {max_steps}" in out
     assert "no validation data" not in out and "done at step" not in out
