@@ -54,7 +54,9 @@ def measure(cfg: Config, keys: dict[str, Any], budget_gib: float, workdir: Path,
     result = run_spec(spec, workdir, f"plan-{n}")
     peak = result.get("peak_memory_bytes")
     fits = not result.get("error") and peak is not None and peak <= budget_gib * GIB
-    return {"keys": keys, "fits": fits, **result}
+    row = {"keys": keys, "fits": fits, **result}
+    print(progress_line(n, row), flush=True)
+    return row
 
 
 # Memory savers from the fastest to the most frugal.
@@ -109,21 +111,33 @@ def compiled_candidates(cfg: Config, best: dict[str, Any]) -> list[dict[str, Any
     return [*lighter, best]
 
 
+COLUMNS = ("micro-batch x accumulation", "checkpointing", "offload", "compile", "tokens/s", "peak memory", "fits")
+
+
 def plan_table(tried: list[dict[str, Any]]) -> str:
-    lines = [
-        "| micro-batch x accumulation | checkpointing | offload | compile | tokens/s | peak memory | fits |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in tried:
-        k = r["keys"]
-        peak = r.get("peak_memory_bytes")
-        lines.append(
-            f"| {k['batch_size']} x {k['gradient_accumulation_steps']} | {_checkpointing(k)} "
-            f"| {k.get('cpu_offload', 'none')} | {k.get('compile_mode', 'default') if k.get('use_compile') else False} "
-            f"| {r.get('tokens_per_s', 0):,.0f} | {'-' if peak is None else f'{peak / GIB:.2f} GiB'} "
-            f"| {'yes' if r['fits'] else r.get('error') or 'no'} |"
-        )
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in tried]
     return "\n".join(lines)
+
+
+def progress_line(n: int, row: dict[str, Any]) -> str:
+    """One measured candidate, printed as it lands: a search takes minutes and its table comes at the end."""
+    return f"muomni: plan: candidate {n + 1}: " + ", ".join(
+        f"{c} {v}" for c, v in zip(COLUMNS, _cells(row), strict=True)
+    )
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    k, peak = r["keys"], r.get("peak_memory_bytes")
+    return [
+        f"{k['batch_size']} x {k['gradient_accumulation_steps']}",
+        _checkpointing(k),
+        k.get("cpu_offload", "none"),
+        str(k.get("compile_mode", "default") if k.get("use_compile") else False),
+        f"{r.get('tokens_per_s', 0):,.0f}",
+        "-" if peak is None else f"{peak / GIB:.2f} GiB",
+        "yes" if r["fits"] else r.get("error") or "no",
+    ]
 
 
 def _checkpointing(keys: dict[str, Any]) -> str:

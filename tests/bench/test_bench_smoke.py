@@ -175,6 +175,8 @@ def test_plan_writes_a_valid_config(tmp_path: Path, corpus: Path) -> None:
         cwd=tmp_path,
     )
     assert "| micro-batch x accumulation |" in proc.stdout
+    # Each candidate is reported as it is measured, before the table at the end.
+    assert proc.stdout.index("muomni: plan: candidate 1: micro-batch x accumulation 1 x") < proc.stdout.index("| micro")
     cfg = load_config(planned)
     assert cfg.effective_batch_size == load_config("debug").effective_batch_size
 
