@@ -8,7 +8,7 @@ from inference_helpers import tiny_model
 
 from muomni.errors import InputError
 from muomni.inference.generate import generate_tokens
-from muomni.inference.sampling import ARGMAX_BLOCK, SamplingParams, argmax, draw_noise, sample
+from muomni.inference.sampling import ARGMAX_BLOCK, SamplingParams, _top_p, argmax, draw_noise, sample
 
 PROMPTS = [[5, 6, 7, 8], [40, 41]]
 
@@ -89,3 +89,50 @@ def test_compiled_two_step_argmax_equals_argmax() -> None:
     compiled = torch.compile(argmax, fullgraph=True, dynamic=False)
     assert torch.equal(compiled(values), values.argmax(dim=-1))
     assert torch.equal(compiled(values[:, :ARGMAX_BLOCK]), values[:, :ARGMAX_BLOCK].argmax(dim=-1))
+
+
+def _kept(logits: torch.Tensor) -> torch.Tensor:
+    return logits > float("-inf")
+
+
+@pytest.mark.parametrize("p", [0.5, 0.75, 0.875])
+def test_top_p_drops_a_token_once_the_tokens_above_it_hold_exactly_p(p: float) -> None:
+    # Probabilities 1/2, 1/4, 1/8, 1/8 are exact in fp32: the set {1/2} reaches p = 0.5 and is kept alone.
+    # The rule was "more than p", which kept one token more at each of these p. (At 0.875 the last two tie:
+    # Hugging Face keeps the higher id, muomni the lower; the test below holds that choice.)
+    transformers = pytest.importorskip("transformers")
+    logits = torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()
+    reference = _kept(transformers.TopPLogitsWarper(p)(None, logits.clone()))
+    n = {0.5: 1, 0.75: 2, 0.875: 3}[p]
+    assert reference.sum() == n
+    assert _kept(_top_p(logits, p)).tolist() == [[i < n for i in range(4)]]
+
+
+@pytest.mark.parametrize("p", [0.9, 0.99, 0.999, 0.9999])
+def test_top_p_keeps_the_set_of_the_exact_rule_at_a_large_vocabulary(p: float) -> None:
+    """Against the rule computed in float64 and against Hugging Face's warper, on 16 rows of 32,000 logits
+    (rows of random logits have no ties). Summed from the top in fp32, the kept count was off by up to 7."""
+    transformers = pytest.importorskip("transformers")
+    logits = torch.randn(16, 32000, generator=torch.Generator().manual_seed(10)) * 2
+    probs = logits.double().softmax(-1).sort(dim=-1, descending=True).values
+    exact = ((probs.cumsum(-1) - probs) < p).sum(-1)  # tokens whose mass above them is below p
+    assert torch.equal(_kept(_top_p(logits, p)).sum(-1), exact)
+    assert torch.equal(_kept(_top_p(logits, p)), _kept(transformers.TopPLogitsWarper(p)(None, logits.clone())))
+
+
+def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary() -> None:
+    kept = _kept(_top_p(torch.zeros(1, 6), 0.3))  # two of six equal tokens reach 0.3
+    assert kept.nonzero()[:, 1].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-45, 1e-300])
+def test_a_temperature_too_small_for_fp32_is_greedy_not_token_0(temperature: float) -> None:
+    # logits / 1e-38 overflowed to inf, the softmax gave NaN, and every row sampled token 0 (<pad>).
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 5
+    noise = draw_noise((4, 300), torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert torch.equal(sample(logits, SamplingParams(temperature=temperature), noise), logits.argmax(-1))
+
+
+def test_top_k_that_is_not_a_whole_number_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="top_k must be a whole number of tokens"):
+        SamplingParams(top_k=5.0)
