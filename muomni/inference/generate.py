@@ -58,7 +58,7 @@ def generate(
     stats: GenerationStats | None = None,
     *,
     decode_chunk: int | None = None,
-    stop: Sequence[str] = (),
+    stop: str | Sequence[str] = (),
     tune: bool = False,
 ) -> list[str]:
     """Complete each prompt; all prompts run as one batch.
@@ -77,7 +77,8 @@ def generate(
         truncate: keep the end of a prompt that does not fit in the context instead of failing.
         stats: a :class:`GenerationStats` to fill in with token counts and timings.
         decode_chunk: decode steps per call of the decode function; None: 4 when compiled on CUDA, else 1.
-        stop: strings that end a completion (not included in it), e.g. ``["\\nUser:"]``.
+        stop: strings that end a completion (not included in it), e.g. ``["\\nUser:"]``; one string alone
+            is one stop string (not its characters).
         tune: compile (as ``compile``) and, on CUDA, tune the compiled kernels: faster decoding after a
             first compile that takes minutes rather than one (Inductor keeps the result on disk).
 
@@ -88,6 +89,7 @@ def generate(
         InputError: an empty or too long prompt, or a sampling option out of range.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    stop = [stop] if isinstance(stop, str) else list(stop)  # a bare "+ 2" once stopped at "+", " " and "2"
     if any(not text for text in texts):
         raise InputError("empty prompt: give at least one character of text to complete")
     if not all(is_unicode(text) for text in texts):

@@ -68,3 +68,13 @@ def test_streamed_pieces_add_up_to_the_returned_completions(tokenizer: Tokenizer
 
     streamed = generate(model, tokenizer, prompts, 20, temperature=temperature, seed=3, stream=collect)
     assert streamed == plain == [pieces[0], pieces[1]]
+
+
+def test_one_stop_string_given_alone_is_one_string_not_its_characters(tokenizer: Tokenizer) -> None:
+    model = tiny_model()
+    plain = generate(model, tokenizer, "def parse(", 40, temperature=0.0)[0]
+    # Two characters whose first or second also comes earlier: read character by character, as a bare
+    # string once was, the completion would end at that earlier character instead.
+    pairs = (plain[k : k + 2] for k in range(1, len(plain) - 1))
+    stop = next(p for p in pairs if min(plain.index(c) for c in p) < plain.index(p))
+    assert generate(model, tokenizer, "def parse(", 40, temperature=0.0, stop=stop)[0] == plain[: plain.index(stop)]
