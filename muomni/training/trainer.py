@@ -36,6 +36,7 @@ import torch
 from muomni import distributed
 from muomni.config import Config, load_config, parse_override
 from muomni.data import TokenData, WindowStream, check_vocab
+from muomni.errors import UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
 from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
 from muomni.training.checkpoint import check_run_folder
@@ -119,6 +120,7 @@ class Trainer:
         self.val_set = self.data.val_windows(cfg.val_batches * cfg.batch_size)  # [N, ctx_len + 1], fixed
         self.unigram_entropy = unigram_entropy(self.data.train_tokens, cfg.vocab_size)
         self.stop_signal: int | None = None
+        self._fitted = False
         self.save_dir = Path(cfg.save_dir)
         self.setup_seconds = time.perf_counter() - started
 
@@ -337,6 +339,11 @@ class Trainer:
             TrainingDiverged: after ``max_nonfinite_steps`` skipped steps in a row (a checkpoint of the
                 last good weights is written first).
         """
+        # A second fit() once began a new run's bookkeeping over this one's state: after a stop it trained
+        # nothing and reported "done", after the end it rewrote the last checkpoint.
+        if self._fitted:
+            raise UserError("this Trainer has run fit() already; make a new Trainer(cfg), which resumes the run")
+        self._fitted = True
         with StopSignals() as stop:
             return TrainingRun(self, stop).run()
 

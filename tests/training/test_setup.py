@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from training_helpers import final_weights, tiny_config
 
 from muomni.config import Config
-from muomni.errors import CheckpointError, ConfigError
+from muomni.errors import CheckpointError, ConfigError, UserError
 from muomni.training import precision
 from muomni.training.checkpoint import MODEL_FILE, STATE_FILE, checkpoints_dir, latest_checkpoint, load_tensors
 from muomni.training.loss import lm_loss
@@ -169,3 +169,14 @@ def test_max_epochs_ends_the_run_when_the_sampler_wraps(corpus: Path, tmp_path: 
     assert t.total_steps == expected
     t.fit()
     assert t.progress.step == expected and t.stream.epoch == 1
+
+
+def test_a_second_fit_on_the_same_trainer_is_refused_and_a_new_trainer_resumes(corpus: Path, tmp_path: Path) -> None:
+    # A second fit() once ran a new run's bookkeeping over this one's state: after a stop it trained nothing
+    # and said "done"; after the end it rewrote the last checkpoint.
+    t = Trainer(_short_run(corpus, tmp_path / "run", max_steps=2))
+    ckpt = t.fit()
+    with pytest.raises(UserError, match=r"has run fit\(\) already; make a new Trainer\(cfg\), which resumes the run"):
+        t.fit()
+    assert latest_checkpoint(tmp_path / "run") == ckpt
+    assert Trainer(_short_run(corpus, tmp_path / "run", max_steps=4)).progress.step == 2
