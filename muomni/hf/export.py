@@ -3,7 +3,9 @@
 The folder is plain JSON + safetensors written without importing transformers, so ``muomni export``
 works with the core dependencies only. It loads with ``AutoModelForCausalLM.from_pretrained(out)`` and
 ``AutoTokenizer.from_pretrained(out)`` (a fast tokenizer with ``<bos>``, ``<eos>``, ``<pad>`` set) and
-computes the same logits as the Thinker (checked to 1e-5 in fp32 by the tests).
+computes the same logits as the Thinker (checked to 1e-5 in fp32 by the tests). A Qwen2 folder's tokenizer
+loads with ``PreTrainedTokenizerFast.from_pretrained(out)``: transformers 5's ``AutoTokenizer`` gives every
+``qwen2`` folder ``Qwen2Tokenizer``, whose own split pattern encodes some text otherwise.
 """
 
 from __future__ import annotations

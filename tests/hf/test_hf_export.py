@@ -148,6 +148,18 @@ def test_hf_tokenizer_matches_muomni(make_checkpoint: Callable, tmp_path: Path, 
     assert hf.decode(with_specials, skip_special_tokens=True) == UNICODE_TEXT
 
 
+def test_the_tokenizer_of_a_qwen2_export_loads_as_a_plain_fast_tokenizer(
+    make_checkpoint: Callable, tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    # transformers 5 loads any qwen2 folder's AutoTokenizer as Qwen2Tokenizer, which brings Qwen's own split
+    # pattern and normalizer and so encodes otherwise; the README names this class for these exports.
+    transformers = pytest.importorskip("transformers")
+    out = export_hf(make_checkpoint(**SHAPES["qwen2-bias"]), tmp_path / "hf")
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(out)
+    text = UNICODE_TEXT + "\ndef alpha(beta):\n    return beta"
+    assert hf(text)["input_ids"] == tokenizer.encode(text)
+
+
 def test_export_import_export_is_identical(make_checkpoint: Callable, tmp_path: Path) -> None:
     for shape in ("gqa-tied", "kv1-untied", "qwen2-bias"):
         run = make_checkpoint(name=shape, **SHAPES[shape])
