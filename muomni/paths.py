@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# ``hf:FOLDER``: a Hugging Face model folder, where a muomni run or checkpoint folder could also be given.
+HF_PREFIX = "hf:"
+
 
 def nearest_existing(path: Path) -> Path:
     """``path`` itself, or the nearest of its parents that exists (the root always does)."""

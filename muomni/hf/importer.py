@@ -21,12 +21,12 @@ from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
 from muomni.hf.mapping import check_state, model_keys_from_hf
+from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import MODEL_FILE, load_tensors
 
 if TYPE_CHECKING:
     from muomni.models.thinker import Thinker
 
-HF_PREFIX = "hf:"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

@@ -12,6 +12,7 @@ from muomni.data import Tokenizer
 from muomni.errors import CheckpointError, DataError, InputError
 from muomni.models.layers import rope_tables
 from muomni.models.thinker import Thinker
+from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, read_config, resolve_checkpoint
 
 _DTYPES = {
@@ -67,8 +68,8 @@ def load(
         InputError: a device or dtype that cannot be used, or an ``hf:`` path without Hugging Face import.
     """
     target = pick_device(device)
-    if str(path).startswith("hf:"):
-        model, tokenizer = _load_hf(str(path)[3:])
+    if str(path).startswith(HF_PREFIX):
+        model, tokenizer = _load_hf(str(path).removeprefix(HF_PREFIX))
     else:
         ckpt = resolve_checkpoint(path)
         model = _build_model(ckpt, read_config(ckpt))

@@ -18,6 +18,7 @@ import torch
 from muomni.config import Config
 from muomni.data import Tokenizer, prepare_tokenizer
 from muomni.errors import CheckpointError, ConfigError, UserError
+from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
 from muomni.training.snapshot import (
     DATA_KEYS,
@@ -95,8 +96,7 @@ def _check_same_init(old: Config, cfg: Config, ckpt: Path) -> None:
 
 
 def _source_path(init_from: str) -> tuple[bool, Path]:
-    hf = init_from.startswith("hf:")
-    return hf, Path(init_from.removeprefix("hf:")).expanduser().resolve()
+    return init_from.startswith(HF_PREFIX), Path(init_from.removeprefix(HF_PREFIX)).expanduser().resolve()
 
 
 def initial_sources(cfg: Config) -> Sources:
@@ -111,7 +111,7 @@ def initial_sources(cfg: Config) -> Sources:
                 stacklevel=2,
             )
         return cfg, tokenizer, None
-    if cfg.init_from.startswith("hf:"):
+    if cfg.init_from.startswith(HF_PREFIX):
         try:
             from muomni.hf import load_for_training
         except ModuleNotFoundError:
@@ -119,7 +119,7 @@ def initial_sources(cfg: Config) -> Sources:
         init = load_for_training(cfg.init_from, cfg)
         return cfg.replace(**init.overrides), init.tokenizer, init.state
     ckpt = _init_checkpoint(cfg.init_from)
-    keys = _shape_from(ckpt)
+    keys = _shape_from(model_keys(read_config(ckpt)))
     return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
 
 
@@ -143,13 +143,13 @@ def refuse_shape_overrides(cfg: Config, explicit: list[str]) -> None:
 
 def _init_shape(init_from: str) -> dict[str, object]:
     """The model keys a run started ``init_from`` a muomni checkpoint or a Hugging Face folder takes from it."""
-    if not init_from.startswith("hf:"):
-        return _shape_from(_init_checkpoint(init_from))
+    if not init_from.startswith(HF_PREFIX):
+        return _shape_from(model_keys(read_config(_init_checkpoint(init_from))))
     from muomni.hf.importer import hf_folder, read_hf_config
     from muomni.hf.mapping import model_keys_from_hf
 
     folder = hf_folder(init_from)
-    return {k: v for k, v in model_keys_from_hf(read_hf_config(folder), str(folder)).items() if k != "ctx_len"}
+    return _shape_from(model_keys_from_hf(read_hf_config(folder), str(folder)))
 
 
 def _init_checkpoint(path: str) -> Path:
@@ -159,9 +159,9 @@ def _init_checkpoint(path: str) -> Path:
         raise CheckpointError(f"config key 'init_from': {e}")
 
 
-def _shape_from(ckpt: Path) -> dict[str, object]:
-    """The model keys a run started ``init_from`` a checkpoint takes from it: all but ``ctx_len``."""
-    return {k: v for k, v in model_keys(read_config(ckpt)).items() if k != "ctx_len"}
+def _shape_from(keys: dict[str, object]) -> dict[str, object]:
+    """Of a source's model keys, those a run started ``init_from`` it takes: all but ``ctx_len``."""
+    return {k: v for k, v in keys.items() if k != "ctx_len"}
 
 
 __all__ = [
