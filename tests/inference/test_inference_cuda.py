@@ -99,3 +99,17 @@ def test_cuda_compiled_mixture_of_experts_decodes_what_eager_decodes() -> None:
     model = _cuda_model(use_moe=True, num_experts=4, num_experts_per_tok=2)
     eager = generate_tokens(model, PROMPTS, 20, temperature=0.0)
     assert generate_tokens(model, PROMPTS, 20, temperature=0.0, compile=True) == eager
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_top_p_compiles_over_a_large_vocabulary(batch: int) -> None:
+    # One running sum over each sorted row of 32,000 did not compile for 4 to 64 rows with torch 2.11
+    # (Inductor split the scan and failed in its code generation); the sums now run in blocks.
+    from muomni.inference.sampling import SamplingParams, draw_noise, sample
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    logits = torch.randn(batch, 32000, device="cuda", generator=gen) * 3
+    noise = draw_noise((batch, 32000), torch.device("cuda"), gen)
+    params = SamplingParams(0.8, 0, 0.9)
+    compiled = torch.compile(sample, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(logits, params, noise), sample(logits, params, noise))

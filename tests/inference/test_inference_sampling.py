@@ -8,7 +8,16 @@ from inference_helpers import tiny_model
 
 from muomni.errors import InputError
 from muomni.inference.generate import generate_tokens
-from muomni.inference.sampling import ARGMAX_BLOCK, SamplingParams, _top_p, argmax, draw_noise, sample
+from muomni.inference.sampling import (
+    ARGMAX_BLOCK,
+    SCAN_BLOCK,
+    SamplingParams,
+    _mass_from_here_down,
+    _top_p,
+    argmax,
+    draw_noise,
+    sample,
+)
 
 PROMPTS = [[5, 6, 7, 8], [40, 41]]
 
@@ -118,6 +127,26 @@ def test_top_p_keeps_the_set_of_the_exact_rule_at_a_large_vocabulary(p: float) -
     exact = ((probs.cumsum(-1) - probs) < p).sum(-1)  # tokens whose mass above them is below p
     assert torch.equal(_kept(_top_p(logits, p)).sum(-1), exact)
     assert torch.equal(_kept(_top_p(logits, p)), _kept(transformers.TopPLogitsWarper(p)(None, logits.clone())))
+
+
+@pytest.mark.parametrize("vocab", [1, 7, SCAN_BLOCK, SCAN_BLOCK + 1, 3 * SCAN_BLOCK - 5, 32000])
+def test_the_blockwise_sums_from_the_least_likely_up_are_the_running_sums(vocab: int) -> None:
+    probs = torch.rand(3, vocab, generator=torch.Generator().manual_seed(vocab)).sort(-1, descending=True).values
+    probs /= probs.sum(-1, keepdim=True)
+    exact = probs.double().flip(-1).cumsum(-1).flip(-1)
+    assert torch.allclose(_mass_from_here_down(probs).double(), exact, rtol=1e-6, atol=0)
+    compiled = torch.compile(_mass_from_here_down, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(probs), _mass_from_here_down(probs))
+
+
+def test_the_race_in_log_space_picks_the_token_of_the_race_of_probabilities() -> None:
+    logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(3)) * 4
+    noise = draw_noise((64, 500), torch.device("cpu"), torch.Generator().manual_seed(4))
+    params = SamplingParams(temperature=0.7, top_k=40, top_p=0.95)
+    # The race as it ran before: the probabilities of the kept tokens over the noise.
+    top_40 = logits.masked_fill(logits < logits.topk(40).values[:, -1:], float("-inf"))
+    kept = _top_p((top_40 - logits.amax(-1, keepdim=True)) / 0.7, 0.95)
+    assert torch.equal(sample(logits, params, noise), (kept.softmax(-1) / noise).argmax(-1))
 
 
 def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary() -> None:
