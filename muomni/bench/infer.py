@@ -1,6 +1,8 @@
 """``muomni bench infer``: what the KV cache, batching, compiled decoding and inference_mode buy.
 
-Rows decode greedily with no early stop, so every row produces exactly its tokens. Each row runs once to
+Rows decode with no early stop, so every row produces exactly its tokens; they decode greedily, except the
+two that sample as ``muomni generate`` does by default (temperature 0.8) and with top-p 0.9, which show
+what choosing a token costs beside the argmax. Each row runs once to
 warm up (and compile) and is then timed ``repeats`` times with the device synchronized; the median is
 reported. Batch-1 rows also give the fraction of the memory-bandwidth bound: each decode step must read
 every weight once, so ``weight bytes / step time`` over the GPU's bandwidth is how close the step is to
@@ -33,6 +35,10 @@ from muomni.inference.stats import GenerationStats
 from muomni.models.thinker import Thinker
 
 PROMPT_TOKENS = 16
+GREEDY = SamplingParams(0.0, 0, 1.0)
+# What the sampled rows draw with: generate's default temperature, then with top-p as well.
+SAMPLED = SamplingParams(0.8, 0, 1.0)
+TOP_P = SamplingParams(0.8, 0, 0.9)
 
 
 def _model(args: argparse.Namespace) -> Thinker:
@@ -48,14 +54,23 @@ def _model(args: argparse.Namespace) -> Thinker:
 
 
 def decode(
-    model: Thinker, batch: int, new: int, cache: bool, compile: bool, grad_mode: type, tune: bool = False
+    model: Thinker,
+    batch: int,
+    new: int,
+    cache: bool,
+    compile: bool,
+    grad_mode: type,
+    tune: bool = False,
+    sampling: SamplingParams = GREEDY,
 ) -> GenerationStats:
-    """One greedy generation of ``new`` tokens for ``batch`` random prompts, under ``grad_mode``."""
+    """One generation of ``new`` tokens for ``batch`` random prompts, under ``grad_mode``."""
     model.enable_kv_cache(cache)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, model.config.vocab_size, (batch, PROMPT_TOKENS), generator=gen).tolist()
     prompts, max_new = fit_to_context(prompts, model.config.ctx_len, new, False)
-    setup = DecodeSetup(model, SamplingParams(0.0, 0, 1.0), 0, -1, None)
+    device = model.lm_head.weight.device
+    noise = None if sampling.greedy else torch.Generator(device).manual_seed(0)
+    setup = DecodeSetup(model, sampling, 0, -1, noise)
     stats = GenerationStats()
     chunk = 8 if compile and model.lm_head.weight.device.type == "cuda" else 1
     with grad_mode():
@@ -73,14 +88,16 @@ def _row(
     grad_mode: type[AbstractContextManager] = torch.inference_mode,
     repeats: int = 3,
     tune: bool = False,
+    sampling: SamplingParams = GREEDY,
 ) -> dict[str, Any]:
     device = model.lm_head.weight.device
     print(f"bench infer: {name} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    warm = decode(model, batch, new, cache, compile, grad_mode, tune)  # compiles, captures graphs, warms caches
+    # The first generation compiles, captures graphs and warms caches.
+    warm = decode(model, batch, new, cache, compile, grad_mode, tune, sampling)
     warm_s = time.perf_counter() - started
     reset_peak_memory(device)
-    runs = [decode(model, batch, new, cache, compile, grad_mode, tune) for _ in range(repeats)]
+    runs = [decode(model, batch, new, cache, compile, grad_mode, tune, sampling) for _ in range(repeats)]
     synchronize(device)
     median = sorted(runs, key=lambda s: s.decode_tokens_per_s)[len(runs) // 2]
     decoded_steps = max(median.generated_tokens // batch - 1, 1)
@@ -94,6 +111,7 @@ def _row(
         "kv_cache": cache,
         "compiled": compile,
         "tuned": tune,
+        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p},
         "grad_mode": grad_mode.__name__,
         "tokens_per_s_total": median.decode_tokens_per_s,
         "tokens_per_s_per_seq": median.decode_tokens_per_s / batch,
@@ -107,9 +125,8 @@ def _row(
     }
 
 
-def infer_rows(model: Thinker, new: int, names: str | None = None) -> Iterator[dict[str, Any]]:
-    """The rows (``names``: a comma-separated selection, default all), each measured as it comes."""
-    cuda = model.lm_head.weight.device.type == "cuda"
+def row_specs(cuda: bool) -> list[tuple[str, dict[str, Any]]]:
+    """Every row that applies on this kind of device, in table order: (name, settings of :func:`_row`)."""
     specs: list[tuple[str, dict[str, Any]]] = [
         ("no KV cache", {"batch": 1, "cache": False, "repeats": 1}),
         ("KV cache", {"batch": 1}),
@@ -118,7 +135,22 @@ def infer_rows(model: Thinker, new: int, names: str | None = None) -> Iterator[d
     ]
     if cuda:  # kernel tuning is a CUDA (Triton) setting
         specs.append(("KV cache + compile + tune", {"batch": 1, "compile": True, "tune": True}))
-    specs += [(f"batch {b}" + (" + compile" if cuda else ""), {"batch": b, "compile": cuda}) for b in (4, 16, 64)]
+    specs += [
+        ("KV cache + compile + sampling", {"batch": 1, "compile": True, "sampling": SAMPLED}),
+        ("KV cache + compile + top-p", {"batch": 1, "compile": True, "sampling": TOP_P}),
+    ]
+    # Batches decode compiled; on a CPU also eagerly, as generate does there without --compile (compiling
+    # needs a C++ compiler on a CPU). On a GPU an eager step is all launch overhead.
+    for compiled in (False, True) if not cuda else (True,):
+        specs += [
+            (f"batch {b}" + (" + compile" if compiled else ""), {"batch": b, "compile": compiled}) for b in (4, 16, 64)
+        ]
+    return specs
+
+
+def infer_rows(model: Thinker, new: int, names: str | None = None) -> Iterator[dict[str, Any]]:
+    """The rows (``names``: a comma-separated selection, default all), each measured as it comes."""
+    specs = row_specs(model.lm_head.weight.device.type == "cuda")
     wanted = wanted_rows(names, [n for n, _ in specs])  # checked now, before any row runs
     return (_row(model, name, new=new, **kw) for name, kw in specs if name in wanted)
 
@@ -156,8 +188,9 @@ def hf_rows(model: Thinker, new: int) -> Iterator[dict[str, Any]]:
 
 def reference_row(name: str) -> str | None:
     """The row ``name`` is compared with, as the claims go: the KV cache against none, ``no_grad`` against
-    ``inference_mode`` (the plain cached row), compiled decoding against eager, tuning against none, a batch
-    against batch 1 decoded the same way, and Hugging Face's rows against muomni's compiled batch 1."""
+    ``inference_mode`` (the plain cached row), compiled decoding against eager, tuning and sampling against
+    neither, a batch against batch 1 decoded the same way, and Hugging Face's rows against muomni's compiled
+    batch 1."""
     if name.startswith("batch "):
         return "KV cache + compile" if name.endswith("+ compile") else "KV cache"
     return {
@@ -165,6 +198,8 @@ def reference_row(name: str) -> str | None:
         "KV cache + no_grad": "KV cache",
         "KV cache + compile": "KV cache",
         "KV cache + compile + tune": "KV cache + compile",
+        "KV cache + compile + sampling": "KV cache + compile",
+        "KV cache + compile + top-p": "KV cache + compile",
         "HF generate, dynamic cache": "KV cache + compile",
         "HF generate, static cache": "KV cache + compile",
     }.get(name)

@@ -87,24 +87,57 @@ def test_hf_checkpointing_row_turns_it_on_without_a_deprecation_warning() -> Non
         assert on if on is not None else model.is_gradient_checkpointing
 
 
+def test_bench_infer_rows_by_device() -> None:
+    from muomni.bench.infer import row_specs
+
+    on_cpu = [name for name, _ in row_specs(cuda=False)]
+    assert on_cpu[:4] == ["no KV cache", "KV cache", "KV cache + no_grad", "KV cache + compile"]
+    assert on_cpu[4:6] == ["KV cache + compile + sampling", "KV cache + compile + top-p"]
+    assert on_cpu[6:] == [
+        "batch 4",
+        "batch 16",
+        "batch 64",
+        "batch 4 + compile",
+        "batch 16 + compile",
+        "batch 64 + compile",
+    ]
+    on_gpu = [name for name, _ in row_specs(cuda=True)]
+    assert "KV cache + compile + tune" in on_gpu and "batch 16" not in on_gpu and "batch 16 + compile" in on_gpu
+    sampled = {name: kw["sampling"] for name, kw in row_specs(cuda=False) if "sampling" in kw}
+    assert [(s.temperature, s.top_k, s.top_p) for s in sampled.values()] == [(0.8, 0, 1.0), (0.8, 0, 0.9)]
+
+
+# One of each kind of row (the rows left out compile more of the same, for half a minute).
+TABLE_ROWS = (
+    "no KV cache,KV cache,KV cache + no_grad,KV cache + compile,KV cache + compile + top-p,batch 16,batch 64 + compile"
+)
+
+
 def test_bench_infer_table(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = _muomni("bench", "infer", "--config", "debug", "--steps", "6", "--out", str(out), "device=cpu", cwd=tmp_path)
+    args = ["bench", "infer", "--config", "debug", "--steps", "6", "--out", str(out), "device=cpu"]
+    proc = _muomni(*args, "--rows", TABLE_ROWS, cwd=tmp_path)
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     names = [r["name"] for r in rows]
-    assert names[:4] == ["no KV cache", "KV cache", "KV cache + no_grad", "KV cache + compile"]
+    assert names == TABLE_ROWS.split(",")
     # Which decode launches used PDL is recorded with the timings: none on a CPU (None: no Triton here).
     assert results["info"]["decode_pdl_max_batch"] in (0, None)
-    assert "batch 64" in names and "| KV cache |" in proc.stdout
+    assert "| KV cache |" in proc.stdout
     for row in rows:
         assert _positive(row["tokens_per_s_total"]) and _positive(row["ms_per_step"])
-    # The comparisons the claims make, each row against its reference row (a CPU has no compiled batches).
+    sampling = {r["name"]: r["sampling"] for r in rows}
+    assert sampling["KV cache + compile + top-p"] == {"temperature": 0.8, "top_k": 0, "top_p": 0.9}
+    assert sampling["KV cache"] == {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+    # The comparisons the claims make, each row against its reference row.
     speed = {r["name"]: r["tokens_per_s_total"] for r in rows}
     versus = {r["name"]: r["speed_vs"] for r in rows if "speed_vs" in r}
     cached, batched = speed["KV cache"] / speed["no KV cache"], speed["batch 16"] / speed["KV cache"]
     assert versus["KV cache"] == {"row": "no KV cache", "ratio": pytest.approx(cached)}
     assert versus["batch 16"] == {"row": "KV cache", "ratio": pytest.approx(batched)}
+    top_p = speed["KV cache + compile + top-p"] / speed["KV cache + compile"]
+    assert versus["KV cache + compile + top-p"] == {"row": "KV cache + compile", "ratio": pytest.approx(top_p)}
+    assert versus["batch 64 + compile"]["row"] == "KV cache + compile"
     assert "no KV cache" not in versus  # the reference of the others, compared with nothing
     line = next(line for line in proc.stdout.splitlines() if line.startswith("| KV cache + compile |"))
     assert f"| {versus['KV cache + compile']['ratio']:.2f}x KV cache |" in line
