@@ -69,10 +69,10 @@ def decode(
     prompts = torch.randint(3, model.config.vocab_size, (batch, PROMPT_TOKENS), generator=gen).tolist()
     prompts, max_new = fit_to_context(prompts, model.config.ctx_len, new, False)
     device = model.lm_head.weight.device
-    noise = None if sampling.greedy else torch.Generator(device).manual_seed(0)
-    setup = DecodeSetup(model, sampling, 0, -1, noise)
+    generator = None if sampling.greedy else torch.Generator(device).manual_seed(0)
+    setup = DecodeSetup(model, sampling, 0, -1, generator)
     stats = GenerationStats()
-    chunk = 8 if compile and model.lm_head.weight.device.type == "cuda" else 1
+    chunk = 8 if compile and device.type == "cuda" else 1
     with grad_mode():
         run_generation(setup, prompts, max_new, compile, chunk, stats, None, tune)
     return stats
@@ -189,8 +189,8 @@ def hf_rows(model: Thinker, new: int) -> Iterator[dict[str, Any]]:
 def reference_row(name: str) -> str | None:
     """The row ``name`` is compared with, as the claims go: the KV cache against none, ``no_grad`` against
     ``inference_mode`` (the plain cached row), compiled decoding against eager, tuning and sampling against
-    neither, a batch against batch 1 decoded the same way, and Hugging Face's rows against muomni's compiled
-    batch 1."""
+    the greedy compiled row, a batch against batch 1 decoded the same way, and Hugging Face's rows against
+    muomni's compiled batch 1."""
     if name.startswith("batch "):
         return "KV cache + compile" if name.endswith("+ compile") else "KV cache"
     return {

@@ -58,7 +58,7 @@ def check_seed(seed: int | None) -> None:
 
 
 def draw_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    """Exp(1) noise in fp32 for :func:`sample`; clamped away from 0 so ``p / E`` stays finite."""
+    """Exp(1) noise in fp32 for :func:`sample`; clamped away from 0 so ``log E`` stays finite."""
     noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
     return noise.clamp_min_(torch.finfo(torch.float32).tiny)
 
@@ -95,7 +95,7 @@ def _mass_from_here_down(probs: torch.Tensor) -> torch.Tensor:
 
     The sums run from the least likely up, in blocks of ``SCAN_BLOCK``: a running sum within each block,
     plus the sum of the blocks before it. One running sum over a whole row of 32,000 did not compile for
-    16 rows on a GPU (torch 2.11's Inductor split the scan and failed to generate its kernel).
+    4 to 64 rows on a GPU (torch 2.11's Inductor split the scan and failed to generate its kernel).
     """
     batch, vocab = probs.shape
     blocks = -(-vocab // SCAN_BLOCK)
