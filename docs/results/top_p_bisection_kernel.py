@@ -1,5 +1,10 @@
 """Top-p sampling without a sort: one Triton program per row finds the rule's boundary and runs the race.
 
+Tried in muomni (4d3d6b1, as muomni/inference/triton_top_p.py, called from sampling.sample on CUDA) and
+taken out again: on an H200 it took 179 us a compiled choice at batch 1 against 75 us for the sort it
+replaced (docs/BENCHMARKS.md, "Sampling"). Kept here as it ran; its constant came from muomni.models.decode_ops
+then, and is written out below.
+
 :func:`muomni.inference.sampling._top_p` sorts each row of the vocabulary to find the tokens that top-p
 keeps. On an H200 that took about 70 us a step at 32,000 tokens, more than a whole tiny-preset decode step
 (docs/BENCHMARKS.md, "Sampling"). The rule needs no order, only the boundary: the smallest probability
@@ -18,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from muomni.models.decode_ops import TOP_P_MAX_VOCAB as MAX_VOCAB
+MAX_VOCAB = 65536
 
 # exp(x - max) is at most 1.0, whose bit pattern is 0x3F800000 < 2**30: 30 halvings of [0, 0x3F800000]
 # leave one bit pattern.
