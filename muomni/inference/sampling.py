@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from muomni.errors import InputError
+from muomni.models.decode_ops import top_p_kernel_ready, top_p_race
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     if params.top_k > 0:
         logits = _top_k(logits, params.top_k)
     if params.top_p < 1.0:
+        if top_p_kernel_ready(logits):  # the same tokens, without the sort (muomni.inference.triton_top_p)
+            return top_p_race(logits, noise, params.top_p)
         logits = _top_p(logits, params.top_p)
     # The race p / E in log space; filtered tokens are -inf and never win.
     return argmax(logits - noise.log())

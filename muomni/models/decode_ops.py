@@ -10,6 +10,7 @@ key/value heads, Dh head width.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -156,7 +157,42 @@ def _(x, norm_weight, eps, w_gate, w_up, w_down) -> torch.Tensor:  # noqa: ANN00
     return torch.empty_like(x)
 
 
-FUSED_OPS = ("split_kv_attention", "norm_qkv_rope", "norm_linear", "linear_residual", "swiglu_residual")
+# The widest vocabulary the top-p kernel holds in its registers (a row a program); wider ones sort.
+TOP_P_MAX_VOCAB = 65536
+
+
+@torch.library.custom_op("muomni::top_p_race", mutates_args=())
+def top_p_race(x: torch.Tensor, noise: torch.Tensor, p: float) -> torch.Tensor:
+    """The token top-p sampling picks in each row, x [B, V] scaled logits, noise [B, V] -> [B] int64, by one
+    Triton kernel that needs no sort (see :mod:`muomni.inference.triton_top_p`). A custom op, as
+    :func:`split_kv_attention` is."""
+    from muomni.inference.triton_top_p import top_p_race as kernel
+
+    return kernel(x, noise, p)
+
+
+@top_p_race.register_fake
+def _(x: torch.Tensor, noise: torch.Tensor, p: float) -> torch.Tensor:
+    return x.new_empty(x.shape[0], dtype=torch.int64)
+
+
+# Looked up once here: a compiled step cannot trace importlib (Dynamo skips it, and fullgraph fails).
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def top_p_kernel_ready(x: torch.Tensor) -> bool:
+    """Whether :func:`top_p_race` can choose from logits ``x`` [B, V]: on a Triton device, V small enough."""
+    return HAS_TRITON and x.device.type in TRITON_DEVICES and x.shape[-1] <= TOP_P_MAX_VOCAB
+
+
+FUSED_OPS = (
+    "split_kv_attention",
+    "norm_qkv_rope",
+    "norm_linear",
+    "linear_residual",
+    "swiglu_residual",
+    "top_p_race",
+)
 
 
 def register_inductor_fallbacks() -> None:
