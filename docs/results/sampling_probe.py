@@ -2,10 +2,11 @@
 
 The changes: the exponential race run in log space (argmax of logits / T - log E, no softmax; 21375c7),
 top-p's running sum of the sorted probabilities taken in blocks of 256 (one running sum over 32,000 did not
-compile for 4 to 64 rows on a GPU; 21375c7), and, in 4d3d6b1 only, top-p without a sort on a Triton device
-(a bisection kernel, one program a row; slower, taken out again: top_p_bisection_kernel.py beside this).
-"Before" is the code of a37d5c7, copied here; "sort" is the blockwise sort of 21375c7, which on 4d3d6b1's
-tree the kernel replaced on CUDA ("now" there is the kernel); on later trees "now" sorts, as "sort" does.
+compile for 4 to 64 rows on a GPU; 21375c7), and top-p without a sort on a Triton device (a bisection
+kernel, one program a row: its first version in 4d3d6b1, slower and taken out in 9add6b8, kept here as
+top_p_bisection_kernel.py; its second in 8bdd0ad, muomni/inference/triton_top_p.py). "Before" is the code
+of a37d5c7, copied here; "sort" is the blockwise sort of 21375c7; "now" is the tree's own code (the kernel
+on CUDA in 4d3d6b1 and from 8bdd0ad; the sort on 9add6b8's tree, where "sort" is the same).
 
 Part 1, alone: one decode step's choice over [B, 32000] fp32 logits, eager and compiled (the compiled call
 replayed from a CUDA graph of 20 calls on a GPU, so launches are not timed); a compile that fails is
@@ -87,7 +88,7 @@ def sample_before(logits: torch.Tensor, params: sampling.SamplingParams, noise: 
     return sampling.argmax(logits.softmax(dim=-1) / noise)
 
 
-# 4d3d6b1 chose top-p by a kernel on CUDA where top_p_kernel_ready said so; later code always sorts.
+# Trees with the kernel choose top-p by it on CUDA where top_p_kernel_ready says so; 9add6b8's always sorts.
 HAS_KERNEL = hasattr(sampling, "top_p_kernel_ready")
 
 
