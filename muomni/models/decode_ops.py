@@ -1,11 +1,13 @@
 """The compiled decode step's fused operations: custom ops around the Triton kernels of
-:mod:`muomni.models.triton_decode`, when a step may use them, and its attention off CUDA.
+:mod:`muomni.models.triton_decode`, when a step may use them, and its attention off CUDA; and top-p
+sampling's kernel (:mod:`muomni.inference.triton_top_p`).
 
 Each op is a ``torch.library`` custom op, so that a compiled decode step calls the kernels as they are (Triton is
 imported on the first call), with a fake for tracing. The layers of :mod:`muomni.models.layers` call them only
 inside a compiled, cached decode step on a Triton device (:func:`one_kernel_ready`); every other call runs the
-modules as written. Shapes: B batch, S cache slots, D model width, N output width, H query heads, H_kv
-key/value heads, Dh head width.
+modules as written. Top-p's kernel serves eager and compiled sampling alike on a Triton device
+(:func:`top_p_kernel_ready`), so both draw the same tokens. Shapes: B batch, S cache slots, D model width,
+N output width, H query heads, H_kv key/value heads, Dh head width.
 """
 
 from __future__ import annotations
