@@ -3,8 +3,8 @@
 The changes: the exponential race run in log space (argmax of logits / T - log E, no softmax; 21375c7),
 top-p's running sum of the sorted probabilities taken in blocks of 256 (one running sum over 32,000 did not
 compile for 4 to 64 rows on a GPU; 21375c7), and top-p without a sort on a Triton device (a bisection
-kernel, one program a row: its first version in 4d3d6b1, slower and taken out in 9add6b8, kept here as
-top_p_bisection_kernel.py; its second in 8bdd0ad, muomni/inference/triton_top_p.py). "Before" is the code
+kernel, one program a row: its first version in 4d3d6b1, slower and taken out in 9add6b8, its variants in
+top_p_kernel_variants.py; its second in 8bdd0ad, muomni/inference/triton_top_p.py). "Before" is the code
 of a37d5c7, copied here; "sort" is the blockwise sort of 21375c7; "now" is the tree's own code (the kernel
 on CUDA in 4d3d6b1 and from 8bdd0ad; the sort on 9add6b8's tree, where "sort" is the same).
 

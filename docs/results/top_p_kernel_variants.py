@@ -1,4 +1,4 @@
-"""Why the bisection top-p kernel (top_p_bisection_kernel.py) was slow: variants of it alone, on a GPU.
+"""Why the first bisection top-p kernel (4d3d6b1) was slow: variants of it alone, on a GPU.
 
 Each variant is the kernel with its warps and the dtype of its sums changed; for each, Triton's count of
 registers and spilled bytes, the microseconds a choice (a CUDA graph of 20 launches, replayed), and whether
@@ -39,7 +39,8 @@ def _variant_kernel(
     BISECT: tl.constexpr,
     F64: tl.constexpr,
 ):
-    """top_p_bisection_kernel's kernel, its sums in float64 (as it ran) or in float32."""
+    """4d3d6b1's kernel (muomni/inference/triton_top_p.py there), its sums in float64 (as it ran, with 32
+    warps) or in float32."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     inside = cols < n_cols
