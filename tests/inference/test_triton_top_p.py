@@ -71,6 +71,18 @@ def test_of_equal_tokens_at_the_boundary_the_kernel_keeps_the_lower_ids(vocab: i
         assert _kernel(x, noise, p).item() == (token if token in kept else _sorting_rule(x, noise, p).item())
 
 
+@pytest.mark.parametrize("p", [1e-6, 1e-12, 1e-17])
+def test_a_p_near_0_keeps_the_most_likely_token_even_when_it_ties(p: float) -> None:
+    # At p = 1e-12, 1 - p rounds to 1.0 in fp32 (at 1e-17 in float64 too): the mass that may go would be
+    # all of it, and the equal most likely tokens (ids 1 and 2 here) would be dropped with the rest (the
+    # race over no token then names token 0, filtered out here). The kernel takes p as 1e-6 at least.
+    # Two tokens of probability 1/2 each: their sums are exact in any order.
+    x = torch.tensor([[float("-inf"), 0.0, 0.0, float("-inf")]])
+    noise = torch.ones(1, 4)
+    assert _sorting_rule(x, noise, p).item() == 1
+    assert _kernel(x, noise, p).item() == 1
+
+
 def test_tokens_filtered_before_top_p_stay_out() -> None:
     x, noise = _rows(1000, 1.0, seed=3, rows=2)
     x = x.masked_fill(x < x.topk(50).values[:, -1:], float("-inf"))  # top-k 50
