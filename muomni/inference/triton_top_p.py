@@ -23,13 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from muomni.inference.sampling import TOP_P_BISECTIONS as BISECTIONS
 from muomni.models.decode_ops import TOP_P_MAX_VOCAB as MAX_VOCAB
-
-# exp(x - max) is at most 1.0, whose bit pattern is 0x3F800000 < 2**30: 30 halvings of [0, 0x3F800000]
-# leave one bit pattern.
-BISECTIONS = 30
-# The smallest p the kernel takes (see top_p_race).
-MIN_P = 1e-6
+from muomni.models.decode_ops import TOP_P_MIN as MIN_P
 
 
 @triton.jit
@@ -94,10 +90,7 @@ def top_p_race(x: torch.Tensor, noise: torch.Tensor, p: float) -> torch.Tensor:
     out = torch.empty(batch, dtype=torch.int64, device=x.device)
     block = triton.next_power_of_2(vocab)
     warps = min(max(block // 1024, 4), 32)  # 32 to 64 values a thread in registers
-    # A p below MIN_P keeps the most likely token alone, as MIN_P does: the tokens above the second most
-    # likely hold at least 1 / vocab >= 1 / MAX_VOCAB > MIN_P. At MIN_P the top token's margin over the
-    # budget stays far above fp32's rounding of the sums, which a p near 0 would not leave.
-    drop = 1.0 - max(p, MIN_P)
+    drop = 1.0 - max(p, MIN_P)  # see decode_ops.TOP_P_MIN
     _top_p_race_kernel[(batch,)](
         x, noise, out, vocab, x.stride(0), noise.stride(0), drop, BLOCK=block, BISECT=BISECTIONS, num_warps=warps
     )

@@ -14,6 +14,7 @@ from muomni.inference.sampling import (
     SamplingParams,
     _mass_from_here_down,
     _top_p,
+    _top_p_by_bisection,
     argmax,
     draw_noise,
     sample,
@@ -104,8 +105,13 @@ def _kept(logits: torch.Tensor) -> torch.Tensor:
     return logits > float("-inf")
 
 
+# The two ways top-p finds its kept set off CUDA: the sort (eager) and the bisection (a compiled step).
+TOP_P_RULES = pytest.mark.parametrize("top_p", [_top_p, _top_p_by_bisection], ids=["sort", "bisection"])
+
+
+@TOP_P_RULES
 @pytest.mark.parametrize("p", [0.5, 0.75, 0.875])
-def test_top_p_drops_a_token_once_the_tokens_above_it_hold_exactly_p(p: float) -> None:
+def test_top_p_drops_a_token_once_the_tokens_above_it_hold_exactly_p(p: float, top_p) -> None:  # noqa: ANN001
     # Probabilities 1/2, 1/4, 1/8, 1/8 are exact in fp32: the set {1/2} reaches p = 0.5 and is kept alone.
     # The rule was "more than p", which kept one token more at each of these p. (At 0.875 the last two tie:
     # Hugging Face keeps the higher id, muomni the lower; the test below holds that choice.)
@@ -114,19 +120,20 @@ def test_top_p_drops_a_token_once_the_tokens_above_it_hold_exactly_p(p: float) -
     reference = _kept(transformers.TopPLogitsWarper(p)(None, logits.clone()))
     n = {0.5: 1, 0.75: 2, 0.875: 3}[p]
     assert reference.sum() == n
-    assert _kept(_top_p(logits, p)).tolist() == [[i < n for i in range(4)]]
+    assert _kept(top_p(logits, p)).tolist() == [[i < n for i in range(4)]]
 
 
+@TOP_P_RULES
 @pytest.mark.parametrize("p", [0.9, 0.99, 0.999, 0.9999])
-def test_top_p_keeps_the_set_of_the_exact_rule_at_a_large_vocabulary(p: float) -> None:
+def test_top_p_keeps_the_set_of_the_exact_rule_at_a_large_vocabulary(p: float, top_p) -> None:  # noqa: ANN001
     """Against the rule computed in float64 and against Hugging Face's warper, on 16 rows of 32,000 logits
     (rows of random logits have no ties). Summed from the top in fp32, the kept count was off by up to 7."""
     transformers = pytest.importorskip("transformers")
     logits = torch.randn(16, 32000, generator=torch.Generator().manual_seed(10)) * 2
     probs = logits.double().softmax(-1).sort(dim=-1, descending=True).values
     exact = ((probs.cumsum(-1) - probs) < p).sum(-1)  # tokens whose mass above them is below p
-    assert torch.equal(_kept(_top_p(logits, p)).sum(-1), exact)
-    assert torch.equal(_kept(_top_p(logits, p)), _kept(transformers.TopPLogitsWarper(p)(None, logits.clone())))
+    assert torch.equal(_kept(top_p(logits, p)).sum(-1), exact)
+    assert torch.equal(_kept(top_p(logits, p)), _kept(transformers.TopPLogitsWarper(p)(None, logits.clone())))
 
 
 @pytest.mark.parametrize("vocab", [1, 7, SCAN_BLOCK, SCAN_BLOCK + 1, 3 * SCAN_BLOCK - 5, 32000])
@@ -149,9 +156,41 @@ def test_the_race_in_log_space_picks_the_token_of_the_race_of_probabilities() ->
     assert torch.equal(sample(logits, params, noise), (kept.softmax(-1) / noise).argmax(-1))
 
 
-def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary() -> None:
-    kept = _kept(_top_p(torch.zeros(1, 6), 0.3))  # two of six equal tokens reach 0.3
+@TOP_P_RULES
+def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary(top_p) -> None:  # noqa: ANN001
+    kept = _kept(top_p(torch.zeros(1, 6), 0.3))  # two of six equal tokens reach 0.3
     assert kept.nonzero()[:, 1].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("vocab", [6, 300, 4096, 32000])
+def test_the_bisection_keeps_the_set_of_the_exact_rule(vocab: int) -> None:
+    gen = torch.Generator().manual_seed(vocab)
+    for scale in (0.01, 1.0, 10.0):
+        logits = torch.randn(4, vocab, generator=gen) * scale
+        probs = logits.double().softmax(-1).sort(dim=-1, descending=True).values
+        for p in (1e-12, 1e-6, 0.3, 0.9, 0.9999):
+            kept, by_sort = _kept(_top_p_by_bisection(logits, p)), _kept(_top_p(logits, p))
+            exact = ((probs.cumsum(-1) - probs) < p).sum(-1)
+            assert torch.equal(kept.sum(-1), exact), (scale, p)
+            # The same tokens as the sort wherever the sort keeps as many as the float64 rule: at p = 0.9999
+            # and scale 10 its fp32 softmax kept one token too few or too many in one row of four.
+            same = by_sort.sum(-1) == exact
+            assert torch.equal(kept[same], by_sort[same]), (scale, p)
+    # Ties: at the boundary (a few equal tokens reach p), among the most likely at a p near 0, and after top-k.
+    ties = torch.tensor([[0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -3.0]])
+    for p in (1e-12, 0.2, 0.5, 0.7, 0.8, 0.95):
+        assert torch.equal(_kept(_top_p_by_bisection(ties, p)), _kept(_top_p(ties, p))), p
+    filtered = torch.tensor([[float("-inf"), 0.0, 0.0, float("-inf")]])
+    assert _kept(_top_p_by_bisection(filtered, 1e-17)).tolist() == [[False, True, False, False]]
+
+
+def test_a_compiled_step_takes_top_p_by_bisection_and_samples_what_eager_sampling_does() -> None:
+    logits = torch.randn(8, 4096, generator=torch.Generator().manual_seed(2)) * 3
+    noise = draw_noise((8, 4096), torch.device("cpu"), torch.Generator().manual_seed(3))
+    params = SamplingParams(temperature=0.9, top_k=500, top_p=0.9)
+    torch._dynamo.reset()
+    compiled = torch.compile(sample, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(logits, params, noise), sample(logits, params, noise))
 
 
 @pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-45, 1e-300])
