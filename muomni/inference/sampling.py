@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from muomni.errors import InputError
-from muomni.models.decode_ops import TOP_P_MIN, top_p_kernel_ready, top_p_race
+from muomni.models.decode_ops import top_p_kernel_ready, top_p_race
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,11 @@ def _top_p_by_bisection(logits: torch.Tensor, p: float) -> torch.Tensor:
 # leave one bit pattern.
 ONE_BITS = 0x3F800000
 TOP_P_BISECTIONS = 30
+# The smallest p top-p's bisection takes. A smaller p keeps the most likely token alone, as this one does
+# for any vocabulary under a million: the tokens above the second most likely hold at least 1 / vocab.
+# At TOP_P_MIN the top token's margin over the budget stays far above fp32's rounding of the sums, which a
+# p near 0 (1 - p rounding to 1.0) would not leave.
+TOP_P_MIN = 1e-6
 # Values per block of the blockwise running sum (see :func:`_running_sum`).
 SCAN_BLOCK = 256
 

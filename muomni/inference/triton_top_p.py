@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from muomni.inference.sampling import TOP_P_BISECTIONS as BISECTIONS
+from muomni.inference.sampling import TOP_P_MIN as MIN_P
 from muomni.models.decode_ops import TOP_P_MAX_VOCAB as MAX_VOCAB
-from muomni.models.decode_ops import TOP_P_MIN as MIN_P
 
 
 @triton.jit
@@ -90,7 +90,7 @@ def top_p_race(x: torch.Tensor, noise: torch.Tensor, p: float) -> torch.Tensor:
     out = torch.empty(batch, dtype=torch.int64, device=x.device)
     block = triton.next_power_of_2(vocab)
     warps = min(max(block // 1024, 4), 32)  # 32 to 64 values a thread in registers
-    drop = 1.0 - max(p, MIN_P)  # see decode_ops.TOP_P_MIN
+    drop = 1.0 - max(p, MIN_P)  # see sampling.TOP_P_MIN
     _top_p_race_kernel[(batch,)](
         x, noise, out, vocab, x.stride(0), noise.stride(0), drop, BLOCK=block, BISECT=BISECTIONS, num_warps=warps
     )

@@ -159,13 +159,9 @@ def _(x, norm_weight, eps, w_gate, w_up, w_down) -> torch.Tensor:  # noqa: ANN00
     return torch.empty_like(x)
 
 
-# The widest vocabulary the top-p kernel holds in its registers (a row a program); wider ones sort.
+# The widest vocabulary the top-p kernel holds in its registers (a row a program); wider ones take
+# sampling.sample's own path (the sort eagerly, the bisection compiled).
 TOP_P_MAX_VOCAB = 65536
-# The smallest p top-p's bisection takes. A smaller p keeps the most likely token alone, as this one does:
-# the tokens above the second most likely hold at least 1 / vocab >= 1 / TOP_P_MAX_VOCAB > TOP_P_MIN. At
-# TOP_P_MIN the top token's margin over the budget stays far above fp32's rounding of the sums, which a p
-# near 0 (1 - p rounding to 1.0) would not leave.
-TOP_P_MIN = 1e-6
 
 
 @torch.library.custom_op("muomni::top_p_race", mutates_args=())
