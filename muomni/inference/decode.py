@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from muomni.inference.sampling import SamplingParams, draw_noise, sample
+from muomni.inference.sampling import SamplingParams, blank_noise, draw_noise, sample
 from muomni.inference.stats import synced_time
 from muomni.models.decode_ops import register_inductor_fallbacks
 from muomni.models.thinker import Thinker
 
-# (token [B, 1], input_pos [1], done [B], noise [n, B, V] or None) -> (tokens [B, n], done [B])
+# (token [B, 1], input_pos [1], done [B], noise [n, B, V or 1] or None) -> (tokens [B, n], done [B])
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -46,7 +46,7 @@ class DecodeSetup:
         return self.model.lm_head.weight.device
 
     def noise(self, steps: int, batch: int) -> torch.Tensor | None:
-        """Sampling noise for ``steps`` decode steps [steps, B, V]; None when greedy."""
+        """Sampling noise for ``steps`` decode steps (see :func:`draw_noise`); None when greedy."""
         if self.params.greedy:
             return None
         return draw_noise((steps, batch, self.model.config.vocab_size), self.device, self.generator)
@@ -323,7 +323,7 @@ class CachedDecoder:
         for c in todo:
             token = torch.zeros(batch, 1, dtype=torch.long, device=device)
             done = torch.zeros(batch, dtype=torch.bool, device=device)
-            noise = None if self.setup.params.greedy else torch.ones(c.steps, batch, self.vocab, device=device)
+            noise = None if self.setup.params.greedy else blank_noise((c.steps, batch, self.vocab), device)
             c.prepare(token, torch.zeros(1, dtype=torch.long, device=device), done, noise)
             c.warm[batch] = key
         return synced_time(device) - start

@@ -1,13 +1,21 @@
 """Choosing the next token from logits: greedy, temperature, top-k, top-p, all on the device.
 
-Sampling uses the exponential race (argmax of ``p_i / E_i`` with ``E_i ~ Exp(1)`` picks token ``i`` with
-probability ``p_i``), as gpt-fast does: no ``torch.multinomial``, so there is no host sync and the step
-compiles into one graph. The race runs in log space, as the argmax of ``logits / T - log E_i``: the same
-race (``p_i`` is ``exp(logits_i / T)`` over a sum that every token shares), without the softmax's passes
-over the vocabulary (on an H200, 6.4 against 12.6 us a compiled choice at batch 1; docs/BENCHMARKS.md).
-The noise ``E`` is drawn outside the compiled step from a seeded ``torch.Generator`` (compiled graphs
-cannot take a generator), which also makes eager and compiled decoding draw the very same samples for the
-same seed.
+Two exact ways to draw a token, neither with ``torch.multinomial`` (no host sync: the step compiles into
+one graph), chosen by the device through the noise :func:`draw_noise` gives:
+
+- **On a GPU, the exponential race**, as gpt-fast does: the argmax of ``p_i / E_i`` with ``E_i ~ Exp(1)``
+  picks token ``i`` with probability ``p_i``. It runs in log space, as the argmax of
+  ``logits / T - log E_i`` (``p_i`` is ``exp(logits_i / T)`` over a sum every token shares), without the
+  softmax's passes over the vocabulary: on an H200, 6.4 against 12.6 us a compiled choice at batch 1.
+- **On a CPU, the inverse of the distribution function**: one uniform ``u`` a row, and the first token
+  whose running sum of ``exp(logits / T)`` exceeds ``u`` times the row's total. The race needs an
+  exponential a token, and torch draws those on a CPU one at a time in double precision: 0.71 ms a row of
+  32,000 on a 2-core Xeon, 42% of the tiny preset's whole compiled greedy step, where the running sum
+  takes 0.06 ms (docs/BENCHMARKS.md, "Sampling on a CPU").
+
+The noise is drawn outside the compiled step from a seeded ``torch.Generator`` (compiled graphs cannot
+take a generator), which also makes eager and compiled decoding draw the very same samples for the same
+seed.
 """
 
 from __future__ import annotations
@@ -59,9 +67,57 @@ def check_seed(seed: int | None) -> None:
 
 
 def draw_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    """Exp(1) noise in fp32 for :func:`sample`; clamped away from 0 so ``log E`` stays finite."""
+    """The noise :func:`sample` takes for logits of ``shape`` [..., B, V] on ``device``: one uniform a row
+    on a CPU (:func:`row_uniforms`), an exponential a token elsewhere (:func:`race_noise`)."""
+    draw = row_uniforms if _uniform_a_row(device) else race_noise
+    return draw(shape, device, generator)
+
+
+def blank_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Noise of :func:`draw_noise`'s shape and dtype, drawn from no generator: for running a compiled step
+    once before a generation (compiling it then), without moving the seeded generator on."""
+    if _uniform_a_row(device):
+        return torch.full((*shape[:-1], 1), 0.5, dtype=torch.float64, device=device)
+    return torch.ones(shape, dtype=torch.float32, device=device)
+
+
+def _uniform_a_row(device: torch.device) -> bool:
+    """Whether sampling on ``device`` draws a uniform a row (a CPU) rather than an exponential a token."""
+    return torch.device(device).type == "cpu"
+
+
+def race_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """Exp(1) noise [..., B, V] in fp32 for the race; clamped away from 0 so ``log E`` stays finite."""
     noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
     return noise.clamp_min_(torch.finfo(torch.float32).tiny)
+
+
+def row_uniforms(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """One uniform in [0, 1) a row, [..., B, 1], in float64 for :func:`_inverse_cdf`.
+
+    float64, because fp32's uniforms are multiples of 2**-24 (6e-8), coarser than the probability of many
+    tokens of a peaked row: on that grid such a token would be drawn with probability 0 or 2**-24, not its own.
+    """
+    return torch.rand((*shape[:-1], 1), dtype=torch.float64, device=device, generator=generator)
+
+
+def _is_row_uniform(noise: torch.Tensor) -> bool:
+    """Whether ``noise`` came from :func:`row_uniforms` (float64) rather than :func:`race_noise` (fp32)."""
+    return noise.dtype == torch.float64
+
+
+def _inverse_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token [B] at ``uniform`` [B, 1] of the distribution ``softmax(logits)`` [B, V] (filtered tokens -inf).
+
+    The weights are ``exp(logits)``, each in fp32 as the race's are, summed in float64: in fp32, 1 plus a
+    token of 2e-9 is 1, and a row's unlikely tail would never be drawn. The chosen token is the first whose
+    running sum exceeds ``uniform`` times the total; a filtered token adds nothing and is never first. As
+    ``uniform`` < 1, the product rounds below the total (even the largest double below 1 times x rounds
+    below x), so some token with weight always exceeds it.
+    """
+    cdf = logits.exp().double().cumsum(dim=-1)  # [B, V]
+    point = uniform * cdf[:, -1:]
+    return torch.searchsorted(cdf, point, right=True).squeeze(1)
 
 
 def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -169,7 +225,8 @@ def argmax(values: torch.Tensor) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
-    """Next token ids [B] from ``logits`` [B, V]; ``noise`` [B, V] from :func:`draw_noise` unless greedy."""
+    """Next token ids [B] from ``logits`` [B, V]; ``noise`` from :func:`draw_noise` unless greedy: [B, 1]
+    uniforms (float64) choose by :func:`_inverse_cdf`, [B, V] exponentials (fp32) by the race."""
     if params.greedy:
         return argmax(logits)
     if noise is None:
@@ -180,10 +237,13 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     if params.top_k > 0:
         logits = _top_k(logits, params.top_k)
+    by_race = not _is_row_uniform(noise)
     if params.top_p < 1.0:
-        if top_p_kernel_ready(logits):  # the same tokens, without the sort (muomni.inference.triton_top_p)
+        if by_race and top_p_kernel_ready(logits):  # the same tokens, without the sort (see triton_top_p)
             return top_p_race(logits, noise, params.top_p)
         by_bisection = torch.compiler.is_compiling()  # a compiled step's sort is slow (see _top_p_by_bisection)
         logits = (_top_p_by_bisection if by_bisection else _top_p)(logits, params.top_p)
+    if not by_race:
+        return _inverse_cdf(logits, noise)
     # The race p / E in log space; filtered tokens are -inf and never win.
     return argmax(logits - noise.log())

@@ -1,4 +1,4 @@
-"""Sampling: greedy, temperature, top-k, top-p, the exponential race, and option checks."""
+"""Sampling: greedy, temperature, top-k, top-p, the exponential race, the inverse CDF, and option checks."""
 
 from __future__ import annotations
 
@@ -12,33 +12,49 @@ from muomni.inference.sampling import (
     ARGMAX_BLOCK,
     SCAN_BLOCK,
     SamplingParams,
+    _inverse_cdf,
     _mass_from_here_down,
     _top_p,
     _top_p_by_bisection,
     argmax,
     draw_noise,
+    race_noise,
+    row_uniforms,
     sample,
 )
 
 PROMPTS = [[5, 6, 7, 8], [40, 41]]
+CPU = torch.device("cpu")
+# Both ways to draw a token: the race (an exponential a token, GPUs) and the inverse CDF (a uniform a row, CPUs).
+BOTH_WAYS = pytest.mark.parametrize("draw", [race_noise, row_uniforms], ids=["race", "inverse_cdf"])
 
 
-def test_exponential_race_samples_the_softmax() -> None:
-    """Frequencies of many draws match softmax(logits / T): the noise trick is exact sampling."""
+def test_a_cpu_draws_one_uniform_a_row_finer_than_fp32s_grid() -> None:
+    uniforms = draw_noise((3, 400, 100), CPU, torch.Generator().manual_seed(0))
+    assert uniforms.shape == (3, 400, 1) and uniforms.dtype == torch.float64
+    # fp32's uniforms are all multiples of 2**-24, too coarse for tokens less likely than that.
+    assert ((uniforms * 2**24).frac() != 0).float().mean() > 0.99
+    assert race_noise((3, 2, 100), CPU, None).shape == (3, 2, 100)
+
+
+@BOTH_WAYS
+def test_both_ways_sample_the_softmax(draw) -> None:  # noqa: ANN001
+    """Frequencies of many draws match softmax(logits / T): each way is exact sampling."""
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]])
     params = SamplingParams(temperature=1.5)
     gen = torch.Generator().manual_seed(0)
     n = 20000
-    noise = draw_noise((n, 5), torch.device("cpu"), gen)
+    noise = draw((n, 5), CPU, gen)
     draws = sample(logits.expand(n, 5), params, noise)
     freq = torch.bincount(draws, minlength=5).float() / n
     assert torch.allclose(freq, (logits[0] / 1.5).softmax(-1), atol=0.015)
 
 
-def test_top_k_and_top_p_keep_only_the_most_likely_tokens() -> None:
+@BOTH_WAYS
+def test_top_k_and_top_p_keep_only_the_most_likely_tokens(draw) -> None:  # noqa: ANN001
     logits = torch.tensor([[3.0, 2.9, 2.8, -5.0, -5.0, 1.0]])
     gen = torch.Generator().manual_seed(1)
-    noise = draw_noise((5000, 6), torch.device("cpu"), gen)
+    noise = draw((5000, 6), CPU, gen)
     top2 = sample(logits.expand(5000, 6), SamplingParams(temperature=1.0, top_k=2), noise)
     assert set(top2.tolist()) == {0, 1}
     # the three leading tokens hold ~0.97 of the mass, so top_p=0.9 keeps exactly them
@@ -148,12 +164,42 @@ def test_the_blockwise_sums_from_the_least_likely_up_are_the_running_sums(vocab:
 
 def test_the_race_in_log_space_picks_the_token_of_the_race_of_probabilities() -> None:
     logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(3)) * 4
-    noise = draw_noise((64, 500), torch.device("cpu"), torch.Generator().manual_seed(4))
+    noise = race_noise((64, 500), CPU, torch.Generator().manual_seed(4))
     params = SamplingParams(temperature=0.7, top_k=40, top_p=0.95)
     # The race as it ran before: the probabilities of the kept tokens over the noise.
     top_40 = logits.masked_fill(logits < logits.topk(40).values[:, -1:], float("-inf"))
     kept = _top_p((top_40 - logits.amax(-1, keepdim=True)) / 0.7, 0.95)
     assert torch.equal(sample(logits, params, noise), (kept.softmax(-1) / noise).argmax(-1))
+
+
+def test_the_inverse_cdf_picks_the_token_of_the_float64_distribution_function() -> None:
+    gen = torch.Generator().manual_seed(5)
+    for scale in (0.1, 3.0, 12.0):  # flat to very peaked rows
+        row = torch.randn(1, 32000, generator=gen) * scale
+        row -= row.amax(-1, keepdim=True)
+        uniforms = row_uniforms((2000, 32000), CPU, gen)
+        exact = (row.double().softmax(-1).cumsum(-1) <= uniforms).sum(-1)  # tokens whose running sum is <= u
+        assert torch.equal(_inverse_cdf(row.expand(2000, -1), uniforms), exact), scale
+
+
+def test_the_inverse_cdf_draws_each_token_at_the_middle_of_its_share_even_far_down_the_tail() -> None:
+    # One likely token and 31,999 of 2e-9 each: in an fp32 running sum 1 + 2e-9 is 1, so the tail (6.6e-5
+    # of the mass) would never be drawn.
+    row = torch.full((1, 32000), -20.0)
+    row[0, 0] = 0.0
+    cdf = row.double().exp().cumsum(-1)[0]
+    cdf /= cdf[-1].clone()
+    tokens = torch.tensor([0, 1, 2, 777, 31998, 31999])
+    before = torch.where(tokens > 0, cdf[tokens - 1], 0.0)
+    uniforms = ((before + cdf[tokens]) / 2)[:, None]
+    assert _inverse_cdf(row.expand(len(tokens), -1), uniforms).tolist() == tokens.tolist()
+
+
+def test_the_inverse_cdf_never_draws_a_filtered_token_even_at_the_ends_of_its_uniform() -> None:
+    logits = torch.tensor([[float("-inf"), 0.0, -1.0, float("-inf")]]).expand(2, 4)
+    # The largest uniform, 1 - 2**-53, times the total stays below the total: the last kept token, not the 4th.
+    uniforms = torch.tensor([[0.0], [1.0 - 2.0**-53]], dtype=torch.float64)
+    assert _inverse_cdf(logits, uniforms).tolist() == [1, 2]
 
 
 @TOP_P_RULES
@@ -184,20 +230,22 @@ def test_the_bisection_keeps_the_set_of_the_exact_rule(vocab: int) -> None:
     assert _kept(_top_p_by_bisection(filtered, 1e-17)).tolist() == [[False, True, False, False]]
 
 
-def test_a_compiled_step_takes_top_p_by_bisection_and_samples_what_eager_sampling_does() -> None:
+@BOTH_WAYS
+def test_a_compiled_step_takes_top_p_by_bisection_and_samples_what_eager_sampling_does(draw) -> None:  # noqa: ANN001
     logits = torch.randn(8, 4096, generator=torch.Generator().manual_seed(2)) * 3
-    noise = draw_noise((8, 4096), torch.device("cpu"), torch.Generator().manual_seed(3))
+    noise = draw((8, 4096), CPU, torch.Generator().manual_seed(3))
     params = SamplingParams(temperature=0.9, top_k=500, top_p=0.9)
     torch._dynamo.reset()
     compiled = torch.compile(sample, fullgraph=True, dynamic=False)
     assert torch.equal(compiled(logits, params, noise), sample(logits, params, noise))
 
 
+@BOTH_WAYS
 @pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-45, 1e-300])
-def test_a_temperature_too_small_for_fp32_is_greedy_not_token_0(temperature: float) -> None:
+def test_a_temperature_too_small_for_fp32_is_greedy_not_token_0(temperature: float, draw) -> None:  # noqa: ANN001
     # logits / 1e-38 overflowed to inf, the softmax gave NaN, and every row sampled token 0 (<pad>).
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 5
-    noise = draw_noise((4, 300), torch.device("cpu"), torch.Generator().manual_seed(1))
+    noise = draw((4, 300), CPU, torch.Generator().manual_seed(1))
     assert torch.equal(sample(logits, SamplingParams(temperature=temperature), noise), logits.argmax(-1))
 
 

@@ -13,7 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from muomni.inference.sampling import SamplingParams, _top_p, draw_noise, sample  # noqa: E402
+from muomni.inference.sampling import SamplingParams, _top_p, race_noise, sample  # noqa: E402
 from muomni.models import decode_ops  # noqa: E402
 
 pytest.importorskip("triton", reason="the kernel is Triton's")
@@ -39,7 +39,7 @@ def _sorting_rule(x: torch.Tensor, noise: torch.Tensor, p: float) -> torch.Tenso
 def _rows(vocab: int, scale: float, seed: int, rows: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, vocab, generator=gen) * scale
-    return x - x.amax(dim=-1, keepdim=True), draw_noise((rows, vocab), torch.device("cpu"), gen)
+    return x - x.amax(dim=-1, keepdim=True), race_noise((rows, vocab), torch.device("cpu"), gen)
 
 
 @pytest.mark.parametrize("vocab", [6, 1000, 32000])
@@ -101,7 +101,7 @@ def test_sample_hands_top_p_to_the_kernel_on_a_triton_device(monkeypatch: pytest
         "muomni.inference.sampling.top_p_race", lambda *args: calls.append(1) or kernel(*args), raising=True
     )
     logits = torch.randn(3, 500, generator=torch.Generator().manual_seed(1)).to(DEVICE) * 3
-    noise = draw_noise((3, 500), DEVICE, torch.Generator(DEVICE).manual_seed(2))
+    noise = race_noise((3, 500), DEVICE, torch.Generator(DEVICE).manual_seed(2))
     params = SamplingParams(temperature=0.7, top_k=100, top_p=0.9)
     by_kernel = sample(logits, params, noise)
     assert calls == [1]
@@ -115,7 +115,7 @@ def test_a_compiled_step_calls_the_kernel(monkeypatch: pytest.MonkeyPatch) -> No
     # trace (importlib's find_spec) failed there, and only there.
     monkeypatch.setattr(decode_ops, "TRITON_DEVICES", {"cuda", "cpu"})
     logits = torch.randn(2, 700, generator=torch.Generator().manual_seed(5)).to(DEVICE) * 2
-    noise = draw_noise((2, 700), DEVICE, torch.Generator(DEVICE).manual_seed(6))
+    noise = race_noise((2, 700), DEVICE, torch.Generator(DEVICE).manual_seed(6))
     params = SamplingParams(temperature=0.9, top_p=0.8)
     torch._dynamo.reset()
     compiled = torch.compile(sample, fullgraph=True, dynamic=False)
