@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -171,6 +172,36 @@ def _top_p_by_bisection(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
+def _top_p_by_sorted_values(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`_top_p`'s kept set from the probabilities sorted without their ids, for eager sampling on a CPU.
+
+    torch sorts a row of 32,000 with its ids in 2.6 ms on a 2-core Xeon; numpy sorts the values alone in
+    0.09 ms, and the boundary needs no more. Summed in float64 from the least likely up, the tokens go
+    while they and every less likely one hold at most 1 - p of the mass: the first ``n`` of the sorted
+    row. Tokens above the ``n``-th value stay, those below it go, and of the tokens equal to it as many go
+    as the ``n`` counts beyond the smaller ones, the highest ids first (as :func:`_top_p_by_bisection`).
+    """
+    e = (logits - logits.amax(dim=-1, keepdim=True)).exp()  # [B, V] in [0, 1], as the bisection's
+    ascending = torch.from_numpy(np.sort(e.numpy(), axis=-1)).double()
+    mass_up_to = ascending.cumsum(dim=-1)  # each sorted value with every smaller one
+    budget = (1.0 - max(p, TOP_P_MIN)) * mass_up_to[:, -1:]  # below the total: the largest always stays
+    n_gone = (mass_up_to <= budget).sum(dim=-1, keepdim=True)  # [B, 1]
+    boundary = ascending.gather(-1, n_gone).float()  # the least likely value that stays
+    ties = e == boundary
+    ties_gone = n_gone - (e < boundary).sum(dim=-1, keepdim=True)
+    higher_tied_ids = ties.sum(dim=-1, keepdim=True) - ties.int().cumsum(dim=-1)  # tied tokens after this id
+    keep = (e > boundary) | (ties & (higher_tied_ids >= ties_gone))
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def _top_p_rule(logits: torch.Tensor):  # noqa: ANN202
+    """The top-p filter for ``logits`` [B, V] where no kernel runs: in a compiled step the bisection (a
+    sort compiles slowly), eager on a CPU numpy's sort of the values, elsewhere torch's sort."""
+    if torch.compiler.is_compiling():
+        return _top_p_by_bisection
+    return _top_p_by_sorted_values if logits.device.type == "cpu" else _top_p
+
+
 # exp(x - max) is at most 1.0, whose bit pattern is 0x3F800000 < 2**30: 30 halvings of [0, 0x3F800000]
 # leave one bit pattern.
 ONE_BITS = 0x3F800000
@@ -241,8 +272,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     if params.top_p < 1.0:
         if by_race and top_p_kernel_ready(logits):  # the same tokens, without the sort (see triton_top_p)
             return top_p_race(logits, noise, params.top_p)
-        by_bisection = torch.compiler.is_compiling()  # a compiled step's sort is slow (see _top_p_by_bisection)
-        logits = (_top_p_by_bisection if by_bisection else _top_p)(logits, params.top_p)
+        logits = _top_p_rule(logits)(logits, params.top_p)
     if not by_race:
         return _inverse_cdf(logits, noise)
     # The race p / E in log space; filtered tokens are -inf and never win.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from inference_helpers import tiny_model
@@ -16,6 +18,7 @@ from muomni.inference.sampling import (
     _mass_from_here_down,
     _top_p,
     _top_p_by_bisection,
+    _top_p_by_sorted_values,
     argmax,
     draw_noise,
     race_noise,
@@ -122,7 +125,9 @@ def _kept(logits: torch.Tensor) -> torch.Tensor:
 
 
 # The two ways top-p finds its kept set off CUDA: the sort (eager) and the bisection (a compiled step).
-TOP_P_RULES = pytest.mark.parametrize("top_p", [_top_p, _top_p_by_bisection], ids=["sort", "bisection"])
+TOP_P_RULES = pytest.mark.parametrize(
+    "top_p", [_top_p, _top_p_by_bisection, _top_p_by_sorted_values], ids=["sort", "bisection", "sorted_values"]
+)
 
 
 @TOP_P_RULES
@@ -209,7 +214,7 @@ def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary(top_p) -> None
 
 
 @pytest.mark.parametrize("vocab", [6, 300, 4096, 32000])
-def test_the_bisection_keeps_the_set_of_the_exact_rule(vocab: int) -> None:
+def test_the_bisection_and_the_sorted_values_keep_the_set_of_the_exact_rule(vocab: int) -> None:
     gen = torch.Generator().manual_seed(vocab)
     for scale in (0.01, 1.0, 10.0):
         logits = torch.randn(4, vocab, generator=gen) * scale
@@ -218,16 +223,28 @@ def test_the_bisection_keeps_the_set_of_the_exact_rule(vocab: int) -> None:
             kept, by_sort = _kept(_top_p_by_bisection(logits, p)), _kept(_top_p(logits, p))
             exact = ((probs.cumsum(-1) - probs) < p).sum(-1)
             assert torch.equal(kept.sum(-1), exact), (scale, p)
+            assert torch.equal(_kept(_top_p_by_sorted_values(logits, p)), kept), (scale, p)
             # The same tokens as the sort wherever the sort keeps as many as the float64 rule: at p = 0.9999
             # and scale 10 its fp32 softmax kept one token too few or too many in one row of four.
             same = by_sort.sum(-1) == exact
             assert torch.equal(kept[same], by_sort[same]), (scale, p)
+    # A flat tail of 31,990 equal tokens under 10 likely ones: the boundary falls among thousands of ties
+    # (the sort's fp32 sums kept one token too few at p = 0.85).
+    flat = torch.full((1, 32000), math.log(1e-4))
+    flat[0, :10] = 0.0
+    probs = flat.double().softmax(-1).sort(dim=-1, descending=True).values
+    for p in (0.5, 0.8, 0.85, 0.9, 0.95):
+        exact = ((probs.cumsum(-1) - probs) < p).sum(-1)
+        for rule in (_top_p_by_bisection, _top_p_by_sorted_values):
+            assert torch.equal(_kept(rule(flat, p)).sum(-1), exact), (rule.__name__, p)
     # Ties: at the boundary (a few equal tokens reach p), among the most likely at a p near 0, and after top-k.
     ties = torch.tensor([[0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -3.0]])
     for p in (1e-12, 0.2, 0.5, 0.7, 0.8, 0.95):
         assert torch.equal(_kept(_top_p_by_bisection(ties, p)), _kept(_top_p(ties, p))), p
+        assert torch.equal(_kept(_top_p_by_sorted_values(ties, p)), _kept(_top_p(ties, p))), p
     filtered = torch.tensor([[float("-inf"), 0.0, 0.0, float("-inf")]])
-    assert _kept(_top_p_by_bisection(filtered, 1e-17)).tolist() == [[False, True, False, False]]
+    for rule in (_top_p_by_bisection, _top_p_by_sorted_values):
+        assert _kept(rule(filtered, 1e-17)).tolist() == [[False, True, False, False]]
 
 
 @BOTH_WAYS
