@@ -182,15 +182,17 @@ def _top_p_by_sorted_values(logits: torch.Tensor, p: float) -> torch.Tensor:
     as the ``n`` counts beyond the smaller ones, the highest ids first (as :func:`_top_p_by_bisection`).
     """
     e = (logits - logits.amax(dim=-1, keepdim=True)).exp()  # [B, V] in [0, 1], as the bisection's
-    ascending = torch.from_numpy(np.sort(e.numpy(), axis=-1)).double()
-    mass_up_to = ascending.cumsum(dim=-1)  # each sorted value with every smaller one
+    ascending = torch.from_numpy(np.sort(e.numpy(), axis=-1))
+    mass_up_to = ascending.double().cumsum(dim=-1)  # each sorted value with every smaller one
     budget = (1.0 - max(p, TOP_P_MIN)) * mass_up_to[:, -1:]  # below the total: the largest always stays
-    n_gone = (mass_up_to <= budget).sum(dim=-1, keepdim=True)  # [B, 1]
-    boundary = ascending.gather(-1, n_gone).float()  # the least likely value that stays
-    ties = e == boundary
-    ties_gone = n_gone - (e < boundary).sum(dim=-1, keepdim=True)
-    higher_tied_ids = ties.sum(dim=-1, keepdim=True) - ties.int().cumsum(dim=-1)  # tied tokens after this id
-    keep = (e > boundary) | (ties & (higher_tied_ids >= ties_gone))
+    n_gone = torch.searchsorted(mass_up_to, budget, right=True)  # [B, 1] how many sums are <= budget
+    boundary = ascending.gather(-1, n_gone)  # the least likely value that stays
+    keep = e >= boundary
+    ties_gone = n_gone - torch.searchsorted(ascending, boundary)  # tokens equal to it that go as well
+    if ties_gone.any():  # rare with real logits: a data-dependent branch, fine in an eager step
+        ties = e == boundary
+        higher_tied_ids = ties.sum(dim=-1, keepdim=True) - ties.int().cumsum(dim=-1)  # tied tokens after this id
+        keep &= ~ties | (higher_tied_ids >= ties_gone)
     return logits.masked_fill(~keep, float("-inf"))
 
 
