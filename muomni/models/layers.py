@@ -121,7 +121,8 @@ def sdpa_attention(
             v = v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     q = q.reshape(b, k.shape[1], groups * t, dh)  # [B, H_kv, g*T, Dh]: head i uses kv head i // g
-    mask = mask.repeat(1, 1, groups, 1)  # [B, 1, g*T, S]
+    if t > 1 and groups > 1:  # one query row's mask (a decode step) broadcasts over the g rows as it is
+        mask = mask.repeat(1, 1, groups, 1)  # [B, 1, g*T, S]
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # [B, H_kv, g*T, Dh]
     return y.reshape(b, h, t, dh)  # a copy where the kernel's output layout is not [B, H_kv, g*T, Dh] (CUDA)
 
