@@ -118,7 +118,9 @@ def _inverse_cdf(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """
     cdf = logits.exp().double().cumsum(dim=-1)  # [B, V]
     point = uniform * cdf[:, -1:]
-    return torch.searchsorted(cdf, point, right=True).squeeze(1)
+    # Held inside the vocabulary for a row of NaN logits (from a model whose activations overflowed), whose
+    # point is past every sum: a token of no meaning, as the race's argmax gives, but not an id out of range.
+    return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp_max_(logits.shape[-1] - 1)
 
 
 def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -186,6 +188,7 @@ def _top_p_by_sorted_values(logits: torch.Tensor, p: float) -> torch.Tensor:
     mass_up_to = ascending.double().cumsum(dim=-1)  # each sorted value with every smaller one
     budget = (1.0 - max(p, TOP_P_MIN)) * mass_up_to[:, -1:]  # below the total: the largest always stays
     n_gone = torch.searchsorted(mass_up_to, budget, right=True)  # [B, 1] how many sums are <= budget
+    n_gone.clamp_max_(e.shape[-1] - 1)  # a NaN row's budget is past every sum (see _inverse_cdf)
     boundary = ascending.gather(-1, n_gone)  # the least likely value that stays
     keep = e >= boundary
     ties_gone = n_gone - torch.searchsorted(ascending, boundary)  # tokens equal to it that go as well

@@ -266,6 +266,18 @@ def test_a_temperature_too_small_for_fp32_is_greedy_not_token_0(temperature: flo
     assert torch.equal(sample(logits, SamplingParams(temperature=temperature), noise), logits.argmax(-1))
 
 
+@BOTH_WAYS
+@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"top_p": 0.9}])
+def test_nan_logits_still_give_token_ids_inside_the_vocabulary(draw, options: dict) -> None:  # noqa: ANN001
+    # A model whose activations overflowed gives NaN logits; the next step must not index past the vocabulary.
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    logits[0] = float("nan")
+    logits[1, 7] = float("nan")
+    params = SamplingParams(temperature=0.8, **options)
+    tokens = sample(logits, params, draw((3, 50), CPU, torch.Generator().manual_seed(1)))
+    assert tokens.shape == (3,) and bool(((tokens >= 0) & (tokens < 50)).all())
+
+
 def test_top_k_that_is_not_a_whole_number_is_an_input_error() -> None:
     with pytest.raises(InputError, match="top_k must be a whole number of tokens"):
         SamplingParams(top_k=5.0)
