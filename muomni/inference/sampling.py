@@ -216,6 +216,9 @@ TOP_P_BISECTIONS = 30
 # At TOP_P_MIN the top token's margin over the budget stays far above fp32's rounding of the sums, which a
 # p near 0 (1 - p rounding to 1.0) would not leave.
 TOP_P_MIN = 1e-6
+# The smallest temperature at which the race divides the logits as they are: logits / T overflows fp32 only
+# past |logits| = T x 3.4e38, here 3.4e34, beyond any model's. Below it the largest logit is taken off first.
+RACE_UNSHIFTED_MIN_T = 1e-4
 # Values per block of the blockwise running sum (see :func:`_running_sum`).
 SCAN_BLOCK = 256
 
@@ -268,12 +271,18 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     if noise is None:
         raise ValueError("sampling with temperature > 0 needs noise from draw_noise")
     logits = logits.float()
-    # The largest logit taken off first: logits / T overflowed to inf at a T of 1e-38, the softmax then
-    # gave NaN and the argmax token 0. After it every scaled logit is <= 0, the largest exactly 0.
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
+    by_race = not _is_row_uniform(noise)
+    if by_race and params.temperature >= RACE_UNSHIFTED_MIN_T:
+        # The race's token, top-k's and top-p's sets do not change when every logit moves alike (top-p
+        # takes the largest off for itself), so the race skips the shift below: one pass over the row less.
+        logits = logits / params.temperature
+    else:
+        # The largest logit taken off first: logits / T overflowed to inf at a T of 1e-38, the softmax then
+        # gave NaN and the argmax token 0. After it every scaled logit is <= 0, the largest exactly 0, which
+        # the inverse CDF's exp needs too.
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     if params.top_k > 0:
         logits = _top_k(logits, params.top_k)
-    by_race = not _is_row_uniform(noise)
     if params.top_p < 1.0:
         if by_race and top_p_kernel_ready(logits):  # the same tokens, without the sort (see triton_top_p)
             return top_p_race(logits, noise, params.top_p)

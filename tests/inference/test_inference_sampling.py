@@ -258,9 +258,11 @@ def test_a_compiled_step_takes_top_p_by_bisection_and_samples_what_eager_samplin
 
 
 @BOTH_WAYS
-@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-45, 1e-300])
+# On both sides of RACE_UNSHIFTED_MIN_T (1e-4), where the race stops taking the largest logit off first.
+@pytest.mark.parametrize("temperature", [1e-3, 1e-4, 1e-5, 1e-30, 2e-38, 1e-38, 1e-45, 1e-300])
 def test_a_temperature_too_small_for_fp32_is_greedy_not_token_0(temperature: float, draw) -> None:  # noqa: ANN001
-    # logits / 1e-38 overflowed to inf, the softmax gave NaN, and every row sampled token 0 (<pad>).
+    # logits / 1e-38 overflowed to inf, the softmax gave NaN, and every row sampled token 0 (<pad>). 1e-38 and
+    # below now count as greedy (under fp32's smallest normal); at 2e-38 every logit above 6.8 overflows.
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 5
     noise = draw((4, 300), CPU, torch.Generator().manual_seed(1))
     assert torch.equal(sample(logits, SamplingParams(temperature=temperature), noise), logits.argmax(-1))
