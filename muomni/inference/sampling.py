@@ -21,6 +21,7 @@ seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,7 +200,7 @@ def _top_p_by_sorted_values(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
-def _top_p_rule(logits: torch.Tensor):  # noqa: ANN202
+def _top_p_rule(logits: torch.Tensor) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The top-p filter for ``logits`` [B, V] where no kernel runs: in a compiled step the bisection (a
     sort compiles slowly), eager on a CPU numpy's sort of the values, elsewhere torch's sort."""
     if torch.compiler.is_compiling():
