@@ -5,9 +5,10 @@ Best of five repeats of 300 calls each, eager, a vocabulary of 32,000; prints ms
     PYTHONPATH=. python docs/results/cpu_noise_draw_micro.py
 """
 
-import time
+import functools
 
 import torch
+from cpu_timing import best_ms
 
 from muomni.inference.sampling import _inverse_cdf, race_noise, row_uniforms
 
@@ -16,16 +17,7 @@ CPU = torch.device("cpu")
 gen = torch.Generator().manual_seed(0)
 
 
-def ms(fn, calls: int = 300) -> float:
-    for _ in range(20):
-        fn()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return 1e3 * best
+ms = functools.partial(best_ms, calls=300, warmup=20)  # as these figures were timed
 
 
 def report(rows: int) -> None:

@@ -5,26 +5,18 @@ Best of five repeats of 100 calls each, eager, a vocabulary of 32,000; prints ms
     PYTHONPATH=. python docs/results/cpu_sort_micro.py
 """
 
-import time
+import functools
 
 import numpy as np
 import torch
+from cpu_timing import best_ms
 
 from muomni.inference.sampling import _top_p, _top_p_by_sorted_values
 
 V = 32000
 
 
-def ms(fn, calls: int = 100) -> float:
-    for _ in range(10):
-        fn()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return 1e3 * best
+ms = functools.partial(best_ms, calls=100, warmup=10)  # as these figures were timed
 
 
 def report(rows: int) -> None:

@@ -6,9 +6,10 @@ repeats of 200 calls; prints ms a call and whether both chose the same tokens.
     PYTHONPATH=. python docs/results/cpu_top_p_custom_op_probe.py
 """
 
-import time
+import functools
 
 import torch
+from cpu_timing import best_ms
 
 from muomni.inference import sampling
 from muomni.inference.sampling import SamplingParams, row_uniforms, sample
@@ -24,16 +25,7 @@ def _(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-def ms(fn, calls: int = 200) -> float:
-    for _ in range(20):
-        fn()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return 1e3 * best
+ms = functools.partial(best_ms, calls=200, warmup=20)  # as these figures were timed
 
 
 bisection = sampling._top_p_by_bisection
