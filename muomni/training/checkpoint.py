@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from muomni.config import Config, load_config
 from muomni.errors import CheckpointError, ConfigError
-from muomni.paths import nearest_existing
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
@@ -53,29 +52,6 @@ def _fsync(path: Path) -> None:
 
 def checkpoints_dir(save_dir: str | Path) -> Path:
     return Path(save_dir) / "checkpoints"
-
-
-def check_run_folder(save_dir: str | Path) -> None:
-    """Refuse a ``save_dir`` that cannot become a run folder, before any work that would then be lost.
-
-    Raises:
-        ConfigError: ``save_dir`` (or a folder on its path) is a file, or the nearest existing folder on
-            its path cannot be written.
-    """
-    existing = nearest_existing(Path(save_dir))
-    if not existing.is_dir():
-        raise ConfigError(f"config key 'save_dir': {existing} is a file, not a folder; choose another save_dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"config key 'save_dir': {existing} cannot be written here; choose another save_dir")
-
-
-def make_run_folder(save_dir: str | Path) -> None:
-    """Create the run folder; what :func:`check_run_folder` cannot foresee (a read-only file system) is the
-    same one-line error."""
-    try:
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"config key 'save_dir': cannot create {save_dir} ({e.strerror}); choose another save_dir")
 
 
 def step_dir_name(step: int) -> str:

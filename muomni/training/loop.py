@@ -18,10 +18,10 @@ import torch
 
 from muomni import distributed
 from muomni.errors import UserError
-from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, make_run_folder, prune_checkpoints
+from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, prune_checkpoints
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.in_flight import InFlight, LaunchedStep, StepResult
-from muomni.training.runlog import RunLog, truncate_metrics
+from muomni.training.runlog import RunLog
 from muomni.training.snapshot import remove_stale, save_snapshot, stale_checkpoints
 from muomni.training.startup import describe_run
 
@@ -34,8 +34,8 @@ class TrainingDiverged(UserError):
 
 
 class TrainingRun:
-    """One call of ``fit``: writes the run folder's config and tokenizer (rank 0), opens the log and prints
-    the startup lines; :meth:`run` then trains.
+    """One call of ``fit``: writes the run folder's config and tokenizer (rank 0; ``fit`` has made the
+    folder and holds its lock), opens the log and prints the startup lines; :meth:`run` then trains.
 
     Args:
         trainer: the trainer whose steps this run launches (its ``stop_signal`` is set on a stop).
@@ -46,20 +46,25 @@ class TrainingRun:
         self.trainer, self.stop = trainer, stop
         t = trainer
         step = t.progress.step
-        if t.env.is_main:
-            make_run_folder(t.save_dir)
-            t.cfg.save(t.save_dir / CONFIG_FILE)
-            t.tokenizer.save(t.save_dir / TOKENIZER_FILE)
-            truncate_metrics(t.save_dir / "metrics.jsonl", step)  # a resumed run rewrites what followed
+        # Checkpoints of a run this one replaces (resume=never, or an earlier checkpoint resumed) go when
+        # this run writes its first; so do the folder's config, tokenizer and log, kept whole until then.
         self._stale = stale_checkpoints(t.save_dir, step)
         self.last_ckpt: Path | None = t.resume_from
         self._start_step = step
         # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint.
         self._last_ckpt_step = self._last_eval_step = step if t.resume_from is not None else -1
-        self.log = RunLog(t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main)
+        held = bool(self._stale)
+        if t.env.is_main and not held:
+            self._write_run_files()
+        self.log = RunLog(t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main, held=held)
         for line in describe_run(t):
             self.log.info(line)
         self._landed_at = time.perf_counter()
+
+    def _write_run_files(self) -> None:
+        t = self.trainer
+        t.cfg.save(t.save_dir / CONFIG_FILE)
+        t.tokenizer.save(t.save_dir / TOKENIZER_FILE)
 
     def run(self) -> Path | None:
         """Train to ``max_steps`` / ``max_epochs``, a stop signal, or too many non-finite steps; return the
@@ -233,7 +238,10 @@ class TrainingRun:
         step = t.progress.step
         folder = save_snapshot(t.save_dir, t.cfg, t.tokenizer, t.state)
         if t.env.is_main:
-            remove_stale(self._stale, folder)  # before pruning, which keeps the highest step numbers
+            if self._stale:  # the run this one replaces goes now: its checkpoints, then its files
+                remove_stale(self._stale, folder)  # before pruning, which keeps the highest step numbers
+                self._write_run_files()
+                self.log.settle()
             prune_checkpoints(t.save_dir, t.cfg.keep_checkpoints)
         self.last_ckpt, self._last_ckpt_step = folder, step
         self.log.info(f"step {step}: checkpoint {folder}")

@@ -55,13 +55,28 @@ class RunLog:
         total_steps: the step the run ends at, for the bar.
         print_freq: steps between plain progress lines when the bar is off.
         enabled: False on every process but the main one.
+        held: keep the records in memory until :meth:`settle` (a run that replaces another keeps the old
+            run's log whole until its own first checkpoint); otherwise the log is cut to ``start_step`` (a
+            resumed run rewrites what followed) and appended to at once.
     """
 
-    def __init__(self, save_dir: Path, start_step: int, total_steps: int, print_freq: int, enabled: bool = True):
+    def __init__(
+        self,
+        save_dir: Path,
+        start_step: int,
+        total_steps: int,
+        print_freq: int,
+        enabled: bool = True,
+        held: bool = False,
+    ) -> None:
         self.enabled = enabled
         self.print_freq = print_freq
         self.path = save_dir / METRICS_FILE
-        self._file = open(self.path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115 (closed in close)
+        self.start_step = start_step
+        self._file = None
+        self._held: list[str] | None = [] if held else None
+        if enabled and not held:
+            self.settle()
         show_bar = enabled and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_bar, unit="step", dynamic_ncols=True)
 
@@ -71,11 +86,25 @@ class RunLog:
             tqdm.write(f"muomni: {message}", file=sys.stdout)
             sys.stdout.flush()
 
+    def settle(self) -> None:
+        """Cut ``metrics.jsonl`` to the start step, write the held records and append from now on."""
+        if not self.enabled or self._file is not None:
+            return
+        truncate_metrics(self.path, self.start_step)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        for line in self._held or []:
+            self._file.write(line)
+        self._file.flush()
+        self._held = None
+
     def record(self, values: dict[str, Any]) -> None:
-        """Append one JSON object to ``metrics.jsonl``."""
+        """Append one JSON object to ``metrics.jsonl`` (or hold it, see ``held``)."""
+        line = json.dumps({k: _clean(v) for k, v in values.items()}) + "\n"
         if self._file is not None:
-            self._file.write(json.dumps({k: _clean(v) for k, v in values.items()}) + "\n")
+            self._file.write(line)
             self._file.flush()
+        elif self._held is not None and self.enabled:
+            self._held.append(line)
 
     def step(self, values: dict[str, Any]) -> None:
         """Record an optimizer step and show it on the bar (or as a line every ``print_freq`` steps)."""

@@ -39,7 +39,6 @@ from muomni.data import TokenData, WindowStream, check_vocab
 from muomni.errors import UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
 from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
-from muomni.training.checkpoint import check_run_folder
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
 from muomni.training.in_flight import LaunchedStep, StepResult, copy_to_host
@@ -49,6 +48,7 @@ from muomni.training.master_weights import CopyGradientMean, MasterWeightAdamW, 
 from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr, skips_on_device, step_unless
 from muomni.training.precision import resolve_precision
+from muomni.training.run_folder import check_run_folder, writing_run_folder
 from muomni.training.runlog import RunLog
 from muomni.training.snapshot import (
     Progress,
@@ -82,6 +82,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config) -> None:
+        if not isinstance(cfg, Config):  # a dict or a preset's name failed far inside, on an attribute
+            raise TypeError(f"Trainer takes a Config, not {type(cfg).__name__}: Trainer(muomni.load_config(...))")
         started = time.perf_counter()
         check_run_folder(cfg.save_dir)
         self.device = resolve_device(cfg.device)
@@ -344,7 +346,7 @@ class Trainer:
         if self._fitted:
             raise UserError("this Trainer has run fit() already; make a new Trainer(cfg), which resumes the run")
         self._fitted = True
-        with StopSignals() as stop:
+        with StopSignals() as stop, writing_run_folder(self.save_dir, self.env.is_main):
             return TrainingRun(self, stop).run()
 
     @torch.no_grad()  # not inference_mode: FSDP's gathered parameters are reused by later training steps

@@ -1,0 +1,144 @@
+"""The run folder: what may become one, one run writing it at a time, and a replaced run kept whole until
+the new run's first checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from training_helpers import overrides, read_metrics, run_cli, tiny_settings
+
+import muomni
+from muomni.cli import main
+from muomni.training.checkpoint import checkpoints_dir, list_checkpoints, verify
+from muomni.training.run_folder import RunFolderLock
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _train(corpus: Path, save_dir: Path, capsys: pytest.CaptureFixture[str], **changes: object) -> tuple[int, str]:
+    code = main(["train", *overrides(tiny_settings(corpus, save_dir, **changes))])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def run(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A finished run of 4 steps with checkpoints at steps 2 and 4."""
+    save_dir = tmp_path / "run"
+    code, err = _train(corpus, save_dir, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
+    assert code == 0, err
+    return save_dir
+
+
+HF_CONFIG = json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64})
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"config.json": HF_CONFIG, "tokenizer.json": "{}"},  # a Hugging Face model's folder, weights aside
+        {"metrics.jsonl": "my own notes\n", "notes.txt": "keep\n"},
+        {"config.json": "not json"},
+    ],
+    ids=["hf-config", "own-log", "broken-config"],
+)
+def test_a_folder_of_files_no_run_wrote_is_refused(
+    files: dict[str, str], corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    before = _folder_bytes(folder)
+    code, err = _train(corpus, folder, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "that no muomni run wrote" in lines[0] and "give a new or empty folder" in lines[0]
+    assert _folder_bytes(folder) == before
+
+
+def test_the_config_a_run_is_given_is_not_a_run(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A muomni config alone, in the folder it names: the run would replace it with the resolved config.
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    config = folder / "config.json"
+    config.write_text(json.dumps(tiny_settings(corpus, folder, max_steps=2)), encoding="utf-8")
+    before = config.read_bytes()
+    code = main(["train", "--config", str(config)])
+    assert code == 2
+    assert "config.json that no muomni run wrote" in capsys.readouterr().err
+    assert config.read_bytes() == before
+
+
+def test_a_folder_of_other_files_may_become_a_run(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep\n", encoding="utf-8")
+    code, err = _train(corpus, folder, capsys, max_steps=2, checkpoint_freq=2)
+    assert code == 0, err
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "keep\n"
+    assert len(list_checkpoints(folder)) == 1
+
+
+def test_a_checkpoint_or_checkpoints_folder_is_refused(
+    run: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Training into a checkpoint replaced its config.json, and the checkpoint then failed its checksum.
+    newest = list_checkpoints(run)[-1]
+    before = _folder_bytes(run)
+    code, err = _train(corpus, newest, capsys)
+    assert code == 2 and "is a checkpoint or model folder, not a run folder" in err
+    code, err = _train(corpus, checkpoints_dir(run), capsys)
+    assert code == 2 and f"is a run's checkpoints folder; give the run folder {run}" in err
+    assert _folder_bytes(run) == before
+    verify(newest)
+
+
+def test_a_second_run_in_the_same_folder_is_refused(
+    run: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _folder_bytes(run)
+    with RunFolderLock(run):  # another run holds it (flock's locks conflict within one process too)
+        code, err = _train(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert f"another run is training in {run}" in lines[0] and "choose another save_dir" in lines[0]
+    assert _folder_bytes(run) == before
+    # Released, it trains on: the lock went with the holder.
+    code, err = _train(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
+    assert code == 0, err
+    assert list_checkpoints(run)[-1].name == "step_00000006"
+
+
+def test_a_replaced_run_keeps_its_files_until_the_new_runs_first_checkpoint(
+    run: Path, corpus: Path, private_cache: Path
+) -> None:
+    old_files = {name: (run / name).read_bytes() for name in ("config.json", "tokenizer.json", "metrics.jsonl")}
+    old_checkpoints = [p.name for p in list_checkpoints(run)]
+    # Another model in its place, killed at its first step, before any checkpoint of its own.
+    replacing = tiny_settings(corpus, run, resume="never", d_model=48, max_steps=4, checkpoint_freq=2)
+    killed = run_cli(["train", *overrides(replacing)], private_cache, env={"MUOMNI_TEST_KILL_AT": "step_end:1"})
+    assert killed.returncode != 0
+    assert {name: (run / name).read_bytes() for name in old_files} == old_files
+    assert [p.name for p in list_checkpoints(run)] == old_checkpoints
+    # Run to its first checkpoint, it replaces them all: its config, its log alone, its checkpoints.
+    done = run_cli(["train", *overrides(replacing)], private_cache)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["d_model"] == 48
+    steps = [m["step"] for m in read_metrics(run) if "loss" in m]
+    assert steps == [1, 2, 3, 4]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+
+
+def test_trainer_takes_a_config() -> None:
+    with pytest.raises(TypeError, match=r"Trainer takes a Config, not dict"):
+        muomni.Trainer({"batch_size": 4})
