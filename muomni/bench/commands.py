@@ -6,6 +6,7 @@ import argparse
 
 from muomni.bench.options import bench_out_folder, check_out_folder, check_steps
 from muomni.bench.selection import named_rows
+from muomni.errors import ConfigError
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -24,6 +25,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def _check_options(args: argparse.Namespace) -> None:
     """What the options alone can get wrong, before a model is built or a row measured. (Row names are
     checked against the rows of the device once it is known, still before the first row.)"""
+    if args.what == "train" and args.ckpt is not None:  # it was ignored without a word
+        raise ConfigError("--ckpt is for bench infer; bench train measures a fresh model of --config")
     check_steps(args.steps)
     named_rows(args.rows)
     check_out_folder(bench_out_folder(args.what, args.out))

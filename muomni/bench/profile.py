@@ -14,6 +14,7 @@ backward pass is one block, because autograd runs it outside those labels.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -264,7 +265,11 @@ def _memory_timeline(prof: profile, out: Path, device: torch.device) -> None:
         # The timeline keeps the allocations whose device equals this one: "cuda" matches none of "cuda:0"'s.
         device = torch.device("cuda", torch.cuda.current_device())
     try:
-        prof.export_memory_timeline(str(out / "memory_timeline.json"), device=str(device))
+        with warnings.catch_warnings():
+            # Newer PyTorch deprecates it, warning on every call, for CUDA allocator snapshots, which do not
+            # cover the CPU; while it works it is the timeline muomni writes, so only that warning is silenced.
+            warnings.filterwarnings("ignore", message="`export_memory_timeline` is deprecated", category=FutureWarning)
+            prof.export_memory_timeline(str(out / "memory_timeline.json"), device=str(device))
     except Exception as e:  # the timeline is experimental in PyTorch and missing from some builds
         print(f"memory timeline not written: {type(e).__name__}: {str(e)[:120]}")
 

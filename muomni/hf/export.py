@@ -26,7 +26,7 @@ from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
 from muomni.hf.mapping import check_exportable, check_state, hf_config
-from muomni.paths import file_in_the_way
+from muomni.paths import file_in_the_way, writable_folder_error
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -73,14 +73,16 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     cfg = _checkpoint_config(ckpt)
     check_exportable(cfg)  # before reading the weights: a refusal should be instant
     tokenizer = _checkpoint_tokenizer(ckpt)
-    return _write_folder(load_tensors(ckpt / MODEL_FILE), cfg, tokenizer, Path(out_dir), source=str(ckpt))
+    out = _output_folder(out_dir)
+    return _write_folder(load_tensors(ckpt / MODEL_FILE), cfg, tokenizer, out, source=str(ckpt))
 
 
 def save_hf(model: Thinker, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     """Write an in-memory Thinker and its tokenizer as a ``LlamaForCausalLM`` folder (see :func:`export_hf`)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every weight name
     check_exportable(model.config)
-    return _write_folder(model_state_for_saving(model), model.config, tokenizer, Path(out_dir), source="memory")
+    out = _output_folder(out_dir)
+    return _write_folder(model_state_for_saving(model), model.config, tokenizer, out, source="memory")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -93,16 +95,24 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_folder(out_dir: str | Path) -> Path:
+    """``out_dir``, absolute and checked (:func:`_check_out_dir`) before the weights are read or written.
+
+    Absolute: the temporary folder is the output's sibling, and "." has no name (its sibling would be
+    inside it, and go with the old export).
+    """
+    out = Path(out_dir).resolve()
+    _check_out_dir(out)
+    return out
+
+
 def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokenizer, out: Path, source: str) -> Path:
-    """Check, then write every file into a temporary sibling folder and rename it into place."""
+    """Check, then write every file into a temporary sibling folder of ``out`` (from :func:`_output_folder`)
+    and rename it into place."""
     if cfg.tie_embeddings:  # Hugging Face stores a tied head once, as the embedding
         state = {name: t for name, t in state.items() if name != "lm_head.weight"}
     check_state(state, cfg, source)
     check_vocab(tokenizer, cfg.vocab_size)
-    # Absolute: the temporary folder is the output's sibling, and "." has no name (its sibling would be
-    # inside it, and go with the old export).
-    out = out.resolve()
-    _check_out_dir(out)
     dtype = state["model.embed_tokens.weight"].dtype
     ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     config = hf_config(cfg, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, dtype)
@@ -168,10 +178,14 @@ def _tokenizer_config(special: dict[str, str], ctx_len: int) -> dict[str, Any]:
 
 def _check_out_dir(out: Path) -> None:
     """Refuse to write over anything but an empty folder or a previous muomni export, and a folder that
-    cannot be made (a file in the way)."""
+    cannot be made (a file in the way, or a parent folder where nothing can be written)."""
     blocking = file_in_the_way(out)
     if blocking is not None and blocking != out:
         raise CheckpointError(f"output {out} cannot be made: {blocking} is a file, not a folder; choose another --out")
+    # The export is written beside the output, then renamed: its parent is where a folder must be made.
+    why = writable_folder_error(out.parent)
+    if why is not None:
+        raise CheckpointError(f"output {out} cannot be written ({why} in {out.parent}); choose another --out")
     if not out.exists():
         return
     if not out.is_dir():

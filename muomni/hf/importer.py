@@ -20,7 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
-from muomni.hf.mapping import check_state, model_keys_from_hf
+from muomni.hf.mapping import ARCHITECTURES, check_state, model_keys_from_hf
 from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import MODEL_FILE, load_tensors
 
@@ -121,11 +121,45 @@ def hf_folder(path: str | Path) -> Path:
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a Hugging Face folder."""
-    data = _read_json(folder / "config.json")
+    """The parsed ``config.json`` of a Hugging Face folder, its shape keys checked (:func:`_check_numbers`)."""
+    path = folder / "config.json"
+    data = _read_json(path)
     if data is None:
         raise CheckpointError(f"{folder} has no config.json; give a Hugging Face model folder")
+    _check_numbers(data, path)
     return data
+
+
+# config.json keys the model's shape is read from: integers, required or optional (absent or null: a
+# default), and numbers that may be absent but not null.
+REQUIRED_INTS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
+OPTIONAL_INTS = ("num_key_value_heads", "head_dim", "max_position_embeddings", "max_window_layers")
+FLOATS = ("rope_theta", "rms_norm_eps")
+
+
+def _check_numbers(hf: dict[str, Any], path: Path) -> None:
+    """Each shape key of ``hf`` present when required, and a number of the right kind. The mapping converts
+    them with ``int()`` and ``float()``, whose own errors read "config.json lacks or has a bad invalid
+    literal for int() ..." (for the optional keys: a traceback)."""
+    if hf.get("model_type") not in ARCHITECTURES:
+        return  # another kind of model, with keys of its own: the mapping refuses it by its model_type
+    for key in REQUIRED_INTS:
+        if key not in hf:
+            raise CheckpointError(f"{path} lacks {key}; it is not a complete model config")
+    checks = [(key, True) for key in REQUIRED_INTS]
+    checks += [(key, True) for key in OPTIONAL_INTS if hf.get(key) is not None]
+    checks += [(key, False) for key in FLOATS if key in hf]
+    for key, integer in checks:
+        if not _is_number(hf[key], integer):
+            kind = "an integer" if integer else "a number"
+            raise CheckpointError(f"{path}: {key} must be {kind}, got {json.dumps(hf[key])}")
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    """A JSON number (true and false are not), integral when ``integer`` (``2048.0`` is)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return not integer or float(value).is_integer()
 
 
 def load_hf_state(folder: Path, cfg: Config) -> dict[str, torch.Tensor]:

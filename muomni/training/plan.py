@@ -21,7 +21,7 @@ import torch
 from muomni.bench.options import check_out_file
 from muomni.bench.report import GIB
 from muomni.bench.train import _warm_data_cache, run_spec
-from muomni.config import Config, load_config
+from muomni.config import KEYS, Config, load_config
 from muomni.errors import ConfigError, UserError
 
 PLAN_STEPS = 3
@@ -173,11 +173,41 @@ def check_budget(memory: float) -> None:
         raise ConfigError(f"--memory {memory} must be a positive number of GiB")
 
 
+def check_replaceable(out: Path) -> None:
+    """An existing ``--out`` file is written over only when it is a plan: the user's corpus, notes or
+    hand-written config (the one being planned, say) once went without a word."""
+    if out.is_file() and not _is_plan(out):
+        raise ConfigError(f"--out {out} exists and is not a plan muomni wrote; give a new file name or remove it")
+
+
+def _is_plan(path: Path) -> bool:
+    """Whether ``path`` reads as a plan: a JSON object that holds every config key and loads as a config.
+
+    A plan carries no marker: users pass it back as ``--config``, and the loader refuses unknown keys. So the
+    rule is the form :func:`plan` writes, the whole resolved config, where a hand-written config names a few
+    keys. What it cannot tell from a plan is another whole config muomni wrote (a run's ``config.json``).
+    """
+    if path.stat().st_size > 1 << 20:  # a plan is a few KB; a corpus is not read whole to find that out
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # not text, not JSON, or nested past the parser's depth
+        return False
+    if not isinstance(data, dict) or set(data) != set(KEYS):
+        return False
+    try:
+        load_config(data, warn_ignored=False)
+    except ConfigError:
+        return False
+    return True
+
+
 def run_plan(args: argparse.Namespace) -> int:
     # The options first: the search measures for a minute or more before it writes --out.
     check_budget(args.memory)
     out = Path(args.out)
     check_out_file(out)
+    check_replaceable(out)
     cfg = load_config(args.config, args.overrides)
     plan(cfg, args.memory, out)
     return 0
