@@ -156,6 +156,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"muomni: warning: {message}", file=sys.stderr)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says the machine ran out of memory: numpy's errors are MemoryErrors; torch's are
+    RuntimeErrors (its CPU allocator's, or ``torch.OutOfMemoryError`` on a GPU), told by name so that
+    this module need not import torch."""
+    if isinstance(e, MemoryError):
+        return True
+    return isinstance(e, RuntimeError) and (type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come after options (argparse alone would only take them before).
@@ -173,6 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args) or 0)
     except UserError as e:
         print(f"muomni: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (MemoryError, RuntimeError) as e:
+        # The last resort: training retries a CUDA out-of-memory step itself (auto_fit); what still runs out is
+        # a job too large for this machine, which the user fixes by asking for less.
+        if not _out_of_memory(e):
+            raise
+        print(
+            f"muomni: error: not enough memory for this job ({_first_line(e)}): lower batch_size, ctx_len or the "
+            "model's size",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("muomni: interrupted", file=sys.stderr)

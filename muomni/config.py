@@ -17,13 +17,11 @@ import types
 import typing
 import warnings
 from dataclasses import dataclass, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from muomni.config_files import PRESETS, overrides_dict, parse_override, preset_path, source_dict
 from muomni.errors import ConfigError
-
-PRESETS = ("debug", "default", "tiny", "small")
 
 # Keys that μOmni configs carry and muomni accepts but does not use (a warning says so, once per key).
 IGNORED_KEYS = {
@@ -31,6 +29,20 @@ IGNORED_KEYS = {
     "shuffle_buffer_size": "windows are shuffled by a full per-epoch permutation",
     "drop_last": "windows are packed full and batches run on across epochs, so there is no partial batch",
 }
+
+# Upper bounds past which a value is certainly a mistake. Each fails here, naming the key, rather than as an
+# allocation that aborts the process (the Rust tokenizer trainer's, uncatchably) or exhausts memory later;
+# each leaves room for real models (Llama 3 405B: d_model 16,384, d_ff 53,248, 126 layers).
+LIMITS = {
+    "vocab_size": (2**20, "byte-level BPE learns no more usefully; Gemma's vocabulary is 262,144"),
+    "d_model": (2**16, "4x Llama 3 405B's 16,384"),
+    "d_ff": (2**18, "about 5x Llama 3 405B's 53,248"),
+    "n_layers": (1024, "8x Llama 3 405B's 126"),
+    "ctx_len": (2**20, "the longest real contexts, Qwen2.5-1M's, are about a million tokens"),
+    "batch_size": (2**20, "windows per micro-batch; reach a larger batch with gradient_accumulation_steps"),
+}
+# Keys that name files or folders: the operating system refuses a path with a NUL character in it.
+PATH_KEYS = ("save_dir", "train_text", "resume", "init_from")
 
 
 @dataclass
@@ -104,6 +116,12 @@ class Config:
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     init_from: str | None = None
     val_batches: int = 8
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Config:
+        # The dataclass's __init__ would refuse an unknown key with a bare TypeError: name it as a config file's.
+        for key in kwargs:
+            _check_key(key)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -312,70 +330,24 @@ def _validate(c: Config) -> None:
         "must be auto, never or a checkpoint path",
     )
     _check(c.init_from is None or bool(c.init_from.strip()), "init_from", c.init_from, "must be a path or null")
+    for key in PATH_KEYS:
+        value = getattr(c, key)
+        _check(value is None or "\0" not in value, key, value, "a path cannot hold a NUL character")
+    for key, (limit, why) in LIMITS.items():
+        _check(getattr(c, key) <= limit, key, getattr(c, key), f"must be at most {limit:,} ({why})")
+
+
+def _check_key(key: Any) -> None:
+    """Refuse a key that is not a config key, naming the closest one."""
+    if not isinstance(key, str):
+        raise ConfigError(f"config keys must be strings, not {key!r}")
+    if key not in KEYS:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
 
 
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else "; the README's configuration table lists every key"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; give a JSON file or one of {', '.join(PRESETS)}")
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder; give a JSON file or one of {', '.join(PRESETS)}")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} cannot be read: {e}")
-    try:
-        data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object of keys, not {type(data).__name__}")
-    return data
-
-
-def _unique_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different: JSON itself lets the last of two equal keys win, silently."""
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise ConfigError(f"config file {path} gives key '{key}' twice; keep the one you mean")
-        seen.add(key)
-    return dict(pairs)
-
-
-def preset_path(name: str) -> Path:
-    """The JSON file of a built-in preset."""
-    return Path(str(resources.files("muomni") / "configs" / f"{name}.json"))
-
-
-def _source_dict(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
-    if source is None:
-        return {}
-    if isinstance(source, dict):
-        return dict(source)
-    text = str(source)
-    if text in PRESETS and not Path(text).exists():
-        return _read_json(preset_path(text))
-    return _read_json(Path(text))
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``key=value`` from the command line; the value is read as JSON when it parses, else as a string."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like key=value")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    if isinstance(value, str) and value.lower() in ("true", "false", "null", "none"):
-        value = {"true": True, "false": False}.get(value.lower())
-    return key, value
 
 
 def load_config(
@@ -394,13 +366,10 @@ def load_config(
     Raises:
         ConfigError: an unknown key, a wrong type, an out-of-range value, a missing or non-JSON file.
     """
-    data = _source_dict(source)
-    if isinstance(overrides, list):
-        overrides = dict(parse_override(item) for item in overrides)
-    data.update(overrides or {})
+    data = source_dict(source)
+    data.update(overrides_dict(overrides))
     for key in data:
-        if key not in KEYS:
-            raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+        _check_key(key)
     if warn_ignored:
         for key in sorted(set(data) & set(IGNORED_KEYS)):
             if data[key] != getattr(Config, key):

@@ -1,10 +1,11 @@
 """Token data for training: a cached tokenizer, a cached token file split by document, and a sampler.
 
 The corpus is tokenized once into ``<cache>/tokens/<key>.bin`` (raw ``uint16``, or ``uint32`` for
-vocabularies of 65536 and more) with a JSON sidecar ``<key>.json`` holding each document's offset.
-Later runs memory-map the file: no re-reading, no re-tokenization. The key hashes the corpus
-fingerprint (paths, sizes, mtimes: see :func:`~muomni.data.corpus.corpus_fingerprint`) and the
-tokenizer, so editing the corpus or retraining the tokenizer makes a new file. Every cache file is
+vocabularies of 65536 and more) with a JSON sidecar ``<key>.json`` holding each document's offset and
+the file's checksum. Later runs memory-map the file: no re-reading, no re-tokenization; a file that no
+longer matches its sidecar is rebuilt, with a warning (see :mod:`~muomni.data.cache_check`). The key
+hashes the corpus fingerprint (paths, sizes, mtimes: see :func:`~muomni.data.corpus.corpus_fingerprint`)
+and the tokenizer, so editing the corpus or retraining the tokenizer makes a new file. Every cache file is
 written to a temporary name and renamed, so a crash never leaves a half-written file under the real
 name, and processes that build the same file at once (one per GPU) all end with the same content.
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from muomni.data.cache_check import check_offsets, content_problem, file_digest, size_problem
 from muomni.data.corpus import corpus_fingerprint, load_documents
 from muomni.data.tokenizer import Tokenizer
 from muomni.errors import DataError
@@ -55,16 +57,26 @@ def cache_dir() -> Path:
 
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, else removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, else removed.
+
+    Raises:
+        DataError: the cache folder cannot be made or written (read-only, ``/proc``, full).
+    """
     # A name unique to this process and call: ranks that build the same file at once do not collide.
     # (Not tempfile.mkstemp: its files are private (0600), cache files should follow the umask.)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:  # what is written here is only ever the cache (the corpus is read before)
+        where = "MUOMNI_CACHE" if os.environ.get("MUOMNI_CACHE") else "the cache folder"
+        raise DataError(
+            f"cannot write {where} {path.parent.parent} ({e.strerror or e}); point MUOMNI_CACHE at a writable folder"
+        )
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def prepare_tokenizer(source: str, vocab_size: int, documents: Sequence[str] | None = None) -> Tokenizer:
@@ -115,21 +127,28 @@ def _tokenize_to_file(documents: Sequence[str], tokenizer: Tokenizer, path: Path
     return offsets
 
 
-def _read_token_cache(bin_path: Path, meta_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached tokens (memory-mapped) and offsets, or None when absent or unusable."""
+def _read_token_cache(bin_path: Path, meta_path: Path, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached tokens (memory-mapped) and offsets, or None when absent or unusable (rebuilt with a warning)."""
     if not (bin_path.is_file() and meta_path.is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
         offsets = np.asarray(meta["offsets"], dtype=np.int64)
-        ok = meta["format"] == _TOKENS_FORMAT and bin_path.stat().st_size == offsets[-1] * dtype.itemsize
+        check_offsets(offsets)
+        if meta["format"] != _TOKENS_FORMAT:
+            return None
     except (ValueError, KeyError, TypeError, IndexError) as e:
         warnings.warn(f"token cache {meta_path} is unreadable ({e}); rebuilding it", stacklevel=3)
         return None
-    if not ok:
+    tokens = None
+    if (why := size_problem(bin_path, int(offsets[-1]) * dtype.itemsize)) is None:
+        tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(int(offsets[-1]),))
+        why = content_problem(bin_path, tokens, offsets, tokenizer.vocab_size, tokenizer.eos_id, meta.get("blake2b"))
+    if why is not None:
+        warnings.warn(f"token cache {bin_path} is corrupt ({why}); rebuilding it", stacklevel=3)
         return None
-    return np.memmap(bin_path, dtype=dtype, mode="r", shape=(int(offsets[-1]),)), offsets
+    return tokens, offsets
 
 
 def _pack(tokens: np.ndarray, offsets: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
@@ -186,6 +205,7 @@ def _write_token_cache(
         offsets = _tokenize_to_file(docs, tokenizer, tmp)
     dtype = _token_dtype(tokenizer.vocab_size)
     meta = {"format": _TOKENS_FORMAT, "source": source, "dtype": dtype.name, "n_tokens": offsets[-1]}
+    meta["blake2b"] = file_digest(bin_path)
     meta["offsets"] = offsets  # last: the other keys stay readable at the top of the file
     with _atomic_path(meta_path) as tmp:
         tmp.write_text(json.dumps(meta), encoding="utf-8")
@@ -259,7 +279,7 @@ class TokenData:
         _check_args(ctx_len, val_split)
         bin_path = cache_dir() / "tokens" / f"{_cache_key(source, tokenizer)}.bin"
         meta_path = bin_path.with_suffix(".json")
-        cached = _read_token_cache(bin_path, meta_path)
+        cached = _read_token_cache(bin_path, meta_path, tokenizer)
         reused = cached is not None
         if cached is None:
             cached = _write_token_cache(source, tokenizer, documents, bin_path, meta_path)

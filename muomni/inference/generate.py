@@ -15,8 +15,9 @@ lowered to what fits, with a warning.
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -86,9 +87,10 @@ def generate(
         The completions, without their prompts, in the order of ``prompts``.
 
     Raises:
-        InputError: an empty or too long prompt, or a sampling option out of range.
+        InputError: a prompt that is empty, too long or not str, a max_new_tokens that is not a positive int,
+            or a sampling option out of range.
     """
-    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    texts = _prompt_list(prompts)
     stop = [stop] if isinstance(stop, str) else list(stop)  # a bare "+ 2" once stopped at "+", " " and "2"
     if any(not text for text in texts):
         raise InputError("empty prompt: give at least one character of text to complete")
@@ -163,6 +165,17 @@ def generate_tokens(
         return run_generation(setup, prompts, max_new, compile, chunk, stats, observer, tune, prefix)
 
 
+def _prompt_list(prompts: list[str] | str) -> list[str]:
+    """``prompts`` as a list of str. Bytes are refused, not read as one prompt per byte (ints)."""
+    one = isinstance(prompts, (str, bytes, bytearray)) or not isinstance(prompts, Iterable)
+    texts = [prompts] if one else list(prompts)
+    for text in texts:
+        if not isinstance(text, str):
+            hint = ": decode them to str first" if isinstance(text, (bytes, bytearray)) else ""
+            raise InputError(f"prompts must be str, not {type(text).__name__}{hint}")
+    return texts
+
+
 def is_unicode(text: str) -> bool:
     """Whether ``text`` holds no lone surrogates, which is how Python passes on bytes that are not UTF-8 (in
     ``sys.argv`` and, in the C locale, standard input); the tokenizer would fail on them with a TypeError."""
@@ -174,6 +187,8 @@ def is_unicode(text: str) -> bool:
 
 
 def check_max_new_tokens(max_new_tokens: int) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise InputError(f"max_new_tokens must be an int, not {type(max_new_tokens).__name__} {max_new_tokens!r}")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from muomni.config import Config
 from muomni.data import Tokenizer
@@ -23,15 +25,20 @@ _DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
+_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when available, else CPU. Asking for CUDA without one is a user error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)) or not _DEVICE.fullmatch(str(device)):
+        raise InputError(f"device {device!r} is not one of auto, cpu, cuda or cuda:N")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {device} does not exist: PyTorch sees {torch.cuda.device_count()} CUDA GPUs")
     return device
 
 
@@ -106,9 +113,12 @@ def _build_model(ckpt: Path, cfg: Config) -> Thinker:
     path = ckpt / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint {ckpt} has no {MODEL_FILE}")
+    cfg = cfg.replace(dropout=0.0)  # inference never drops out; this also skips dropout work
+    # Shapes first, from the file's header and a model on the meta device (no memory): a config.json that
+    # disagrees with the weights (a vocab_size of billions) must not allocate its model before it is refused.
+    _check_shapes(_model_shapes(cfg), _saved_shapes(path), ckpt)
     state = load_tensors(path)
-    model = Thinker(cfg.replace(dropout=0.0))  # inference never drops out; this also skips dropout work
-    _check_shapes(model, state, ckpt)
+    model = Thinker(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if cfg.tie_embeddings:
         missing = [k for k in missing if k != "lm_head.weight"]
@@ -120,13 +130,26 @@ def _build_model(ckpt: Path, cfg: Config) -> Thinker:
     return model
 
 
-def _check_shapes(model: Thinker, state: dict[str, torch.Tensor], ckpt: Path) -> None:
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if name in expected and expected[name].shape != tensor.shape:
+def _model_shapes(cfg: Config) -> dict[str, list[int]]:
+    with torch.device("meta"):
+        return {name: list(t.shape) for name, t in Thinker(cfg).state_dict().items()}
+
+
+def _saved_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of every tensor in a safetensors file, read from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()  # a list: safe_open's handle is not itself iterable
+            return {name: list(f.get_slice(name).get_shape()) for name in names}
+    except Exception as e:  # safetensors raises several types for a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}); it may be corrupt")
+
+
+def _check_shapes(expected: dict[str, list[int]], saved: dict[str, list[int]], ckpt: Path) -> None:
+    for name, shape in saved.items():
+        if name in expected and expected[name] != shape:
             raise CheckpointError(
-                f"checkpoint {ckpt}: {name} has shape {list(tensor.shape)} but its config.json "
-                f"gives {list(expected[name].shape)}"
+                f"checkpoint {ckpt}: {name} has shape {shape} but its config.json gives {expected[name]}"
             )
 
 

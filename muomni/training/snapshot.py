@@ -56,10 +56,12 @@ from muomni.training.faults import fault_point
 from muomni.training.optim import Schedule
 from muomni.training.state import (
     RNG_FILE,
+    checked_rng_tensors,
     optimizer_state_from_files,
     optimizer_state_to_files,
     rng_state,
     set_rng_state,
+    unpacking,
 )
 
 # Keys that fix the data a step sees or the optimizer state's layout: changing them breaks a resume.
@@ -171,18 +173,23 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
     try:
         state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
         progress = Progress(**state["progress"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        opt_meta, scaler, sampler, rng_meta = (state[key] for key in ("optimizer", "scaler", "sampler", "rng"))
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: not JSON, or not UTF-8
         raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
     device = next(ts.model.parameters()).device
     load_model_state(ts.model, load_tensors(ckpt / MODEL_FILE, device), ckpt, ts.env)
-    optimizer = optimizer_state_from_files(ts.optimizer, load_tensors(ckpt / OPTIMIZER_FILE), state["optimizer"])
+    with unpacking(ckpt, OPTIMIZER_FILE, "this model's optimizer state"):
+        optimizer = optimizer_state_from_files(ts.optimizer, load_tensors(ckpt / OPTIMIZER_FILE), opt_meta)
     # Plain load_state_dict casts state tensors to each parameter's device and dtype ("step" stays as saved);
     # under FSDP each rank keeps its shard of them.
     load_full_optimizer_state(ts.model, ts.optimizer, optimizer, ts.env)
-    if state["scaler"] and ts.scaler.is_enabled():
-        ts.scaler.load_state_dict(state["scaler"])
-    ts.stream.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"], load_tensors(ckpt / RNG_FILE))
+    with unpacking(ckpt, RNG_FILE, "the random generators' state"):
+        rng_tensors = checked_rng_tensors(load_tensors(ckpt / RNG_FILE))
+    with unpacking(ckpt, STATE_FILE, "a usable trainer state"):
+        if scaler and ts.scaler.is_enabled():
+            ts.scaler.load_state_dict(scaler)
+        ts.stream.load_state_dict(sampler)
+        set_rng_state(rng_meta, rng_tensors)
     ts.progress.__dict__.update(asdict(progress))
 
 

@@ -8,11 +8,18 @@ from the device (``fused``). Restoring reproduces every state tensor bit for bit
 
 RNG: Python's ``random`` and NumPy's legacy global state are JSON lists; torch's CPU and CUDA generator
 states are uint8 tensors in ``rng.safetensors``.
+
+A file can pass its checksum and still hold the wrong state (copied over another and rehashed, or written
+by other code): restoring checks what it unpacks, and :func:`unpacking` turns what still fails into one
+line that names the checkpoint and the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,13 +79,29 @@ def optimizer_state_from_files(
             f"the checkpoint's optimizer has parameter groups of sizes {saved_sizes} but this model's are "
             f"{sizes}; the model or optimizer changed; use a new save_dir, or resume=never to start over"
         )
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # numbered as in state_dict()
     state: dict[int, dict[str, Any]] = {}
     for key, tensor in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = tensor
+        index, name = _state_key(key, len(params))
+        # A moment or momentum buffer has its parameter's shape; "step" is a scalar. Caught here, a tensor of
+        # another model is named; loaded, it would fail in the first step, deep inside the optimizer.
+        if tensor.dim() > 0 and tensor.shape != params[index].shape:
+            raise ValueError(f"{key} has shape {list(tensor.shape)}, its parameter {list(params[index].shape)}")
+        state.setdefault(index, {})[name] = tensor
     for index, values in meta["scalars"].items():
         state.setdefault(int(index), {}).update(values)
     return {"state": state, "param_groups": current["param_groups"]}
+
+
+def _state_key(key: str, n_params: int) -> tuple[int, str]:
+    """``state.<index>.<name>`` -> ``(index, name)``; ValueError for another name or an index out of range."""
+    parts = key.split(".", 2)
+    if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or not parts[2]:
+        raise ValueError(f"tensor {key!r} is not named state.<index>.<name>")
+    index, name = int(parts[1]), parts[2]
+    if index >= n_params:
+        raise ValueError(f"tensor {key!r} is for parameter {index} but this model's optimizer has {n_params}")
+    return index, name
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -93,8 +116,18 @@ def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return {"python": py, "numpy": npy}, tensors
 
 
+def checked_rng_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` when they hold a CPU generator state like this torch's; else ValueError saying what they hold."""
+    cpu, like = tensors.get("torch_cpu"), torch.get_rng_state()
+    if cpu is None or cpu.dtype != like.dtype or cpu.shape != like.shape:
+        held = ", ".join(list(tensors)[:3]) or "no tensors"
+        raise ValueError(f"no torch_cpu generator state of {like.numel()} bytes; it holds {held}")
+    return tensors
+
+
 def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Restore what :func:`rng_state` returned. CUDA states are restored when the device count matches."""
+    checked_rng_tensors(tensors)
     py = meta["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     npy = meta["numpy"]
@@ -106,12 +139,27 @@ def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Non
         torch.cuda.set_rng_state_all(cuda)
 
 
+@contextlib.contextmanager
+def unpacking(ckpt: Path, name: str, what: str) -> Iterator[None]:
+    """Restore ``what`` from the checkpoint's file ``name``; the errors of state that does not fit (a missing
+    key, a wrong shape or type) become a CheckpointError naming both. Wrap only the unpacking: anything else
+    that raised one of these types would be a bug, and must keep its traceback."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        text = f"missing {e}" if isinstance(e, KeyError) else str(e).strip()
+        why = text.splitlines()[0] if text else type(e).__name__
+        raise CheckpointError(f"checkpoint {ckpt}: {name} does not hold {what} ({why}); resume from another one")
+
+
 __all__ = [
     "RNG_FILE",
+    "checked_rng_tensors",
     "optimizer_from_files",
     "optimizer_state_from_files",
     "optimizer_state_to_files",
     "optimizer_to_files",
     "rng_state",
     "set_rng_state",
+    "unpacking",
 ]
