@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
+from muomni.console import closed_stdout_dropped
 from muomni.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if run is None:
             print(f"muomni: error: '{args.command}' is not yet available in this version", file=sys.stderr)
             return EXIT_USER_ERROR
-        return int(run(args) or 0)
+        with closed_stdout_dropped():  # `muomni train | head` must not cost the run its steps
+            return int(run(args) or 0)
     except UserError as e:
         print(f"muomni: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

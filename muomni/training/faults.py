@@ -34,12 +34,16 @@ def fault_point(point: str, step: int) -> None:
 class StopSignals:
     """Context manager: while active, SIGTERM and SIGINT request a stop instead of killing the process.
 
+    Args:
+        announce: say on stderr, as the first signal arrives, that the run will stop (one rank of several).
+
     Attributes:
         received: the first signal number received, or None.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.received: int | None = None
+        self.announce = announce
         self._previous: dict[int, object] = {}
 
     @property
@@ -51,6 +55,12 @@ class StopSignals:
             self.received = signum
             # A second Ctrl-C should not wait for the step and the checkpoint.
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self.announce:  # said at once: the step, or a long validation, may take a while
+                name = signal.Signals(signum).name
+                line = f"muomni: {name}: stopping after this step, with a checkpoint (Ctrl-C again: at once)\n"
+                # os.write, not print: a handler that prints while the interrupted code was printing to the
+                # same buffered stream fails with "reentrant call".
+                os.write(2, line.encode())
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there

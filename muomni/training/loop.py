@@ -224,7 +224,9 @@ class TrainingRun:
 
     def _evaluate(self) -> None:
         t = self.trainer
-        val = t.evaluate()
+        # One process stops validating at a signal; ranks go on together, as they agree on a signal only
+        # through a step's results.
+        val = t.evaluate(stopped=lambda: not t.env.enabled and self.stop.requested)
         self._last_eval_step = t.progress.step
         if val is None:
             return

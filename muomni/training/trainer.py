@@ -346,27 +346,32 @@ class Trainer:
         if self._fitted:
             raise UserError("this Trainer has run fit() already; make a new Trainer(cfg), which resumes the run")
         self._fitted = True
-        with StopSignals() as stop, writing_run_folder(self.save_dir, self.env.is_main):
+        with StopSignals(announce=self.env.is_main) as stop, writing_run_folder(self.save_dir, self.env.is_main):
             return TrainingRun(self, stop).run()
 
     @torch.no_grad()  # not inference_mode: FSDP's gathered parameters are reused by later training steps
-    def evaluate(self) -> float | None:
-        """Mean token loss over the fixed validation windows (None without validation data).
+    def evaluate(self, stopped: Callable[[], bool] = lambda: False) -> float | None:
+        """Mean token loss over the fixed validation windows (None without validation data, or when
+        ``stopped()`` turned true on the way: a stop signal need not wait for a long validation).
 
-        Every rank evaluates all of them (FSDP needs every rank to gather the parameters anyway).
+        Every rank evaluates all of them (FSDP needs every rank to gather the parameters anyway), so under
+        torchrun ``stopped`` must be the same on every rank.
         """
         if len(self.val_set) == 0:
             return None
         self.model.eval()
-        total, n = torch.zeros((), device=self.device), 0
+        total, n, whole = torch.zeros((), device=self.device), 0, True
         with self.loss_module.eager():  # the last, smaller chunk would recompile the compiled one
             for chunk in self.val_set.split(self.cfg.batch_size):  # [<=batch_size, ctx_len + 1]
+                if stopped():
+                    whole = False
+                    break
                 with self.precision.ctx:
                     sum_loss, count = self.loss_fn(self.forward_model, chunk.to(self.device))
                 total += sum_loss
                 n += count
         self.model.train()
-        return total.item() / n
+        return total.item() / n if whole else None
 
 
 def own_gradients(params: list[torch.nn.Parameter]) -> None:

@@ -1,0 +1,72 @@
+"""A run whose stdout reader goes away trains on; a stop signal is acknowledged at once and does not wait
+for a whole validation."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from training_helpers import ROOT, overrides, run_cli, tiny_config, tiny_settings
+
+from muomni.console import DroppingStdout
+from muomni.training.checkpoint import list_checkpoints
+from muomni.training.trainer import Trainer
+
+
+def test_a_closed_pipe_is_dropped_and_writing_goes_on() -> None:
+    read, write = os.pipe()
+    stream = io.TextIOWrapper(os.fdopen(write, "wb"), encoding="utf-8", line_buffering=True)
+    out = DroppingStdout(stream)
+    out.write("seen\n")
+    assert os.read(read, 100) == b"seen\n"
+    os.close(read)  # the reader goes away (`| head -1`)
+    out.write("lost\n")  # a BrokenPipeError before
+    out.flush()
+    assert out.dropped
+    assert out.write("after\n") == len("after\n")
+    stream.close()  # what was buffered goes to the null device now: no error at close either
+
+
+def test_training_goes_on_when_stdout_is_closed(corpus: Path, tmp_path: Path, private_cache: Path) -> None:
+    # `muomni train | head -1`: the run died of BrokenPipeError mid-run, with no checkpoint.
+    save_dir = tmp_path / "run"
+    settings = tiny_settings(corpus, save_dir, max_steps=24, checkpoint_freq=12, val_freq=12)
+    env = {**os.environ, "MUOMNI_CACHE": str(private_cache), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "muomni", "train", *overrides(settings)]
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"muomni: ")
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert [p.name for p in list_checkpoints(save_dir)] == ["step_00000012", "step_00000024"]
+
+
+def test_a_stop_is_acknowledged_at_once(corpus: Path, tmp_path: Path, private_cache: Path) -> None:
+    settings = tiny_settings(corpus, tmp_path / "run", max_steps=12)
+    result = run_cli(["train", *overrides(settings)], private_cache, env={"MUOMNI_TEST_KILL_AT": "step_end:2:SIGTERM"})
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "stopping after this step" in line]
+    assert said == ["muomni: SIGTERM: stopping after this step, with a checkpoint (Ctrl-C again: at once)"]
+    assert "stopped by SIGTERM after step 2" in result.stdout
+
+
+def test_a_stop_cuts_validation_short(corpus: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(corpus, tmp_path / "run", val_batches=4, batch_size=2))
+    full = trainer.evaluate()
+    assert full is not None and len(trainer.val_set) > trainer.cfg.batch_size  # more than one chunk
+    asked = []
+
+    def stopped() -> bool:  # turns true after the first chunk
+        asked.append(True)
+        return len(asked) > 1
+
+    assert trainer.evaluate(stopped) is None
+    assert len(asked) == 2, "validation went on after the stop"
+    assert trainer.model.training
+    assert trainer.evaluate(lambda: False) == full
