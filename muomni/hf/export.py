@@ -25,8 +25,9 @@ from muomni import __version__
 from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
+from muomni.hf.importer import is_muomni_folder
 from muomni.hf.mapping import check_exportable, check_state, hf_config
-from muomni.paths import file_in_the_way, writable_folder_error
+from muomni.paths import HF_PREFIX, file_in_the_way, writable_folder_error
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -66,10 +67,10 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
         The folder written.
 
     Raises:
-        CheckpointError: the checkpoint is missing or broken, is a MoE or GELU model (no Llama
-            equivalent), or ``out_dir`` holds other files.
+        CheckpointError: the checkpoint is missing or broken or an ``hf:`` path, is a MoE or GELU model (no
+            Llama equivalent), or ``out_dir`` holds other files.
     """
-    ckpt = resolve_checkpoint(ckpt_path)
+    ckpt = _source_checkpoint(ckpt_path)
     cfg = _checkpoint_config(ckpt)
     check_exportable(cfg)  # before reading the weights: a refusal should be instant
     tokenizer = _checkpoint_tokenizer(ckpt)
@@ -135,6 +136,21 @@ def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokeni
     return out
 
 
+def _source_checkpoint(ckpt_path: str | Path) -> Path:
+    """The checkpoint folder of ``ckpt_path`` (see :func:`resolve_checkpoint`); an ``hf:`` path is refused by
+    what it is, rather than reported missing as a folder named ``hf:...``."""
+    text = str(ckpt_path)
+    if not text.startswith(HF_PREFIX):
+        return resolve_checkpoint(ckpt_path)
+    folder = Path(text.removeprefix(HF_PREFIX))
+    if is_muomni_folder(folder):
+        raise CheckpointError(
+            f"{folder} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without {HF_PREFIX}"
+        )
+    what = "a Hugging Face folder already" if folder.is_dir() else f"an {HF_PREFIX} path"
+    raise CheckpointError(f"--ckpt {text} is {what}; export takes a muomni run or checkpoint folder")
+
+
 def _checkpoint_config(ckpt: Path) -> Config:
     try:
         return load_config(ckpt / CONFIG_FILE, warn_ignored=False)
@@ -191,10 +207,22 @@ def _check_out_dir(out: Path) -> None:
     if not out.is_dir():
         raise CheckpointError(f"output {out} exists and is not a folder; choose another --out")
     names = {p.name for p in out.iterdir()}
-    if names and not (names <= EXPORT_FILES and _is_export(out / MODEL_FILE)):
+    if not names or (names <= EXPORT_FILES and _is_export(out / MODEL_FILE)):
+        return
+    if _is_export(out / MODEL_FILE):  # replacing the export whole would delete the user's own files
         raise CheckpointError(
-            f"output folder {out} is not empty and is not a previous muomni export; choose a new folder or empty it"
+            f"output folder {out} holds files a muomni export does not write ({_listing(names - EXPORT_FILES)}); "
+            "move them away or choose a new folder"
         )
+    raise CheckpointError(
+        f"output folder {out} is not empty and is not a previous muomni export; choose a new folder or empty it"
+    )
+
+
+def _listing(names: set[str], most: int = 3) -> str:
+    """The first ``most`` of ``names`` in order, then "..." for the rest: a message stays one short line."""
+    shown = sorted(names)[:most]
+    return ", ".join(shown + (["..."] if len(names) > most else []))
 
 
 def _is_export(weights: Path) -> bool:

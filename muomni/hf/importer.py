@@ -22,7 +22,7 @@ from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
 from muomni.hf.mapping import ARCHITECTURES, check_state, model_keys_from_hf
 from muomni.paths import HF_PREFIX
-from muomni.training.checkpoint import MODEL_FILE, load_tensors
+from muomni.training.checkpoint import CONFIG_FILE, MANIFEST, MODEL_FILE, STATE_FILE, checkpoints_dir, load_tensors
 
 if TYPE_CHECKING:
     from muomni.models.thinker import Thinker
@@ -115,9 +115,26 @@ def hf_folder(path: str | Path) -> Path:
             f"{folder} is not a local folder; muomni never downloads: fetch the model first "
             f"(e.g. huggingface-cli download NAME --local-dir DIR) and give DIR"
         )
+    if is_muomni_folder(folder):  # else its config.json is read as one without a model_type
+        raise CheckpointError(
+            f"{folder} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without {HF_PREFIX}"
+        )
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json; give a Hugging Face model folder")
     return folder
+
+
+def is_muomni_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a muomni run (``checkpoints/`` beside its ``config.json``) or one of its checkpoints
+    (a ``manifest.json`` or ``trainer_state.json``), whose ``config.json`` names no ``model_type``.
+
+    The ``model_type`` test keeps a Hugging Face folder that holds such a file too (a transformers Trainer
+    checkpoint has a ``trainer_state.json``) from being taken for a muomni one.
+    """
+    run = checkpoints_dir(folder).is_dir() and (folder / CONFIG_FILE).is_file()
+    if not (run or (folder / MANIFEST).is_file() or (folder / STATE_FILE).is_file()):
+        return False
+    return "model_type" not in (_read_json(folder / CONFIG_FILE) or {})
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:

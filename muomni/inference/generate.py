@@ -205,6 +205,19 @@ def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int
     return decode_chunk
 
 
+def usable_chunk(chunk: int, max_new: int) -> int:
+    """``chunk``, capped at the decode steps this generation makes: ``max_new - 1``, as the prefill samples the
+    first token. ``max_new`` already fits the context, so the cap keeps the chunk within the context too.
+
+    A larger chunk never runs (:func:`_decode_loop` takes single steps when fewer than a chunk are left), but
+    compiled decoding would still build it, and the unrolled steps' compile time grows with their number: a
+    chunk of 1000 for 10 new tokens compiled for more than 10 minutes on a CPU. The cap is silent, unlike
+    the warned cap of ``max_new_tokens``, which shortens the output: the chunk is a speed setting, and a
+    greedy generation decodes the same tokens whatever its chunk.
+    """
+    return max(1, min(chunk, max_new - 1))
+
+
 def fit_to_context(
     prompts: list[list[int]], ctx_len: int, max_new_tokens: int, truncate: bool
 ) -> tuple[list[list[int]], int]:
@@ -284,6 +297,7 @@ def run_generation(
     # compiled step's guards expect the same kind of tensor every time.
     with torch.inference_mode(False):
         model.setup_caches(batch, slots)
+    chunk = usable_chunk(chunk, max_new)
     decoder = CachedDecoder(setup, chunk, compile, tune) if model.kv_cache_enabled else UncachedDecoder(setup)
     compile_s = decoder.warm_up(batch)
     # A warm-up that compiled wrote to the first cache slots.
