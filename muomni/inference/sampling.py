@@ -21,6 +21,7 @@ seed.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,10 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):  # from Python, "0.8" failed in a comparison with a TypeError
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"{name} must be a number, not {type(value).__name__} {value!r}")
         if not self.temperature >= 0.0:  # also rejects NaN
             raise InputError(f"temperature must be 0 (greedy) or positive, not {self.temperature}")
         if math.isinf(self.temperature):  # it divides the logits: inf would sample every token alike
@@ -63,7 +68,9 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 def check_seed(seed: int | None) -> None:
-    """Reject a seed that ``manual_seed`` would refuse with a ValueError."""
+    """Reject a seed that ``manual_seed`` would refuse with a ValueError (or, not an int, a TypeError)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise InputError(f"seed must be an int, not {type(seed).__name__} {seed!r}")
     if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
         raise InputError(f"seed must be in [-2**63, 2**64 - 1], not {seed}")
 

@@ -151,7 +151,7 @@ def read_config(ckpt: Path) -> Config:
         raise CheckpointError(f"checkpoint {ckpt} has no {CONFIG_FILE}; it is not a muomni checkpoint")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth
         raise CheckpointError(f"{path} is not valid JSON; the checkpoint is corrupt")
     if not isinstance(data, dict):  # load_config would read a string or list as the path of a config file
         raise CheckpointError(f"{path} holds no JSON object of config keys; the checkpoint is corrupt")

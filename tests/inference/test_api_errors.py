@@ -103,3 +103,31 @@ def test_shapes_are_compared_before_the_model_is_built(run_dir: Path, monkeypatc
     with pytest.raises(CheckpointError, match=f"checkpoint {ckpt}: .* has shape \\[300, 32\\] but its config.json"):
         muomni.load(run_dir, device="cpu")
     assert built_on == ["meta"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("temperature", "0.8", "temperature must be a number, not str '0.8'"),
+        ("top_p", "0.9", "top_p must be a number, not str '0.9'"),
+        ("top_p", None, "top_p must be a number, not NoneType None"),
+        ("seed", "1", "seed must be an int, not str '1'"),
+        ("seed", 1.5, "seed must be an int, not float 1.5"),
+    ],
+)
+def test_sampling_options_of_the_wrong_type_are_input_errors(
+    loaded: tuple, option: str, value: object, message: str
+) -> None:
+    # From Python these failed in a comparison or in torch's manual_seed with a TypeError.
+    model, tokenizer = loaded
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        muomni.generate(model, tokenizer, "def ", max_new_tokens=2, **{option: value})
+
+
+def test_a_checkpoint_config_nested_past_the_parsers_depth_is_corrupt(run_dir: Path) -> None:
+    ckpt = list_checkpoints(run_dir)[-1]
+    from muomni.training.checkpoint import read_config
+
+    (ckpt / CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON; the checkpoint is corrupt"):
+        read_config(ckpt)
