@@ -13,22 +13,9 @@ import pytest
 from muomni.cli import main
 
 
-def _work_started(*args: object, **kwargs: object) -> None:
-    raise AssertionError("work started before the options were checked")
-
-
 @pytest.fixture(autouse=True)
-def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first step of each command's work, replaced by a failure."""
-    from muomni.bench import infer, train
-    from muomni.training import plan, trainer
-
-    monkeypatch.setattr(train, "_warm_data_cache", _work_started)
-    monkeypatch.setattr(train, "run_spec", _work_started)
-    monkeypatch.setattr(infer, "_model", _work_started)
-    monkeypatch.setattr(trainer, "Trainer", _work_started)
-    monkeypatch.setattr(plan, "_warm_data_cache", _work_started)
-    monkeypatch.setattr(plan, "search", _work_started)
+def _no_work_in_any_test(no_work: None) -> None:
+    """Every test here: no work may start (see conftest's ``no_work``)."""
 
 
 def _fails_naming(capsys: pytest.CaptureFixture[str], argv: list[str], option: str) -> str:

@@ -26,24 +26,6 @@ ON_LINUX_PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="need
 UNWRITABLE = "/proc/muomni-out-check"
 
 
-def _work_started(*args: object, **kwargs: object) -> None:
-    raise AssertionError("work started before the options were checked")
-
-
-@pytest.fixture
-def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first step of each command's work, replaced by a failure."""
-    from muomni.bench import infer, train
-    from muomni.training import trainer
-
-    monkeypatch.setattr(train, "_warm_data_cache", _work_started)
-    monkeypatch.setattr(train, "run_spec", _work_started)
-    monkeypatch.setattr(infer, "_model", _work_started)
-    monkeypatch.setattr(trainer, "Trainer", _work_started)
-    monkeypatch.setattr(plan, "_warm_data_cache", _work_started)
-    monkeypatch.setattr(plan, "search", _work_started)
-
-
 def _one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     """Run ``muomni argv``; assert a user error of one line; return that line."""
     code = main([*argv, "--config", "debug", "device=cpu"])

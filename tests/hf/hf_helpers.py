@@ -79,3 +79,15 @@ def greedy(model: Thinker, prompt: list[int], max_new_tokens: int, eos_id: int) 
         if next_id == eos_id:
             break
     return ids
+
+
+def error_line(capsys: Any, argv: list[str]) -> str:
+    """Run ``muomni argv``; assert a user error of one line; return it without its ``muomni: error:``."""
+    from muomni.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("muomni: error: "), err
+    return lines[0].removeprefix("muomni: error: ")

@@ -12,22 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hf_helpers import tiny_config
+from hf_helpers import error_line, tiny_config
 
 from muomni.cli import main
 from muomni.errors import CheckpointError
 from muomni.hf import export_hf, load_for_training, load_hf
 from muomni.training.checkpoint import latest_checkpoint
-
-
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run ``muomni argv``; assert a user error of one line; return it without its ``muomni: error:``."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("muomni: error: "), err
-    return lines[0].removeprefix("muomni: error: ")
 
 
 @pytest.fixture
@@ -43,11 +33,11 @@ def run(make_checkpoint: Callable) -> Path:
 def test_export_refuses_an_hf_path_by_what_it_is(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hf = export_hf(run, tmp_path / "hf1")
     out = ["--out", str(tmp_path / "hf2")]
-    line = _error_line(capsys, ["export", "--ckpt", f"hf:{hf}", *out])
+    line = error_line(capsys, ["export", "--ckpt", f"hf:{hf}", *out])
     assert line == f"--ckpt hf:{hf} is a Hugging Face folder already; export takes a muomni run or checkpoint folder"
-    line = _error_line(capsys, ["export", "--ckpt", f"hf:{run}", *out])
+    line = error_line(capsys, ["export", "--ckpt", f"hf:{run}", *out])
     assert line == f"{run} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without hf:"
-    line = _error_line(capsys, ["export", "--ckpt", f"hf:{tmp_path / 'nothing'}", *out])
+    line = error_line(capsys, ["export", "--ckpt", f"hf:{tmp_path / 'nothing'}", *out])
     assert line == f"--ckpt hf:{tmp_path / 'nothing'} is an hf: path; export takes a muomni run or checkpoint folder"
     assert not (tmp_path / "hf2").exists()
 
@@ -58,7 +48,7 @@ def test_an_hf_path_to_a_muomni_folder_says_to_drop_the_prefix(
 ) -> None:
     folder = run if kind == "run" else latest_checkpoint(run)
     says = f"{folder} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without hf:"
-    assert _error_line(capsys, ["generate", "--ckpt", f"hf:{folder}", "--prompt", "x"]) == says
+    assert error_line(capsys, ["generate", "--ckpt", f"hf:{folder}", "--prompt", "x"]) == says
     with pytest.raises(CheckpointError) as caught:  # what init_from=hf:FOLDER runs
         load_for_training(f"hf:{folder}", tiny_config())
     assert str(caught.value) == says
@@ -95,7 +85,7 @@ def test_cli_export_over_an_export_with_an_extra_file(
 ) -> None:
     out = export_hf(run, tmp_path / "hf")
     (out / "extra.txt").write_text("mine", encoding="utf-8")
-    line = _error_line(capsys, ["export", "--ckpt", str(run), "--out", str(out)])
+    line = error_line(capsys, ["export", "--ckpt", str(run), "--out", str(out)])
     assert line == (
         f"output folder {out} holds files a muomni export does not write (extra.txt); "
         "move them away or choose a new folder"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hf_helpers import error_line
 
 from muomni.cli import main
 from muomni.hf import export, export_hf
@@ -35,16 +36,6 @@ def _edit_config(folder: Path, **changes: Any) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
-def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run ``muomni argv``; assert a user error of one line; return it without its ``muomni: error:``."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("muomni: error: "), err
-    return lines[0].removeprefix("muomni: error: ")
-
-
 @pytest.mark.parametrize(
     ("changes", "says"),
     [
@@ -61,13 +52,13 @@ def test_a_shape_key_that_is_not_a_number_is_named(
     changes: dict[str, Any], says: str, hf_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _edit_config(hf_folder, **changes)
-    line = _error_line(capsys, ["generate", "--ckpt", f"hf:{hf_folder}", "--prompt", "x"])
+    line = error_line(capsys, ["generate", "--ckpt", f"hf:{hf_folder}", "--prompt", "x"])
     assert line == f"{hf_folder / 'config.json'}: {says}"
 
 
 def test_a_missing_shape_key_is_named(hf_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _edit_config(hf_folder, hidden_size=...)
-    line = _error_line(capsys, ["generate", "--ckpt", f"hf:{hf_folder}", "--prompt", "x"])
+    line = error_line(capsys, ["generate", "--ckpt", f"hf:{hf_folder}", "--prompt", "x"])
     assert line == f"{hf_folder / 'config.json'} lacks hidden_size; it is not a complete model config"
 
 
@@ -86,7 +77,7 @@ def test_another_model_type_is_refused_by_its_type_not_its_keys(
 ) -> None:
     # A GPT-2 folder has none of Llama's shape keys: what matters is that muomni does not import GPT-2.
     _edit_config(hf_folder, model_type="gpt2", hidden_size=..., n_embd=48)
-    line = _error_line(capsys, ["generate", "--ckpt", f"hf:{hf_folder}", "--prompt", "x"])
+    line = error_line(capsys, ["generate", "--ckpt", f"hf:{hf_folder}", "--prompt", "x"])
     assert "model_type 'gpt2' is not supported" in line
 
 
@@ -101,7 +92,7 @@ def test_export_to_an_unwritable_out_is_refused_before_reading_the_weights(
 
     monkeypatch.setattr(export, "load_tensors", weights_read)
     # No folder can be made in /proc, not even by root, for whom os.access says yes everywhere.
-    line = _error_line(capsys, ["export", "--ckpt", str(run), "--out", "/proc/muomni-export-check"])
+    line = error_line(capsys, ["export", "--ckpt", str(run), "--out", "/proc/muomni-export-check"])
     assert line == (
         "output /proc/muomni-export-check cannot be written (No such file or directory in /proc); choose another --out"
     )
