@@ -25,7 +25,7 @@ from muomni import __version__
 from muomni.config import Config, load_config
 from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
-from muomni.hf.importer import is_muomni_folder
+from muomni.hf.importer import refuse_muomni_folder
 from muomni.hf.mapping import check_exportable, check_state, hf_config
 from muomni.paths import HF_PREFIX, file_in_the_way, writable_folder_error
 from muomni.training.checkpoint import (
@@ -143,10 +143,7 @@ def _source_checkpoint(ckpt_path: str | Path) -> Path:
     if not text.startswith(HF_PREFIX):
         return resolve_checkpoint(ckpt_path)
     folder = Path(text.removeprefix(HF_PREFIX))
-    if is_muomni_folder(folder):
-        raise CheckpointError(
-            f"{folder} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without {HF_PREFIX}"
-        )
+    refuse_muomni_folder(folder)
     what = "a Hugging Face folder already" if folder.is_dir() else f"an {HF_PREFIX} path"
     raise CheckpointError(f"--ckpt {text} is {what}; export takes a muomni run or checkpoint folder")
 

@@ -115,13 +115,18 @@ def hf_folder(path: str | Path) -> Path:
             f"{folder} is not a local folder; muomni never downloads: fetch the model first "
             f"(e.g. huggingface-cli download NAME --local-dir DIR) and give DIR"
         )
-    if is_muomni_folder(folder):  # else its config.json is read as one without a model_type
-        raise CheckpointError(
-            f"{folder} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without {HF_PREFIX}"
-        )
+    refuse_muomni_folder(folder)  # else its config.json is read as one without a model_type
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json; give a Hugging Face model folder")
     return folder
+
+
+def refuse_muomni_folder(folder: Path) -> None:
+    """Raise CheckpointError when ``folder``, given as ``hf:``, is a muomni run or checkpoint (see below)."""
+    if is_muomni_folder(folder):
+        raise CheckpointError(
+            f"{folder} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without {HF_PREFIX}"
+        )
 
 
 def is_muomni_folder(folder: Path) -> bool:
