@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class RunFolderLock:
     """An exclusive lock on a run folder, held while a run writes there (``with RunFolderLock(save_dir):``).
 
     ``flock`` locks conflict between open files, so a second run in the same process is refused too. Where
-    ``fcntl`` is missing (Windows) nothing is locked.
+    ``fcntl`` is missing (Windows), or the file system refuses locks, nothing is locked (the latter warns).
 
     Raises:
         ConfigError: on entry, another run holds the folder.
@@ -131,6 +132,11 @@ class RunFolderLock:
                 f"config key 'save_dir': another run is training in {self.path.parent}{by}; wait for it to "
                 "end, or choose another save_dir"
             ) from None
+        except OSError as e:  # a file system without locks (some network mounts): train, unlocked, and say so
+            os.close(fd)
+            why = f"{self.path.parent} cannot be locked ({e.strerror}): run one training there at a time"
+            warnings.warn(why, stacklevel=2)
+            return self
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second run gets
         self._fd = fd

@@ -4,6 +4,7 @@ the new run's first checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,20 @@ def test_a_replaced_run_keeps_its_files_until_the_new_runs_first_checkpoint(
 def test_trainer_takes_a_config() -> None:
     with pytest.raises(TypeError, match=r"Trainer takes a Config, not dict"):
         muomni.Trainer({"batch_size": 4})
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    from muomni.training import run_folder
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", refuse)
+    code, err = _train(corpus, tmp_path / "run", capsys, max_steps=2, checkpoint_freq=2)
+    assert code == 0, err
+    assert "cannot be locked (No locks available): run one training there at a time" in err
+    assert len(list_checkpoints(tmp_path / "run")) == 1
