@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 import torch
-from training_helpers import ROOT, final_weights, overrides, read_metrics, run_cli, tiny_settings, write_corpus
+from training_helpers import (
+    ROOT,
+    final_weights,
+    folder_bytes,
+    overrides,
+    read_metrics,
+    run_cli,
+    tiny_settings,
+    write_corpus,
+)
 
 from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, latest_checkpoint
 
@@ -144,10 +153,6 @@ def test_resume_from_a_path_into_a_new_save_dir(shared: dict[str, Any], tmp_path
         assert torch.equal(ref, final_weights(run)[name])
 
 
-def _folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_another_runs_checkpoint_is_refused_for_a_folder_that_holds_a_run(
     shared: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -155,7 +160,7 @@ def test_another_runs_checkpoint_is_refused_for_a_folder_that_holds_a_run(
     # its log cut at step 8. Refused before anything is written.
     run = tmp_path / "run"
     shutil.copytree(shared["ref"], run)
-    before = _folder_bytes(run)
+    before = folder_bytes(run)
     elsewhere = tmp_path / "other"
     shutil.copytree(shared["ref"], elsewhere)
     result = _train(shared, run, resume=str(checkpoints_dir(elsewhere) / "step_00000008"))
@@ -163,7 +168,7 @@ def test_another_runs_checkpoint_is_refused_for_a_folder_that_holds_a_run(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "already holds a run (checkpoints up to step 12)" in lines[0] and "resume=auto" in lines[0]
-    assert _folder_bytes(run) == before
+    assert folder_bytes(run) == before
 
 
 def test_an_earlier_checkpoint_of_the_same_run_is_resumed_with_a_warning(

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from training_helpers import overrides, read_metrics, run_cli, tiny_settings
+from training_helpers import folder_bytes, overrides, read_metrics, run_cli, tiny_settings, train_in_process
 
 import muomni
 from muomni.cli import main
@@ -16,20 +16,11 @@ from muomni.training.checkpoint import checkpoints_dir, list_checkpoints, verify
 from muomni.training.run_folder import RunFolderLock
 
 
-def _folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _train(corpus: Path, save_dir: Path, capsys: pytest.CaptureFixture[str], **changes: object) -> tuple[int, str]:
-    code = main(["train", *overrides(tiny_settings(corpus, save_dir, **changes))])
-    return code, capsys.readouterr().err
-
-
 @pytest.fixture
 def run(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """A finished run of 4 steps with checkpoints at steps 2 and 4."""
     save_dir = tmp_path / "run"
-    code, err = _train(corpus, save_dir, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
+    code, err = train_in_process(corpus, save_dir, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
     assert code == 0, err
     return save_dir
 
@@ -53,13 +44,13 @@ def test_a_folder_of_files_no_run_wrote_is_refused(
     folder.mkdir()
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
-    before = _folder_bytes(folder)
-    code, err = _train(corpus, folder, capsys)
+    before = folder_bytes(folder)
+    code, err = train_in_process(corpus, folder, capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "that no muomni run wrote" in lines[0] and "give a new or empty folder" in lines[0]
-    assert _folder_bytes(folder) == before
+    assert folder_bytes(folder) == before
 
 
 def test_the_config_a_run_is_given_is_not_a_run(
@@ -83,7 +74,7 @@ def test_a_folder_of_other_files_may_become_a_run(
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep\n", encoding="utf-8")
-    code, err = _train(corpus, folder, capsys, max_steps=2, checkpoint_freq=2)
+    code, err = train_in_process(corpus, folder, capsys, max_steps=2, checkpoint_freq=2)
     assert code == 0, err
     assert (folder / "notes.txt").read_text(encoding="utf-8") == "keep\n"
     assert len(list_checkpoints(folder)) == 1
@@ -94,28 +85,28 @@ def test_a_checkpoint_or_checkpoints_folder_is_refused(
 ) -> None:
     # Training into a checkpoint replaced its config.json, and the checkpoint then failed its checksum.
     newest = list_checkpoints(run)[-1]
-    before = _folder_bytes(run)
-    code, err = _train(corpus, newest, capsys)
+    before = folder_bytes(run)
+    code, err = train_in_process(corpus, newest, capsys)
     assert code == 2 and "is a checkpoint or model folder, not a run folder" in err
-    code, err = _train(corpus, checkpoints_dir(run), capsys)
+    code, err = train_in_process(corpus, checkpoints_dir(run), capsys)
     assert code == 2 and f"is a run's checkpoints folder; give the run folder {run}" in err
-    assert _folder_bytes(run) == before
+    assert folder_bytes(run) == before
     verify(newest)
 
 
 def test_a_second_run_in_the_same_folder_is_refused(
     run: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = _folder_bytes(run)
+    before = folder_bytes(run)
     with RunFolderLock(run):  # another run holds it (flock's locks conflict within one process too)
-        code, err = _train(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
+        code, err = train_in_process(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert f"another run is training in {run}" in lines[0] and "choose another save_dir" in lines[0]
-    assert _folder_bytes(run) == before
+    assert folder_bytes(run) == before
     # Released, it trains on: the lock went with the holder.
-    code, err = _train(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
+    code, err = train_in_process(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
     assert code == 0, err
     assert list_checkpoints(run)[-1].name == "step_00000006"
 
@@ -156,7 +147,7 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(run_folder.fcntl, "flock", refuse)
-    code, err = _train(corpus, tmp_path / "run", capsys, max_steps=2, checkpoint_freq=2)
+    code, err = train_in_process(corpus, tmp_path / "run", capsys, max_steps=2, checkpoint_freq=2)
     assert code == 0, err
     assert "cannot be locked (No locks available): run one training there at a time" in err
     assert len(list_checkpoints(tmp_path / "run")) == 1

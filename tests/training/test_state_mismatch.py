@@ -9,15 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from training_helpers import overrides, tiny_settings
+from training_helpers import folder_bytes, train_in_process
 
-from muomni.cli import main
 from muomni.training.checkpoint import MANIFEST, list_checkpoints, verify
-
-
-def _train(corpus: Path, save_dir: Path, capsys: pytest.CaptureFixture[str], **changes: object) -> tuple[int, str]:
-    code = main(["train", *overrides(tiny_settings(corpus, save_dir, **changes))])
-    return code, capsys.readouterr().err
 
 
 def _replace_and_rehash(ckpt: Path, name: str, source: Path) -> None:
@@ -31,15 +25,11 @@ def _replace_and_rehash(ckpt: Path, name: str, source: Path) -> None:
     verify(ckpt)
 
 
-def _folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture
 def run(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     """A run of 2 steps with its checkpoint at step 2."""
     save_dir = tmp_path / "run"
-    code, err = _train(corpus, save_dir, capsys, max_steps=2, checkpoint_freq=2, val_freq=2)
+    code, err = train_in_process(corpus, save_dir, capsys, max_steps=2, checkpoint_freq=2, val_freq=2)
     assert code == 0, err
     return save_dir
 
@@ -59,13 +49,13 @@ def test_a_file_holding_another_files_tensors_is_one_line_and_nothing_is_lost(
 ) -> None:
     (ckpt,) = list_checkpoints(run)
     _replace_and_rehash(ckpt, target, ckpt / source)
-    before = _folder_bytes(run)
-    code, err = _train(corpus, run, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
+    before = folder_bytes(run)
+    code, err = train_in_process(corpus, run, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
     assert code == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"muomni: error: checkpoint {ckpt}: {target} does not hold "), err
     assert why in lines[0] and lines[0].endswith("; resume from another one")
-    assert _folder_bytes(run) == before
+    assert folder_bytes(run) == before
 
 
 def test_another_models_optimizer_state_is_refused_at_resume(
@@ -73,11 +63,11 @@ def test_another_models_optimizer_state_is_refused_at_resume(
 ) -> None:
     """Same parameter count, other shapes: loaded, it failed in the first step, inside the optimizer."""
     other = tmp_path / "other"
-    code, err = _train(corpus, other, capsys, max_steps=2, checkpoint_freq=2, val_freq=2, d_model=16, d_ff=32)
+    code, err = train_in_process(corpus, other, capsys, max_steps=2, checkpoint_freq=2, val_freq=2, d_model=16, d_ff=32)
     assert code == 0, err
     (ckpt,) = list_checkpoints(run)
     _replace_and_rehash(ckpt, "optimizer.safetensors", list_checkpoints(other)[0] / "optimizer.safetensors")
-    code, err = _train(corpus, run, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
+    code, err = train_in_process(corpus, run, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
     assert code == 2 and err.count("\n") == 1, err
     assert f"checkpoint {ckpt}: optimizer.safetensors does not hold this model's optimizer state" in err
     assert "has shape [" in err and "its parameter [" in err
@@ -91,6 +81,6 @@ def test_a_trainer_state_missing_a_section_is_one_line(
     del state["rng"]
     (tmp_path / "state.json").write_text(json.dumps(state))
     _replace_and_rehash(ckpt, "trainer_state.json", tmp_path / "state.json")
-    code, err = _train(corpus, run, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
+    code, err = train_in_process(corpus, run, capsys, max_steps=4, checkpoint_freq=2, val_freq=2)
     assert code == 2 and err.count("\n") == 1, err
     assert f"checkpoint {ckpt}: trainer_state.json is unreadable ('rng'); resume from another one" in err

@@ -123,3 +123,16 @@ def final_weights(save_dir: Path) -> dict[str, torch.Tensor]:
     ckpt = latest_checkpoint(save_dir)
     assert ckpt is not None, f"no checkpoint in {save_dir}"
     return load_tensors(ckpt / MODEL_FILE)
+
+
+def train_in_process(corpus: Path, save_dir: Path, capsys: Any, **changes: Any) -> tuple[int, str]:
+    """``muomni train`` with :func:`tiny_settings` in this process: its exit code and stderr."""
+    from muomni.cli import main
+
+    code = main(["train", *overrides(tiny_settings(corpus, save_dir, **changes))])
+    return code, capsys.readouterr().err
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes: to check that a refused command changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
