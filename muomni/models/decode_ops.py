@@ -20,11 +20,14 @@ import torch
 # Devices whose compiled decode step runs the Triton kernels of muomni.models.triton_decode; tests add "cpu",
 # where Triton's interpreter runs them.
 TRITON_DEVICES = {"cuda"}
-# The most rows a decode step hands to the fused output-head kernel. Each of its programs reads its weight
-# rows for one row of the batch, so the weights are read once per row: on an H200 the small preset decoded
-# batch 4 at 8,017 tokens/s with it (and the MLP's row kernels), batch 16 at 13,583 and batch 64 at 16,890;
-# with them up to batch 4 only, on another machine start, 7,932, 22,180 and 42,176.
-HEAD_FUSED_MAX_BATCH = 4
+# The most rows a decode step hands to the fused output-head kernel (the final norm and the head in one row
+# kernel). Its programs read their weight rows once per row of the batch; from 2 rows Inductor's norm and
+# cuBLAS's product, which read the head once, are faster. On an H200, end to end, alternating processes on one
+# start (docs/results/h200_decode_head_small_batch_ab.jsonl), tokens/s with the kernel up to 4 rows against
+# 1 row: tiny preset batch 2 31,303 and 30,996 against 35,187 and 34,521, batch 4 46,636 and 45,650 against
+# 60,580 and 60,111; small preset batch 2 8,375 and 8,325 against 8,897 and 8,778, batch 4 11,779 and
+# 11,672 against 13,228 and 13,176.
+HEAD_FUSED_MAX_BATCH = 1
 # The most rows a decode step hands to the fused MLP and output-projection kernels (row kernels for one row,
 # batched row kernels up to triton_decode.BATCHED_MAX_BATCH, tensor-core tiles over the whole batch from
 # its TILE_MIN_BATCH to its TILE_ROWS, which this must not pass: beyond it the kernels fall back to reading

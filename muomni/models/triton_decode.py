@@ -7,9 +7,10 @@ PDL (and how their ``tl.dot`` multiplies) in :mod:`muomni.models.decode_launch`.
 Per layer: the attention input (norm, q/k/v, RoPE, cache write; :func:`norm_qkv_rope`), split-KV attention
 (:func:`muomni.models.split_kv.split_kv_attention`), the output projection with its residual add
 (:func:`linear_residual`) and the SwiGLU MLP with its norm and residual add (:func:`swiglu_residual`); then
-the final norm and the output head (:func:`norm_linear`). Batch 1 runs the row kernels, 2 to 4 rows the
-batched row kernels, 5 to 64 the tensor-core tiles, more the row kernels again (see ``BATCHED_MIN_BATCH``
-and ``TILE_MIN_BATCH``).
+the final norm and the output head (:func:`norm_linear`, for one row: from 2 rows the modules, whose
+product reads the head once; see ``decode_ops.HEAD_FUSED_MAX_BATCH``). Batch 1 runs the row kernels, 2 to 4
+rows the batched row kernels, 5 to 64 the tensor-core tiles, more the row kernels again (see
+``BATCHED_MIN_BATCH`` and ``TILE_MIN_BATCH``).
 """
 
 import torch

@@ -117,22 +117,25 @@ def test_compiled_mixture_of_experts_decodes_what_eager_decodes(counting_backend
     assert len(counting_backend) > 2  # graph breaks: more graphs than the two step sizes
 
 
-@pytest.mark.parametrize(("tile_min_batch", "split_min_depth"), [(5, None), (2, None), (2, 1)])
+@pytest.mark.parametrize(
+    ("tile_min_batch", "split_min_depth", "head_fused_max_batch"), [(5, None, 3), (2, None, 1), (2, 1, 1)]
+)
 def test_compiled_decoding_through_the_triton_kernels_equals_eager(
-    tile_min_batch: int, split_min_depth: int | None, monkeypatch: pytest.MonkeyPatch
+    tile_min_batch: int, split_min_depth: int | None, head_fused_max_batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The compiled step as it runs on CUDA (the fused attention-input kernel writing the cache inside the
     graph, split-KV attention, the fused output projection, MLP half and head, the blocked argmax), without a
-    GPU through Triton's interpreter: greedy tokens as eager. The batch of 3 runs the row kernels, and the
-    tensor-core tiles of larger batches when those start at 2 rows; the tiles split their depth (as deep
+    GPU through Triton's interpreter: greedy tokens as eager. The batch of 3 runs the batched row kernels, and
+    the tensor-core tiles of larger batches when those start at 2 rows; the tiles split their depth (as deep
     models' do, with the arrival counts kept across the CUDA graph's replays on a GPU) when the shallow test
-    model's tiles are split too."""
+    model's tiles are split too. The head runs its fused kernel when that takes 3 rows, else the modules."""
     pytest.importorskip("triton", reason="the kernels are Triton's")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton was imported before its interpreter could be switched on")
     from muomni.models import decode_ops, triton_decode
 
     monkeypatch.setattr(triton_decode, "TILE_MIN_BATCH", tile_min_batch)
+    monkeypatch.setattr(decode_ops, "HEAD_FUSED_MAX_BATCH", head_fused_max_batch)
     if split_min_depth is not None:  # steps of 32 (16 for fp32 weights), the fewest a tensor-core product takes
         monkeypatch.setattr(triton_decode, "SPLIT_MIN_DEPTH", split_min_depth)
         monkeypatch.setattr(triton_decode, "SPLIT_DEPTH", 32)
@@ -145,7 +148,8 @@ def test_compiled_decoding_through_the_triton_kernels_equals_eager(
     model = tiny_model(n_layers=1).to("cuda" if torch.cuda.is_available() else "cpu")
     want = generate_tokens(model, PROMPTS, 8, temperature=0.0)
     assert generate_tokens(model, PROMPTS, 8, temperature=0.0, compile=True) == want
-    assert set(calls) == {"norm_qkv_rope", "swiglu_residual", "linear_residual", "norm_linear"}  # all ran
+    head = {"norm_linear"} if head_fused_max_batch >= len(PROMPTS) else set()
+    assert set(calls) == {"norm_qkv_rope", "swiglu_residual", "linear_residual", *head}  # all that should ran
     # The output projection's own call, besides the MLP's down projection inside swiglu_residual.
     assert calls.count("linear_residual") == 2 * calls.count("swiglu_residual")
 
