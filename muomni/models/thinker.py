@@ -138,7 +138,8 @@ class Thinker(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, V]; ``input_pos`` [T] gives the cache slots of cached decoding."""
         norm, head = self.model.norm, self.lm_head
-        one_token = tokens.shape[1] == 1 and tokens.shape[0] <= decode_ops.HEAD_FUSED_MAX_BATCH and input_pos is not None
+        fused_head = tokens.shape[0] <= decode_ops.HEAD_FUSED_MAX_BATCH  # one row; more read the head once via cuBLAS
+        one_token = tokens.shape[1] == 1 and fused_head and input_pos is not None
         if one_token and one_kernel_ready(head.weight, [norm.weight, self.model.embed_tokens.weight]):
             x = self.model.residual_stream(tokens, input_pos)  # a compiled decode step: the norm goes with the head
             return norm_linear(x[:, 0], norm.weight, norm.eps, head.weight)[:, None]
