@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from muomni.data import Tokenizer
-from muomni.inference.generate import check_decode_chunk, check_max_new_tokens, generate_tokens, is_unicode
+from muomni.inference.generate import check_options, generate_tokens, is_unicode
 from muomni.inference.prefix import KVPrefix
-from muomni.inference.sampling import SamplingParams, check_seed
 from muomni.inference.stats import GenerationStats
 from muomni.inference.streaming import TextStream
 from muomni.models.thinker import Thinker
@@ -99,7 +98,7 @@ def chat(
         out: where replies go (standard output by default).
         sampling: ``temperature``, ``top_k``, ``top_p``, ``compile``, ``tune``, ``decode_chunk`` for generation.
     """
-    _check_options(max_new_tokens, seed, sampling)
+    check_options(max_new_tokens, seed, sampling)  # before the chat starts, not at the first message
     out = out or sys.stdout
     ctx_len = model.config.ctx_len
     reply_tokens = max(min(max_new_tokens, ctx_len // 2), 1)
@@ -130,15 +129,6 @@ def chat(
             except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat; the turn is not kept
                 print("\n(reply interrupted)", file=out, flush=True)
             turn += 1
-
-
-def _check_options(max_new_tokens: int, seed: int | None, sampling: dict[str, object]) -> None:
-    """Reject a bad option before the chat starts, not at the first message (which generation checks too)."""
-    check_max_new_tokens(max_new_tokens)
-    check_seed(seed)
-    check_decode_chunk(sampling.get("decode_chunk"))  # type: ignore[arg-type]
-    options = {name: sampling[name] for name in ("temperature", "top_k", "top_p") if name in sampling}
-    SamplingParams(**options)  # type: ignore[arg-type]
 
 
 def _answer(

@@ -7,14 +7,33 @@ import sys
 from typing import Any
 
 from muomni.data import Tokenizer
-from muomni.inference.generate import generate
+from muomni.errors import InputError
+from muomni.inference.generate import check_options, generate
 from muomni.inference.loading import load
 from muomni.inference.stats import GenerationStats
 from muomni.models.thinker import Thinker
 
+# The command line's name of each option of generate() and chat() that is checked, for the errors to name
+# what the user typed.
+FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "seed": "--seed",
+    "decode_chunk": "--decode-chunk",
+}
+
 
 def load_from_args(args: argparse.Namespace) -> tuple[Thinker, Tokenizer]:
-    """The model and tokenizer of ``--ckpt`` on ``--device`` in ``--dtype``, cache per ``--no-kv-cache``."""
+    """The model and tokenizer of ``--ckpt`` on ``--device`` in ``--dtype``, cache per ``--no-kv-cache``.
+
+    The sampling options are checked first: a bad one is reported by its flag, before a model is loaded.
+    """
+    try:
+        check_options(args.max_new_tokens, args.seed, sampling_kwargs(args))
+    except InputError as e:
+        raise InputError(_named_as_flag(str(e))) from None
     model, tokenizer = load(args.ckpt, device=args.device, dtype=getattr(args, "dtype", None))
     model.enable_kv_cache(not args.no_kv_cache)
     return model, tokenizer
@@ -31,6 +50,12 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tune": args.tune,
         "decode_chunk": getattr(args, "decode_chunk", None),
     }
+
+
+def _named_as_flag(message: str) -> str:
+    """``message`` with the option it starts with ("top_p must be ...") named as its flag ("--top-p must be ...")."""
+    name = message.split(" ", 1)[0]
+    return FLAGS[name] + message[len(name) :] if name in FLAGS else message
 
 
 def run_generate(args: argparse.Namespace) -> int:

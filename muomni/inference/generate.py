@@ -198,6 +198,15 @@ def check_decode_chunk(decode_chunk: int | None) -> None:
         raise InputError(f"decode_chunk must be at least 1, not {decode_chunk}")
 
 
+def check_options(max_new_tokens: int, seed: int | None, sampling: dict[str, object]) -> None:
+    """Reject a bad option of :func:`generate` before any work (the generation checks each again)."""
+    check_max_new_tokens(max_new_tokens)
+    check_seed(seed)
+    check_decode_chunk(sampling.get("decode_chunk"))  # type: ignore[arg-type]
+    options = {name: sampling[name] for name in ("temperature", "top_k", "top_p") if name in sampling}
+    SamplingParams(**options)  # type: ignore[arg-type]
+
+
 def _chunk(decode_chunk: int | None, compile: bool, device: torch.device) -> int:
     check_decode_chunk(decode_chunk)
     if decode_chunk is None:

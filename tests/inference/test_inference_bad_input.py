@@ -24,13 +24,13 @@ def _assert_one_line_error(code: int, err: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--seed", TOO_BIG_SEED], f"seed must be in [-2**63, 2**64 - 1], not {TOO_BIG_SEED}"),
-        (["--seed", str(-(2**63) - 1)], "seed must be in [-2**63, 2**64 - 1]"),
-        (["--temperature", "inf"], "temperature must be finite, not inf"),
-        (["--temperature", "nan"], "temperature must be 0 (greedy) or positive, not nan"),
+        (["--seed", TOO_BIG_SEED], f"--seed must be in [-2**63, 2**64 - 1], not {TOO_BIG_SEED}"),
+        (["--seed", str(-(2**63) - 1)], "--seed must be in [-2**63, 2**64 - 1]"),
+        (["--temperature", "inf"], "--temperature must be finite, not inf"),
+        (["--temperature", "nan"], "--temperature must be 0 (greedy) or positive, not nan"),
         (["--prompt", NOT_UTF8], "prompt is not valid UTF-8 text"),
-        # Asked for more tokens than the context holds, it warned of the cap before refusing the chunk.
-        (["--decode-chunk", "0", "--max-new-tokens", "100000"], "decode_chunk must be at least 1, not 0"),
+        # More tokens than the context holds would be capped with a warning; the options are checked first.
+        (["--decode-chunk", "0", "--max-new-tokens", "100000"], "--decode-chunk must be at least 1, not 0"),
     ],
 )
 def test_generate_bad_input_is_one_line_and_exit_2(
@@ -38,6 +38,17 @@ def test_generate_bad_input_is_one_line_and_exit_2(
 ) -> None:
     code, _, err = run_cli(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "def ", *extra)
     _assert_one_line_error(code, err, message)
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_bad_option_is_named_by_its_flag_before_a_checkpoint_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """The options are checked before the model loads (a large checkpoint takes a while): the error names the
+    flag even where the checkpoint does not exist."""
+    prompt = ["--prompt", "def "] if command == "generate" else []
+    code, _, err = run_cli(capsys, command, "--ckpt", str(tmp_path / "missing"), *prompt, "--top-p", "1.5")
+    _assert_one_line_error(code, err, "--top-p must be in (0, 1] (1 = off), not 1.5")
 
 
 def test_negative_seeds_count_back_from_2_to_the_64(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,12 +63,12 @@ def test_negative_seeds_count_back_from_2_to_the_64(run_dir: Path, capsys: pytes
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
-        (["--max-new-tokens", "-5"], "max_new_tokens must be at least 1, not -5"),
-        (["--seed", TOO_BIG_SEED], "seed must be in [-2**63, 2**64 - 1]"),
-        (["--temperature", "inf"], "temperature must be finite, not inf"),
-        (["--top-p", "0"], "top_p must be in (0, 1]"),
-        (["--decode-chunk", "0"], "decode_chunk must be at least 1, not 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, not 0"),
+        (["--max-new-tokens", "-5"], "--max-new-tokens must be at least 1, not -5"),
+        (["--seed", TOO_BIG_SEED], "--seed must be in [-2**63, 2**64 - 1]"),
+        (["--temperature", "inf"], "--temperature must be finite, not inf"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--decode-chunk", "0"], "--decode-chunk must be at least 1, not 0"),
     ],
 )
 def test_chat_rejects_bad_options_before_the_session(

@@ -49,11 +49,11 @@ def test_tune_compiles_and_decodes_what_eager_decodes(run_dir: Path, capsys: pyt
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
-        (["--temperature", "-1"], "temperature must be 0 (greedy) or positive, not -1.0"),
-        (["--top-p", "0"], "top_p must be in (0, 1]"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-        (["--top-k", "-1"], "top_k must be 0 (off)"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, not 0"),
+        (["--temperature", "-1"], "--temperature must be 0 (greedy) or positive, not -1.0"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-k", "-1"], "--top-k must be 0 (off)"),
         (["--prompt", ""], "empty prompt"),
         (["--prompt", "x" * 200], "tokens but ctx_len is 64; shorten it or pass --truncate"),
     ],
