@@ -73,7 +73,7 @@ def test_second_build_reuses_the_cache_without_tokenizing(
         raise AssertionError("the corpus was tokenized again")
 
     monkeypatch.setattr(Tokenizer, "encode_batch", no_encoding)
-    monkeypatch.setattr("muomni.data.dataset.load_documents", no_encoding)
+    monkeypatch.setattr("muomni.data.token_cache.load_documents", no_encoding)
     second = TokenData.build(str(txt_corpus), tokenizer, ctx_len=16, val_split=0.1, seed=3)
     assert second.reused and isinstance(second.train_tokens, np.ndarray)
     assert np.array_equal(first.train_tokens, second.train_tokens)
@@ -187,6 +187,6 @@ def test_build_reports_a_bad_corpus_as_data_error(tmp_path: Path, tokenizer: Tok
 
 
 def test_large_vocabulary_is_stored_as_uint32(tmp_path: Path, tokenizer: Tokenizer) -> None:
-    from muomni.data.dataset import _token_dtype
+    from muomni.data.token_cache import token_dtype
 
-    assert _token_dtype(65535) == np.uint16 and _token_dtype(65536) == np.uint32
+    assert token_dtype(65535) == np.uint16 and token_dtype(65536) == np.uint32
