@@ -19,6 +19,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if path.suffix == ".json" and path.stem in PRESETS:  # "configs/tiny.json": the presets ship in the package
+            name = path.stem
+            raise ConfigError(f"config file {path} does not exist; the built-in preset is named without a path: {name}")
         raise ConfigError(f"config file {path} does not exist; give a JSON file or one of {', '.join(PRESETS)}")
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a folder; give a JSON file or one of {', '.join(PRESETS)}")

@@ -87,6 +87,13 @@ def test_a_config_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
+def test_a_preset_given_as_a_missing_path_is_pointed_to_by_name(tmp_path: Path) -> None:
+    """The design's example path "configs/tiny.json" is where a checkout's presets would be; they ship inside the
+    package, so the error names the preset to give instead."""
+    with pytest.raises(ConfigError, match="does not exist; the built-in preset is named without a path: tiny$"):
+        load_config(tmp_path / "configs" / "tiny.json")
+
+
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.json")
