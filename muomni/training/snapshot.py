@@ -65,8 +65,10 @@ from muomni.training.state import (
 )
 
 # Keys that fix the data a step sees or the optimizer state's layout: changing them breaks a resume.
-# The batch keys may change with the number of processes, as long as the global batch stays the same.
+# The batch keys may change, as long as the global batch (x the number of processes) stays the same.
 BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
+# How a step is split into micro-batches and what saves its memory: auto_fit may change these in a run.
+SPLIT_KEYS = (*BATCH_KEYS, "use_gradient_checkpointing", "gradient_checkpointing_every", "cpu_offload")
 DATA_KEYS = ("train_text", "seed", "val_split", "optimizer")
 ORDER_KEYS = BATCH_KEYS + DATA_KEYS
 STATE_FORMAT = 1
@@ -115,6 +117,7 @@ class TrainingState:
     schedule: Schedule
     progress: Progress
     env: DistEnv = SINGLE
+    asked_split: dict[str, Any] | None = None  # the SPLIT_KEYS this run was asked for, before auto_fit
 
 
 def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: TrainingState) -> Path:
@@ -132,6 +135,7 @@ def save_snapshot(save_dir: Path, cfg: Config, tokenizer: Tokenizer, ts: Trainin
     state = {
         "format": STATE_FORMAT,
         "world_size": ts.env.world_size,
+        "asked_split": ts.asked_split,
         "progress": asdict(ts.progress),
         "sampler": ts.stream.state_dict(),
         "schedule": ts.schedule.state_dict(),
@@ -230,26 +234,40 @@ def saved_world_size(ckpt: Path) -> int:
         raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
 
 
-def check_global_batch(old: Config, old_world: int, new: Config, new_world: int, ckpt: Path) -> None:
-    """Refuse a resume whose steps would see other windows: the global batch must stay the same.
+def split_of(cfg: Config) -> dict[str, Any]:
+    """``cfg``'s micro-batch split and memory savers (the SPLIT_KEYS)."""
+    return {key: getattr(cfg, key) for key in SPLIT_KEYS}
 
-    With the same number of processes the split must stay too (auto_fit's is adopted before); with
-    another one, ``batch_size x accumulation x processes`` must match.
+
+def saved_asked_split(ckpt: Path) -> dict[str, Any] | None:
+    """The split a checkpoint's run was asked for, before auto_fit (None for checkpoints older than it)."""
+    try:
+        asked = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")).get("asked_split")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
+    return asked if isinstance(asked, dict) else None
+
+
+def check_global_batch(old: Config, old_world: int, new: Config, new_world: int, ckpt: Path) -> None:
+    """Refuse a resume whose steps would see other windows: the global batch, ``batch_size x accumulation x
+    processes``, must stay the same. How it is split may change (fewer windows a micro-batch to fit a smaller
+    device, or other processes).
 
     Raises:
         CheckpointError: naming both batches and the way out.
     """
-    if old_world == new_world:
-        check_compatible(old, new, ckpt, list(BATCH_KEYS))
-        return
     was, now = old.effective_batch_size * old_world, new.effective_batch_size * new_world
-    if was != now:
-        raise CheckpointError(
-            f"cannot resume from {ckpt}: its global batch was {was} windows ({old.batch_size} x "
-            f"{old.gradient_accumulation_steps} accumulation x {old_world} processes) and is {now} now "
-            f"({new.batch_size} x {new.gradient_accumulation_steps} x {new_world}); set batch_size or "
-            "gradient_accumulation_steps so they match, or resume=never to start over"
-        )
+    if was == now:
+        return
+    kind, old_procs, new_procs = "batch", "", ""
+    if old_world > 1 or new_world > 1:
+        kind, old_procs, new_procs = "global batch", f" x {old_world} processes", f" x {new_world}"
+    raise CheckpointError(
+        f"cannot resume from {ckpt}: its {kind} was {was} windows ({old.batch_size} x "
+        f"{old.gradient_accumulation_steps} accumulation{old_procs}) and is {now} now "
+        f"({new.batch_size} x {new.gradient_accumulation_steps}{new_procs}); set batch_size or "
+        "gradient_accumulation_steps so they match, or resume=never to start over"
+    )
 
 
 def find_resume(cfg: Config, announce: bool = True) -> Path | None:
@@ -352,6 +370,9 @@ __all__ = [
     "read_config",
     "remove_stale",
     "save_snapshot",
+    "saved_asked_split",
     "saved_world_size",
+    "split_of",
+    "SPLIT_KEYS",
     "stale_checkpoints",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from muomni.training.snapshot import (
     check_global_batch,
     model_keys,
     read_config,
+    saved_asked_split,
     saved_world_size,
+    split_of,
 )
 
 Sources = tuple[Config, Tokenizer, dict[str, torch.Tensor] | None]
@@ -48,19 +51,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def adopt_fitted_split(old: Config, cfg: Config) -> Config:
-    """On resume, keep the checkpoint's micro-batch split (and memory savers) when the effective batch is
-    the same: auto_fit may have changed them, and the same windows in the same order are what matter."""
-    if old.effective_batch_size != cfg.effective_batch_size or old.batch_size == cfg.batch_size:
+def adopt_fitted_split(old: Config, cfg: Config, asked: dict[str, Any] | None) -> Config:
+    """On resume, keep the checkpoint's micro-batch split and memory savers where auto_fit chose them.
+
+    They are kept when this run is asked for what the checkpoint's run was asked for (``asked``, its split
+    before auto_fit), with the same effective batch: auto_fit would only find them again, one out-of-memory
+    step at a time. A split asked anew, such as a smaller micro-batch to fit another device, is the user's.
+    Checkpoints older than ``asked`` keep theirs whenever the micro-batch differs.
+    """
+    if old.effective_batch_size != cfg.effective_batch_size:
         return cfg
-    keys = (
-        "batch_size",
-        "gradient_accumulation_steps",
-        "use_gradient_checkpointing",
-        "gradient_checkpointing_every",
-        "cpu_offload",
-    )
-    return cfg.replace(**{k: getattr(old, k) for k in keys})
+    if (asked is None and old.batch_size == cfg.batch_size) or (asked is not None and split_of(cfg) != asked):
+        return cfg
+    return cfg.replace(**split_of(old))
 
 
 def resume_sources(cfg: Config, ckpt: Path, world_size: int) -> Sources:
@@ -71,7 +74,7 @@ def resume_sources(cfg: Config, ckpt: Path, world_size: int) -> Sources:
         cfg = cfg.replace(**model_keys(old))
     old_world = saved_world_size(ckpt)
     if old_world == world_size:
-        cfg = adopt_fitted_split(old, cfg)
+        cfg = adopt_fitted_split(old, cfg, saved_asked_split(ckpt))
     check_compatible(old, cfg, ckpt, MODEL_KEYS)
     check_global_batch(old, old_world, cfg, world_size, ckpt)
     check_compatible(old, cfg, ckpt, list(DATA_KEYS))

@@ -56,6 +56,7 @@ from muomni.training.snapshot import (
     find_resume,
     load_model_state,
     load_snapshot,
+    split_of,
 )
 from muomni.training.sources import (
     initial_sources,
@@ -93,6 +94,7 @@ class Trainer:
         auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"
         self.auto_fit = auto_fit and not self.env.enabled  # a retry on one rank would desynchronise the ranks
         self.resume_from = find_resume(cfg, announce=self.env.is_main)
+        asked_split = split_of(cfg)  # before a resume adopts auto_fit's split, or auto_fit changes it
         init_state = self._prepare(cfg)
         cfg = self.cfg
         seed_everything(cfg.seed)
@@ -111,7 +113,7 @@ class Trainer:
         self.progress = Progress()
         schedule = make_schedule(cfg, self.total_steps)
         args = (self.model, self.optimizer, self.precision.scaler, self.stream, schedule, self.progress)
-        self.state = TrainingState(*args, env=self.env)
+        self.state = TrainingState(*args, env=self.env, asked_split=asked_split)
         if self.resume_from is not None:
             load_snapshot(self.resume_from, self.state)
         self.compiled = self._compile()

@@ -84,6 +84,7 @@ def test_auto_fit_checkpoints_every_block_before_it_offloads(corpus: Path, tmp_p
 
 
 def test_a_resumed_run_keeps_the_split_and_savers_auto_fit_chose(corpus: Path, tmp_path: Path) -> None:
+    from muomni.training.snapshot import split_of
     from muomni.training.sources import adopt_fitted_split
 
     asked = tiny_config(corpus, tmp_path, batch_size=8, use_gradient_checkpointing=True)
@@ -91,10 +92,35 @@ def test_a_resumed_run_keeps_the_split_and_savers_auto_fit_chose(corpus: Path, t
     fitted = {"batch_size": 1, "gradient_accumulation_steps": 8, "gradient_checkpointing_every": 1}
     fitted |= {"cpu_offload": "activations"}
     old = asked.replace(**fitted)
-    kept = adopt_fitted_split(old, asked)
+    kept = adopt_fitted_split(old, asked, split_of(asked))  # asked again for what the run was asked for
     assert {key: getattr(kept, key) for key in fitted} == fitted
     other_batch = asked.replace(batch_size=4)  # another effective batch: the run asks for something new
-    assert adopt_fitted_split(old, other_batch) == other_batch
+    assert adopt_fitted_split(old, other_batch, split_of(asked)) == other_batch
+    # The same effective batch split anew (smaller micro-batches for a smaller device) is the user's to choose.
+    anew = asked.replace(batch_size=2, gradient_accumulation_steps=4, cpu_offload="activations")
+    assert adopt_fitted_split(old, anew, split_of(asked)) == anew
+    # A checkpoint from before the asked split was saved: a micro-batch other than the checkpoint's is adopted.
+    assert {key: getattr(adopt_fitted_split(old, asked, None), key) for key in fitted} == fitted
+
+
+def test_a_resume_takes_a_new_split_of_the_same_batch(corpus: Path, tmp_path: Path) -> None:
+    """Resuming with smaller micro-batches and memory savers (say, on a smaller device) trains with them, and the
+    run's config says so; the checkpoint records what each run was asked for."""
+    import json
+
+    from training_helpers import read_metrics
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(corpus, run, dropout=0.0, max_steps=2, checkpoint_freq=2)).fit()
+    state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["asked_split"]["batch_size"] == 4 and state["asked_split"]["gradient_accumulation_steps"] == 1
+    split = {"batch_size": 2, "gradient_accumulation_steps": 2, "use_gradient_checkpointing": True}
+    resumed = Trainer(tiny_config(corpus, run, dropout=0.0, max_steps=4, checkpoint_freq=2, **split))
+    assert {key: getattr(resumed.cfg, key) for key in split} == split
+    resumed.fit()
+    saved = json.loads((run / "config.json").read_text())
+    assert {key: saved[key] for key in split} == split
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4]
 
 
 def test_without_auto_fit_the_error_propagates(corpus: Path, tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_incompatible_resume_is_refused(shared: dict[str, Any], tmp_path: Path) 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "'batch_size' was 4 there and is 2 now; give batch_size=4 to resume it" in lines[0]
+    assert "its batch was 4 windows (4 x 1 accumulation) and is 2 now (2 x 1); set batch_size or" in lines[0]
     assert "resume=never" in lines[0]
 
 
