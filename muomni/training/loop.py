@@ -51,8 +51,12 @@ class TrainingRun:
         self._stale = stale_checkpoints(t.save_dir, step)
         self.last_ckpt: Path | None = t.resume_from
         self._start_step = step
-        # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint.
+        # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint, unless a
+        # stop skipped the validation due at its step: that runs first, as in a run that never stopped.
         self._last_ckpt_step = self._last_eval_step = step if t.resume_from is not None else -1
+        self._owed_eval = t.resume_from is not None and self._validation_owed(step)
+        if t.resume_from is None:
+            t.progress.val_step = 0
         held = bool(self._stale)
         if t.env.is_main and not held:
             self._write_run_files()
@@ -60,6 +64,14 @@ class TrainingRun:
         for line in describe_run(t):
             self.log.info(line)
         self._landed_at = time.perf_counter()
+
+    def _validation_owed(self, step: int) -> bool:
+        """Whether the checkpoint resumed at ``step`` lacks the validation due after that step (a stop came
+        first). Checkpoints older than ``Progress.val_step`` are taken to have it."""
+        t = self.trainer
+        val_step = t.progress.val_step
+        due = step % t.cfg.val_freq == 0 or self._done()
+        return val_step is not None and val_step != step and due and step > 0
 
     def _write_run_files(self) -> None:
         t = self.trainer
@@ -70,6 +82,9 @@ class TrainingRun:
         """Train to ``max_steps`` / ``max_epochs``, a stop signal, or too many non-finite steps; return the
         last checkpoint written (see :meth:`Trainer.fit <muomni.training.trainer.Trainer.fit>`)."""
         try:
+            if self._owed_eval:
+                self._evaluate()
+                self._last_ckpt_step = -1  # the checkpoint resumed from is written again, now with it
             self._run_steps()
             if not self.trainer.env.enabled:  # ranks act on a signal together, only once they agreed on it
                 self.trainer.stop_signal = self.stop.received
@@ -204,10 +219,11 @@ class TrainingRun:
         t = self.trainer
         step = t.progress.step
         if t.stop_signal is not None:
-            self._checkpoint()
+            if self._last_ckpt_step != step:  # not again at a step just saved, or the one resumed from
+                self._checkpoint()
             self.log.info(f"stopped by {signal.Signals(t.stop_signal).name} after step {step}; saved {self.last_ckpt}")
             return self.last_ckpt
-        if t.resume_from is not None and step == self._start_step:  # e.g. the same command run again
+        if t.resume_from is not None and step == self._start_step and not self._owed_eval:  # the same command again
             self.log.info(
                 f"nothing to train: the run is already at step {step}, its end (max_steps {t.cfg.max_steps}, "
                 f"max_epochs {t.cfg.max_epochs}); raise them to train further"
@@ -215,6 +231,9 @@ class TrainingRun:
             return self.last_ckpt
         if self._last_eval_step != step:
             self._evaluate()
+            if not t.env.enabled and self.stop.received is not None:  # it came during that validation
+                t.stop_signal = self.stop.received
+                return self._finish()
         if self._last_ckpt_step != step:
             self._checkpoint()
         val = t.progress.val_loss
@@ -230,7 +249,7 @@ class TrainingRun:
         self._last_eval_step = t.progress.step
         if val is None:
             return
-        t.progress.val_loss = val
+        t.progress.val_loss, t.progress.val_step = val, t.progress.step
         ppl = math.exp(min(val, 700.0))
         self.log.record({"step": t.progress.step, "val_loss": val, "val_ppl": ppl})
         self.log.info(f"step {t.progress.step}: val loss {val:.4f}, perplexity {ppl:.2f}")

@@ -86,6 +86,7 @@ class Progress:
         overflow_skips: fp16 steps skipped because the scaled gradients overflowed, in total.
         tokens: training tokens consumed.
         val_loss: the latest validation loss, if any.
+        val_step: the step of ``val_loss`` (0 before a run's first validation; None in older checkpoints).
     """
 
     step: int = 0
@@ -95,6 +96,7 @@ class Progress:
     overflow_skips: int = 0
     tokens: int = 0
     val_loss: float | None = None
+    val_step: int | None = None
 
     def skip(self, overflow: bool) -> str:
         """Count a skipped step (an fp16 overflow, or a non-finite loss or norm); return its kind."""

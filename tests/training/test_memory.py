@@ -111,11 +111,11 @@ def test_a_resume_takes_a_new_split_of_the_same_batch(corpus: Path, tmp_path: Pa
     from training_helpers import read_metrics
 
     run = tmp_path / "run"
-    Trainer(tiny_config(corpus, run, dropout=0.0, max_steps=2, checkpoint_freq=2)).fit()
+    Trainer(tiny_config(corpus, run, dropout=0.0, max_steps=2, checkpoint_freq=2, warmup_steps=1)).fit()
     state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
     assert state["asked_split"]["batch_size"] == 4 and state["asked_split"]["gradient_accumulation_steps"] == 1
     split = {"batch_size": 2, "gradient_accumulation_steps": 2, "use_gradient_checkpointing": True}
-    resumed = Trainer(tiny_config(corpus, run, dropout=0.0, max_steps=4, checkpoint_freq=2, **split))
+    resumed = Trainer(tiny_config(corpus, run, dropout=0.0, max_steps=4, checkpoint_freq=2, warmup_steps=1, **split))
     assert {key: getattr(resumed.cfg, key) for key in split} == split
     resumed.fit()
     saved = json.loads((run / "config.json").read_text())

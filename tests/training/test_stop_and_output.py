@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from training_helpers import ROOT, overrides, run_cli, tiny_config, tiny_settings
 
 from muomni.console import DroppingStdout
@@ -70,3 +72,52 @@ def test_a_stop_cuts_validation_short(corpus: Path, tmp_path: Path) -> None:
     assert len(asked) == 2, "validation went on after the stop"
     assert trainer.model.training
     assert trainer.evaluate(lambda: False) == full
+
+
+def _val_records(save_dir: Path) -> list[tuple[int, float]]:
+    from training_helpers import read_metrics
+
+    return [(r["step"], r["val_loss"]) for r in read_metrics(save_dir) if "val_loss" in r]
+
+
+def test_a_stop_at_the_last_step_leaves_its_validation_to_the_resume(
+    corpus: Path, tmp_path: Path, private_cache: Path
+) -> None:
+    """A stop skips the validation due after its step; the resumed run does it first, so the run's log ends as
+    one that never stopped (it said "nothing to train" and the last validation was never made)."""
+    keys = {"max_steps": 4, "val_freq": 4, "checkpoint_freq": 4, "dropout": 0.0}
+    whole = tmp_path / "whole"
+    assert run_cli(["train", *overrides(tiny_settings(corpus, whole, **keys))], private_cache).returncode == 0
+    run = tmp_path / "run"
+    args = ["train", *overrides(tiny_settings(corpus, run, **keys))]
+    stopped = run_cli(args, private_cache, env={"MUOMNI_TEST_KILL_AT": "step_end:4:SIGTERM"})
+    assert "stopped by SIGTERM after step 4" in stopped.stdout and _val_records(run) == []
+    resumed = run_cli(args, private_cache)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "nothing to train" not in resumed.stdout and "done at step 4: val loss" in resumed.stdout
+    assert _val_records(run) == _val_records(whole) and len(_val_records(run)) == 1
+    again = run_cli(args, private_cache)  # now it is the same command run again
+    assert "nothing to train" in again.stdout and len(_val_records(run)) == 1
+
+
+def test_a_signal_during_the_last_validation_stops_the_run(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the validation after the last step: the run says it was stopped and exits as interrupted,
+    rather than "done ... val loss n/a (no validation data)" and exit 0; the resume makes that validation."""
+    cfg = tiny_config(corpus, tmp_path / "run", max_steps=6, val_freq=4, checkpoint_freq=6, dropout=0.0)
+    real = Trainer.evaluate
+
+    def evaluate(self: Trainer, stopped=None):  # noqa: ANN001, ANN202
+        if self.progress.step == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # to the run's own handler, as Ctrl-C would
+        return real(self, stopped) if stopped is not None else real(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert trainer.stop_signal == signal.SIGINT
+    assert [step for step, _ in _val_records(Path(cfg.save_dir))] == [4]
+    monkeypatch.setattr(Trainer, "evaluate", real)
+    Trainer(cfg).fit()
+    assert [step for step, _ in _val_records(Path(cfg.save_dir))] == [4, 6]
