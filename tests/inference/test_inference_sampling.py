@@ -82,6 +82,15 @@ def test_same_seed_same_sample_different_seed_different() -> None:
     assert a != generate_tokens(model, PROMPTS, 16, temperature=0.0)  # it did sample
 
 
+def test_one_prompt_given_twice_in_a_batch_gets_two_samples() -> None:
+    """The random draws are shared out across the batch's rows (as the README says): a prompt repeated in one
+    batch is sampled once per row, and its seeded text belongs to the batch, not to the prompt alone."""
+    model = tiny_model()
+    twice = generate_tokens(model, [PROMPTS[0], PROMPTS[0]], 16, temperature=1.0, seed=3)
+    assert twice[0] != twice[1]
+    assert generate_tokens(model, [PROMPTS[0], PROMPTS[0]], 16, temperature=1.0, seed=3) == twice
+
+
 def test_global_seed_is_used_without_a_seed() -> None:
     model = tiny_model()
     torch.manual_seed(7)
