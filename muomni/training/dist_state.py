@@ -76,6 +76,10 @@ def load_full_optimizer_state(
     if not env.sharded:
         optimizer.load_state_dict(state)
         return
+    if not state["state"]:  # SGD without momentum keeps no tensors, and torch's loader needs one to find the device
+        for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     groups = _names_by_group(model, optimizer)

@@ -204,6 +204,18 @@ def test_a_two_rank_fsdp_checkpoint_resumes_on_one_rank_and_on_two(work: Path, p
     _assert_close(final_weights(work / f"resumed_{procs}"), final_weights(work / "fsdp"))
 
 
+@needs_fsdp
+def test_an_optimizer_without_state_resumes_under_fsdp(work: Path) -> None:
+    """SGD without momentum saves no optimizer tensors; FSDP's loader needed one (an AssertionError at resume)."""
+    sgd = {"optimizer": "sgd", "momentum": 0.0, "lr": 0.1}
+    reference = _train(work, "sgd_single", 1, **sgd)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    ckpt = checkpoints_dir(work / "sgd_single") / "step_00000002"
+    result = _train(work, "sgd_fsdp_resumed", 2, distributed="fsdp", resume=str(ckpt), **sgd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+    _assert_close(final_weights(work / "sgd_fsdp_resumed"), final_weights(work / "sgd_single"))
+
+
 @pytest.mark.parametrize(("mode", "how"), [("ddp", ""), pytest.param("fsdp", ":SIGKILL", marks=needs_fsdp)])
 def test_a_failing_rank_ends_the_job_in_bounded_time_and_the_run_resumes(work: Path, mode: str, how: str) -> None:
     name = f"failed_{mode}"
