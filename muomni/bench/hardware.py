@@ -6,10 +6,12 @@ only for devices in this table and "n/a" elsewhere, never guessed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -85,7 +87,7 @@ def describe(device: torch.device) -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
-        "command": " ".join(["muomni", *sys.argv[1:]]) if sys.argv else "",
+        "command": shlex.join(["muomni", *sys.argv[1:]]) if sys.argv else "",  # quoted: it can be run again
         "muomni": muomni_version(),
         "muomni_path": str(Path(__file__).resolve().parents[1]),  # which copy ran: an A/B of two copies says so
     }
@@ -103,16 +105,35 @@ def describe(device: torch.device) -> dict[str, object]:
     return info
 
 
+# Linux's record of this process's memory: its peak resident set (VmHWM), which writing "5" to clear_refs
+# lowers to the current resident set. Unlike getrusage's ru_maxrss, VmHWM starts afresh at exec, so a row's
+# process does not report the peak of the process that started it (the bench's parent, which may have
+# trained the tokenizer first).
+_PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator peak; on Linux, the process's peak resident memory (from what is
+    resident now), so that rows measured one after another in one process each get their own."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # not Linux, or a kernel before 4.0: the peak stays the process's
+        _PROC_CLEAR_REFS.write_text("5")
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: the allocator's peak since the last reset. CPU: the peak resident memory of this process."""
+    """CUDA: the allocator's peak since the last reset. CPU: the peak resident memory of this process since
+    the last reset (on Linux; elsewhere since it started)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
 

@@ -24,6 +24,11 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:{spec}}{suffix}"
 
 
+def _mfu(row: dict) -> str:
+    """MFU in percent; "n/a" where the device's peak is not known (a CPU, a GPU not in the table)."""
+    return "n/a" if row.get("mfu") is None else _fmt(100 * row["mfu"], ".1f", "%")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -60,7 +65,7 @@ def train_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']}{_split_note(r)} | {_fmt_rate(r['tokens_per_s'])} | {_fmt(speed, '.2f', 'x')} "
             f"| {r['peak_memory_bytes'] / GIB:.2f} GiB | {_fmt(mem, '.2f', 'x')} "
-            f"| {_fmt(r.get('mfu') and 100 * r['mfu'], '.1f', '%')} | {_fmt(r.get('val_loss'), '.4f')} "
+            f"| {_mfu(r)} | {_fmt(r.get('val_loss'), '.4f')} "
             f"| {_fmt(quality, '+.2f', '%')} | {_fmt_rate(peer and peer['tokens_per_s'])} "
             f"| {_fmt(_ratio(r['tokens_per_s'], peer and peer['tokens_per_s']), '.2f', 'x')} |"
         )
@@ -69,7 +74,7 @@ def train_table(rows: list[dict[str, Any]]) -> str:
         for r in hf.values():
             lines.append(
                 f"| {r['name']} | {_fmt_rate(r['tokens_per_s'])} | {r['peak_memory_bytes'] / GIB:.2f} GiB "
-                f"| {_fmt(r.get('mfu') and 100 * r['mfu'], '.1f', '%')} | {_fmt(r.get('val_loss'), '.4f')} |"
+                f"| {_mfu(r)} | {_fmt(r.get('val_loss'), '.4f')} |"
             )
     return "\n".join(lines)
 
