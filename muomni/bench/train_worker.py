@@ -141,8 +141,10 @@ def run_hf(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
     def step() -> None:
         set_lr(optimizer, schedule(applied[0]))
-        tokens = data.train_batch(stream.take(cfg.batch_size)).to(device)
-        precision.scaler.scale(loss_of(tokens)).backward()
+        accumulation = cfg.gradient_accumulation_steps  # the row's whole batch, as muomni's rows take it
+        for _ in range(accumulation):
+            tokens = data.train_batch(stream.take(cfg.batch_size)).to(device)
+            precision.scaler.scale(loss_of(tokens) / accumulation).backward()
         precision.scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
         precision.scaler.step(optimizer)

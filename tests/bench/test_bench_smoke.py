@@ -87,6 +87,26 @@ def test_hf_checkpointing_row_turns_it_on_without_a_deprecation_warning() -> Non
         assert on if on is not None else model.is_gradient_checkpointing
 
 
+def test_hf_rows_take_the_accumulated_batch(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path) -> None:
+    """A Hugging Face row reads batch_size x accumulation windows a step, as muomni's rows do (it read one
+    micro-batch, and was credited the tokens of all of them)."""
+    pytest.importorskip("transformers")
+    from muomni.bench.train_worker import run_hf
+    from muomni.config import load_config
+    from muomni.data import WindowStream
+
+    taken: list[int] = []
+    real_take = WindowStream.take
+    monkeypatch.setattr(WindowStream, "take", lambda self, n: taken.append(n) or real_take(self, n))
+    monkeypatch.setenv("MUOMNI_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(
+        "debug",
+        overrides={"train_text": str(corpus), "batch_size": 2, "gradient_accumulation_steps": 3, "warmup_steps": 1},
+    )
+    run_hf(cfg, {"hf_attn": "sdpa", "warmup": 1, "steps": 1})
+    assert taken == [2] * 6  # two steps of 3 micro-batches of 2
+
+
 def test_bench_infer_rows_by_device() -> None:
     from muomni.bench.infer import row_specs
 
