@@ -78,6 +78,16 @@ def decode(
     return stats
 
 
+def step_weight_bytes(model: Thinker) -> int:
+    """The weight bytes one batch-1 decode step reads: every weight once, except the embedding table, of which
+    it reads the token's row (unless the table is also the output head, which reads all of it)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied table is counted once
+    embed = model.model.embed_tokens.weight
+    if embed is not model.lm_head.weight:
+        total -= (embed.shape[0] - 1) * embed.shape[1] * embed.element_size()
+    return total
+
+
 def _row(
     model: Thinker,
     name: str,
@@ -102,7 +112,7 @@ def _row(
     median = sorted(runs, key=lambda s: s.decode_tokens_per_s)[len(runs) // 2]
     decoded_steps = max(median.generated_tokens // batch - 1, 1)
     step_s = median.decode_s / decoded_steps
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = step_weight_bytes(model)
     peak = device_peak(device)
     return {
         "name": name,

@@ -107,6 +107,19 @@ def test_hf_rows_take_the_accumulated_batch(monkeypatch: pytest.MonkeyPatch, cor
     assert taken == [2] * 6  # two steps of 3 micro-batches of 2
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_bandwidth_bound_counts_the_bytes_a_step_reads(tied: bool) -> None:
+    """A batch-1 step reads one row of the embedding table, unless the table is also the output head."""
+    from muomni.bench.infer import step_weight_bytes
+    from muomni.config import load_config
+    from muomni.models.thinker import Thinker
+
+    model = Thinker(load_config("debug", overrides={"tie_embeddings": tied}))
+    every = sum(p.numel() * p.element_size() for p in model.parameters())
+    vocab, width = model.model.embed_tokens.weight.shape
+    assert step_weight_bytes(model) == (every if tied else every - (vocab - 1) * width * 4)
+
+
 def test_bench_infer_rows_by_device() -> None:
     from muomni.bench.infer import row_specs
 
