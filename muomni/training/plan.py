@@ -38,7 +38,10 @@ def micro_batches(cfg: Config) -> list[int]:
 
 
 def candidate(cfg: Config, micro: int, **keys: Any) -> dict[str, Any]:
-    return {"batch_size": micro, "gradient_accumulation_steps": cfg.effective_batch_size // micro, **keys}
+    """A candidate's keys: every setting its row of the table shows is given, so that none is the config's
+    own (a config with ``cpu_offload`` or ``use_compile`` on ran every candidate with it, labelled off)."""
+    split = {"batch_size": micro, "gradient_accumulation_steps": cfg.effective_batch_size // micro}
+    return {**split, "cpu_offload": "none", "use_compile": False, **keys}
 
 
 def measure(cfg: Config, keys: dict[str, Any], budget_gib: float, workdir: Path, n: int) -> dict[str, Any]:

@@ -83,3 +83,16 @@ def test_the_best_eager_candidate_is_compiled_when_nothing_lighter_fits(on_a_gpu
     tried = plan.search(load_config("debug", CFG), 3.0, Path("unused"))
     assert _compiled(tried)[-2:] == [(16, 1, "default"), (16, 1, "reduce-overhead")]
     assert [c[1] for c in _compiled(tried)] == [0, 0, 2, 2, 1, 1]
+
+
+def test_every_candidate_gives_what_its_row_shows(on_a_gpu: list[dict[str, Any]]) -> None:
+    """The config's own offload and compile settings do not leak into candidates labelled without them."""
+    settings = {**CFG, "cpu_offload": "activations", "use_compile": True}
+    tried = plan.search(load_config("debug", settings), 6.0, Path("unused"))
+    for row in tried:
+        keys = row["keys"]
+        measured = {**load_config("debug", settings).to_dict(), **keys}  # as plan.measure runs it
+        cells = plan._cells(row)
+        assert cells[2] == measured["cpu_offload"]
+        assert (cells[3] != "False") == measured["use_compile"]
+    assert {row["keys"]["cpu_offload"] for row in tried} == {"none", "activations"}
