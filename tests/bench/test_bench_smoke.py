@@ -120,6 +120,21 @@ def test_the_bandwidth_bound_counts_the_bytes_a_step_reads(tied: bool) -> None:
     assert step_weight_bytes(model) == (every if tied else every - (vocab - 1) * width * 4)
 
 
+def test_hf_decode_rows_leave_out_the_prompt_and_first_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF's rows are counted as muomni's are: decode steps over their time, the prompt's pass and the first
+    token (timed as a generation of one token) left out."""
+    pytest.importorskip("transformers")
+    from muomni.bench import infer
+    from muomni.config import load_config
+    from muomni.models.thinker import Thinker
+
+    timed = {8: 1.0, 1: 0.2}  # seconds of generate for that many new tokens
+    monkeypatch.setattr(infer, "_hf_seconds", lambda hf, prompt, new, kwargs, device: timed[new])
+    rows = list(infer.hf_rows(Thinker(load_config("debug")), 8))
+    assert [r["tokens_per_s_total"] for r in rows] == [pytest.approx(7 / 0.8)] * 2
+    assert [r["time_to_first_token_s"] for r in rows] == [0.2, 0.2]
+
+
 def test_bench_infer_rows_by_device() -> None:
     from muomni.bench.infer import row_specs
 
