@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -154,6 +155,8 @@ def _resolve_holding_interrupts(command: str) -> Callable[[argparse.Namespace], 
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all: the ranks share a config
+        return
     print(f"muomni: warning: {message}", file=sys.stderr)
 
 

@@ -52,3 +52,18 @@ def test_ctrl_c_during_the_commands_import_is_held_until_it_is_done_then_exit_13
     assert sys.modules["slow_command"].finished  # the import ran to its end
     assert capsys.readouterr().err == "muomni: interrupted\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+
+
+@pytest.mark.parametrize(("rank", "shown"), [(None, True), ("0", True), ("1", False)])
+def test_under_torchrun_only_rank_0_prints_warnings(
+    rank: str | None, shown: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ranks share one config, so a config's warning came once per rank."""
+    from muomni.cli import _show_warning
+
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    _show_warning(UserWarning("warmup_steps 5 is not below the run's 4 steps"), UserWarning, "f.py", 1)
+    assert (capsys.readouterr().err == "muomni: warning: warmup_steps 5 is not below the run's 4 steps\n") == shown
