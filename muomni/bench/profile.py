@@ -7,8 +7,9 @@ device time, the device time per step by kind of kernel (matrix products, attent
 elementwise kernels, muomni's own kernels, optimizer, copies) and how long the device ran nothing (which
 the labels cannot show inside a compiled graph). With ``--infer`` on a GPU, compiled decoding too (the
 path of ``generate --compile``), each kernel with what it adds to a token's device time. Attention and MLP are
-labelled by forward hooks added from outside the model (the forward itself has no profiling code); the
-backward pass is one block, because autograd runs it outside those labels.
+labelled by forward hooks added from outside the model (the forward itself has no profiling code), in the
+forward pass only; the backward pass is one block, because autograd runs it outside those labels (and a
+block that gradient checkpointing recomputes there is not labelled again).
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ DECODE_TOKENS = 64  # compiled decoding profiled on a GPU (at most): its figures
 
 @contextmanager
 def labelled(model: torch.nn.Module) -> Iterator[None]:
-    """Wrap every attention and MLP forward in a ``record_function`` range while profiling."""
+    """Wrap every attention and MLP forward of the forward pass in a ``record_function`` range while
+    profiling; a recomputation in the backward pass is left unlabelled (see :func:`_in_backward`)."""
     handles, open_ranges = [], {}
 
     def enter(name: str):  # noqa: ANN202
         def hook(module, args):  # noqa: ANN001, ANN202
+            if _in_backward():
+                return
             ctx = record_function(name)
             ctx.__enter__()
             open_ranges[id(module)] = ctx
@@ -51,7 +55,9 @@ def labelled(model: torch.nn.Module) -> Iterator[None]:
         return hook
 
     def leave(module, args, out):  # noqa: ANN001, ANN202
-        open_ranges.pop(id(module)).__exit__(None, None, None)
+        ctx = open_ranges.pop(id(module), None)  # None: a recomputation in the backward pass, not labelled
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
 
     handles += [model.model.register_forward_pre_hook(enter("backbone")), model.model.register_forward_hook(leave)]
     for block in model.model.layers:
@@ -62,6 +68,18 @@ def labelled(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _in_backward() -> bool:
+    """Whether this thread runs inside the autograd engine's backward pass (the training thread on the CPU,
+    the engine's own thread on CUDA).
+
+    Gradient checkpointing runs the blocks' forward again there (the reentrant kind in a backward of its own,
+    the other from its unpack hooks). Labelled there too, attention and MLP were counted twice, as themselves
+    and inside ``backward`` (the debug preset's shares added up to 128%), though they are meant as the
+    forward's. PyTorch has no public test for this; its own non-reentrant checkpointing reads the same id.
+    """
+    return torch._C._current_graph_task_id() != -1
 
 
 def _shares(events: list, cuda: bool) -> dict[str, float | None]:
