@@ -176,11 +176,11 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
     Raises:
         CheckpointError: unreadable files, or state for another model or optimizer.
     """
+    state = _read_state(ckpt)
     try:
-        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
         progress = Progress(**state["progress"])
         opt_meta, scaler, sampler, rng_meta = (state[key] for key in ("optimizer", "scaler", "sampler", "rng"))
-    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: not JSON, or not UTF-8
+    except (KeyError, TypeError) as e:  # keys missing, or not the fields a Progress has
         raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
     device = next(ts.model.parameters()).device
     load_model_state(ts.model, load_tensors(ckpt / MODEL_FILE, device), ckpt, ts.env)
@@ -228,11 +228,22 @@ def load_model_state(
     load_full_model_state(model, state, env)
 
 
+def _read_state(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json`` as a JSON object, or CheckpointError saying it is unreadable."""
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable (not an object); resume from another one")
+    return state
+
+
 def saved_world_size(ckpt: Path) -> int:
     """The number of processes that wrote a checkpoint (1 for checkpoints older than the field)."""
     try:
-        return int(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")).get("world_size", 1))
-    except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+        return int(_read_state(ckpt).get("world_size", 1))
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
 
 
@@ -243,10 +254,7 @@ def split_of(cfg: Config) -> dict[str, Any]:
 
 def saved_asked_split(ckpt: Path) -> dict[str, Any] | None:
     """The split a checkpoint's run was asked for, before auto_fit (None for checkpoints older than it)."""
-    try:
-        asked = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")).get("asked_split")
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from another one")
+    asked = _read_state(ckpt).get("asked_split")
     return asked if isinstance(asked, dict) else None
 
 
