@@ -4,16 +4,22 @@ A checkpoint is a folder ``<save_dir>/checkpoints/step_NNNNNNNN/`` holding ``mod
 ``optimizer.safetensors``, ``rng.safetensors``, ``trainer_state.json``, ``config.json``, ``tokenizer.json``
 and, written last, ``manifest.json`` with the size and sha256 of every other file. It is written into a
 temporary folder, each file fsynced, then renamed into place: a crash leaves either the whole checkpoint
-or none, and a folder whose manifest is missing or disagrees with its files is never loaded.
+or none, and a folder whose manifest is missing or disagrees with its files is never loaded. A checkpoint of
+a step that already has one (a resumed run's last) is swapped with the old in one rename where the system
+can (Linux's ``renameat2``), so that no moment leaves that step without a whole checkpoint.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from muomni.config import Config, load_config
 from muomni.errors import CheckpointError, ConfigError
+from muomni.training.faults import fault_point
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
@@ -85,10 +92,49 @@ def write_checkpoint(save_dir: str | Path, step: int, writers: dict[str, Callabl
     manifest.write_text(json.dumps({"step": step, "files": entries}, indent=2) + "\n", encoding="utf-8")
     _fsync(manifest)
     if final.exists():  # a checkpoint of the same step (a resumed run's end) is replaced whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        _replace_folder(tmp, final, step)
+    else:
+        os.replace(tmp, final)
     _fsync(root)
     return final
+
+
+def _replace_folder(new: Path, old: Path, step: int) -> None:
+    """Put folder ``new`` at ``old``'s path, ``old``'s files deleted after.
+
+    Where the system swaps two paths in one rename, ``old``'s path holds one whole folder or the other at
+    every moment. Elsewhere the old folder is first renamed aside, which leaves a moment without it (a crash
+    there keeps it as ``.old-...``, still whole, for the user to rename back).
+    """
+    if _swap_paths(new, old):
+        fault_point("ckpt_replace", step)
+        shutil.rmtree(new)  # now the old checkpoint
+        return
+    aside = old.with_name(f".old-{old.name}-{os.getpid()}")
+    os.replace(old, aside)
+    fault_point("ckpt_replace", step)
+    os.replace(new, old)
+    shutil.rmtree(aside)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _swap_paths(a: Path, b: Path) -> bool:
+    """Exchange two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where this
+    system or file system cannot, so that the caller replaces them another way."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28, or another libc without the wrapper
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def verify(ckpt: Path) -> dict[str, Any]:
@@ -135,7 +181,7 @@ def prune_checkpoints(save_dir: str | Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints, and temporary folders left by a crash."""
     for ckpt in list_checkpoints(save_dir)[:-keep]:
         shutil.rmtree(ckpt, ignore_errors=True)
-    for tmp in checkpoints_dir(save_dir).glob(".tmp-*"):
+    for tmp in checkpoints_dir(save_dir).glob(".tmp-*"):  # never .old-*: that may be a step's only copy
         if not tmp.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,8 +6,9 @@ current optimizer step (it then writes a checkpoint and returns). A second Ctrl-
 :func:`fault_point` is a test hook: with ``MUOMNI_TEST_KILL_AT="<point>:<step>[:<SIGNAL>]"`` in the
 environment the process sends itself ``SIGNAL`` (default SIGKILL) when it reaches ``<point>`` at
 ``<step>``. The points are ``mid_step`` (after the first micro-batch's backward), ``step_end`` (after the
-optimizer step, before any checkpoint), ``ckpt_write`` (inside a checkpoint write, after the model file)
-and ``after_ckpt``. Without the variable it does nothing.
+optimizer step, before any checkpoint), ``ckpt_write`` (inside a checkpoint write, after the model file),
+``ckpt_replace`` (a checkpoint replacing one of the same step, after the first rename) and
+``after_ckpt``. Without the variable it does nothing.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +22,51 @@ from muomni.training.checkpoint import (
     verify,
     write_checkpoint,
 )
+from muomni.training.faults import KILL_ENV
 from muomni.training.snapshot import find_resume
 from muomni.training.sources import refuse_shape_overrides
 
 
 def _checkpoint(tmp_path: Path) -> Path:
     return write_checkpoint(tmp_path / "run", 3, {"notes.json": lambda p: p.write_text('{"a": 1}\n')})
+
+
+def _notes_checkpoint(run: Path, step: int, value: int) -> Path:
+    return write_checkpoint(run, step, {"notes.json": lambda p: p.write_text(json.dumps({"a": value}))})
+
+
+def _notes(ckpt: Path) -> dict[str, int]:
+    verify(ckpt)
+    return json.loads((ckpt / "notes.json").read_text())
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["swapped", "renamed-aside"])
+def test_a_checkpoint_of_a_step_that_has_one_replaces_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: bool
+) -> None:
+    if not swap:  # systems whose rename cannot exchange two paths
+        monkeypatch.setattr("muomni.training.checkpoint._swap_paths", lambda a, b: False)
+    run = tmp_path / "run"
+    _notes_checkpoint(run, 3, 1)
+    ckpt = _notes_checkpoint(run, 3, 2)
+    assert _notes(ckpt) == {"a": 2}
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["step_00000003"]  # nothing left beside it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the one-rename swap is Linux's renameat2")
+def test_a_crash_while_a_step_is_replaced_leaves_that_step_a_whole_checkpoint(tmp_path: Path) -> None:
+    """Killed between putting the new checkpoint in place and deleting the old, the step's folder is
+    whole (the new one); a run with ``keep_checkpoints=1`` would otherwise be left with none."""
+    run = tmp_path / "run"
+    _notes_checkpoint(run, 3, 1)
+    write_again = (
+        "import json, sys; from muomni.training.checkpoint import write_checkpoint; "
+        "write_checkpoint(sys.argv[1], 3, {'notes.json': lambda p: p.write_text(json.dumps({'a': 2}))})"
+    )
+    env = {**os.environ, KILL_ENV: "ckpt_replace:3"}
+    done = subprocess.run([sys.executable, "-c", write_again, str(run)], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert _notes(list_checkpoints(run)[-1]) == {"a": 2}
 
 
 def test_a_written_checkpoint_verifies(tmp_path: Path) -> None:
