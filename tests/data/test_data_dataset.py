@@ -89,7 +89,8 @@ def test_truncated_cache_file_is_rebuilt(txt_corpus: Path, tokenizer: Tokenizer)
     assert first.path is not None
     expected = np.array(first.train_tokens)
     first.path.write_bytes(first.path.read_bytes()[:-10])
-    again = TokenData.build(str(txt_corpus), tokenizer, ctx_len=16, val_split=0.0, seed=0)
+    with pytest.warns(UserWarning, match=r"is corrupt \(.* bytes where its sidecar gives .*\); rebuilding it"):
+        again = TokenData.build(str(txt_corpus), tokenizer, ctx_len=16, val_split=0.0, seed=0)
     assert not again.reused and np.array_equal(again.train_tokens, expected)
 
 
