@@ -5,8 +5,9 @@ token embedding (and so a tied ``lm_head``) are not decayed, as in GPT-2/nanoGPT
 shrinking a norm gain or an embedding row towards zero only fights the model.
 
 The schedule is a pure function of the number of optimizer steps actually *applied*
-(:func:`lr_at`), so a step skipped for an fp16 overflow or a non-finite loss does not advance it, and
-resuming needs no scheduler object: the applied-step count in the checkpoint is the scheduler's state.
+(:func:`lr_at`), so a step skipped for an fp16 overflow or a non-finite loss does not advance it (with
+overlapped steps, the one launched beside it already has the next position; see ``TrainingRun._run_steps``),
+and resuming needs no scheduler object: the applied-step count in the checkpoint is the scheduler's state.
 """
 
 from __future__ import annotations
@@ -134,17 +135,18 @@ class Schedule:
 
 
 def lr_at(step: int, s: Schedule) -> float:
-    """The learning rate of the optimizer step that follows ``step`` applied steps.
+    """The learning rate of the optimizer step that follows ``step`` applied steps (0-based).
 
     Warmup: step 0 uses ``lr / warmup_steps`` and step ``warmup_steps - 1`` the full ``lr``. The decay
-    then runs from ``lr`` at ``warmup_steps`` to ``min_lr`` at ``total_steps`` and stays there.
+    then runs from that peak (step 0's ``lr`` without warmup) to ``min_lr`` at the run's last step,
+    ``total_steps - 1``, and stays there: the peak is used once, and the final rate is trained with.
     """
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
     if s.kind == "constant":
         return s.lr
-    span = max(1, s.total_steps - s.warmup_steps)
-    progress = min(1.0, (step - s.warmup_steps) / span)
+    peak = max(s.warmup_steps - 1, 0)
+    progress = min(1.0, (step - peak) / max(1, s.total_steps - 1 - peak))
     if s.kind == "linear":
         return s.lr - progress * (s.lr - s.min_lr)
     return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - s.min_lr)

@@ -33,18 +33,28 @@ def test_warmup_is_linear_and_reaches_peak() -> None:
 
 def test_cosine_values() -> None:
     s = Schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)
-    assert lr_at(10, s) == pytest.approx(1.0)
-    assert lr_at(60, s) == pytest.approx(0.55)  # half way: (1 + cos(pi/2)) / 2 = 0.5 of the range
-    assert lr_at(35, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
-    assert lr_at(110, s) == pytest.approx(0.1)
+    # The decay runs over the 100 steps from the warmup's last (index 9, the peak) to the run's last (109).
+    assert lr_at(10, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.01)))  # the peak once
+    assert lr_at(10, s) < lr_at(9, s)
+    assert lr_at(59, s) == pytest.approx(0.55)  # half way: (1 + cos(pi/2)) / 2 = 0.5 of the range
+    assert lr_at(34, s) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(108, s) > 0.1
+    assert lr_at(109, s) == pytest.approx(0.1)  # the last step trains at min_lr, as the startup line says
     assert lr_at(500, s) == pytest.approx(0.1)
 
 
 def test_linear_and_constant_values() -> None:
-    lin = Schedule("linear", lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=100)
+    lin = Schedule("linear", lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=101)
     assert [lr_at(k, lin) for k in (0, 25, 50, 100, 200)] == pytest.approx([1.0, 0.75, 0.5, 0.0, 0.0])
     const = Schedule("constant", lr=0.5, min_lr=0.0, warmup_steps=4, total_steps=100)
     assert [lr_at(k, const) for k in (0, 3, 4, 99, 1000)] == pytest.approx([0.125, 0.5, 0.5, 0.5, 0.5])
+
+
+def test_a_run_of_one_step_trains_at_the_peak_and_two_end_at_min_lr() -> None:
+    one = Schedule("cosine", lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=1)
+    two = Schedule("linear", lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=2)
+    assert lr_at(0, one) == pytest.approx(1.0)
+    assert [lr_at(0, two), lr_at(1, two)] == pytest.approx([1.0, 0.1])
 
 
 def test_planned_steps_takes_the_smaller_limit() -> None:
