@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from muomni.console import closed_stdout_dropped
-from muomni.errors import UserError
+from muomni.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -48,10 +48,11 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-kv-cache", action="store_true", help="recompute every past token at each step")
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
     p.add_argument(
-        "--tune", action="store_true", help="--compile and, on GPU, tune its kernels (faster; minutes to compile)"
+        "--tune",
+        action="store_true",
+        help="--compile and, on GPU, tune Inductor's kernels (minutes; no faster for the presets on an H200)",
     )
     p.add_argument("--stats", action="store_true", help="print token counts, time to first token, tokens/s")
-    p.add_argument("--truncate", action="store_true", help="keep the end of a prompt longer than the context")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
         "--dtype",
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="complete one or more prompts (several --prompt = one batch)")
     _sampling_args(p)
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    p.add_argument("--truncate", action="store_true", help="keep the end of a prompt longer than the context")
 
     p = sub.add_parser("chat", help="interactive, streaming chat; 'exit' or Ctrl-D quits, /reset clears")
     _sampling_args(p)
@@ -154,8 +156,13 @@ def _resolve_holding_interrupts(command: str) -> Callable[[argparse.Namespace], 
             raise KeyboardInterrupt
 
 
+def _speaks_for_all_ranks() -> bool:
+    """Under torchrun rank 0 speaks for all of what the ranks share: their config and its warnings."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all: the ranks share a config
+    if not _speaks_for_all_ranks():
         return
     print(f"muomni: warning: {message}", file=sys.stderr)
 
@@ -191,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         with closed_stdout_dropped():  # `muomni train | head` must not cost the run its steps
             return int(run(args) or 0)
     except UserError as e:
-        print(f"muomni: error: {e}", file=sys.stderr)
+        if _speaks_for_all_ranks() or not isinstance(e, ConfigError):  # another error may be one rank's own
+            print(f"muomni: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except (MemoryError, RuntimeError) as e:
         # The last resort: training retries a CUDA out-of-memory step itself (auto_fit); what still runs out is

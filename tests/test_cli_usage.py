@@ -67,3 +67,19 @@ def test_under_torchrun_only_rank_0_prints_warnings(
         monkeypatch.setenv("RANK", rank)
     _show_warning(UserWarning("warmup_steps 5 is not below the run's 4 steps"), UserWarning, "f.py", 1)
     assert (capsys.readouterr().err == "muomni: warning: warmup_steps 5 is not below the run's 4 steps\n") == shown
+
+
+@pytest.mark.parametrize(
+    ("rank", "error", "shown"), [("0", "config", True), ("1", "config", False), ("1", "data", True)]
+)
+def test_under_torchrun_a_config_error_is_printed_by_rank_0_and_another_error_by_its_rank(
+    rank: str, error: str, shown: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every rank refuses a bad config alike, so its line came once per rank; a data file missing on one
+    machine is that rank's own, and must still be said there."""
+    monkeypatch.setenv("RANK", rank)
+    config_error = ["train", "--config", "debug", "batch_size=0"]
+    data_error = ["train", "--config", "debug", "train_text=/nonexistent/corpus.txt"]
+    assert main(config_error if error == "config" else data_error) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("muomni: error: ") if shown else err == ""
