@@ -57,6 +57,44 @@ def give_up_message(cfg: Config, device: torch.device) -> str:
     )
 
 
+def available_cpu_memory() -> int | None:
+    """Bytes this machine can still give without swapping (Linux's ``MemAvailable``); None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_cpu_memory(cfg: Config, n_params: int, processes: int = 1) -> None:
+    """Refuse, before anything is allocated, a CPU job whose weights, gradients and optimizer state alone
+    (fp32: 16 bytes a parameter with AdamW, 12 with SGD's momentum, 8 without) exceed the memory free now.
+
+    On a GPU an allocation past its memory raises, and auto_fit or the command line say what to lower; on
+    a CPU the system grants the allocations and later kills the process with no message (Linux's
+    out-of-memory killer), so the one line has to come first. Activations are not counted: this is a
+    lower bound, and a job that passes it may still run out.
+
+    Args:
+        n_params: the model's parameters. processes: ranks sharing this machine, each with a whole copy.
+    """
+    available = available_cpu_memory()
+    if available is None:
+        return
+    state = 8 if cfg.optimizer == "adamw" else (4 if cfg.momentum else 0)
+    need = n_params * (8 + state) * processes
+    if need > available:
+        gib = 2**30
+        raise OutOfMemory(
+            f"this job needs at least {need / gib:.1f} GiB for its {n_params / 1e6:,.0f}M parameters' weights, "
+            f"gradients and optimizer state, and this machine has {available / gib:.1f} GiB free: lower d_model "
+            f"({cfg.d_model}), n_layers ({cfg.n_layers}), d_ff ({cfg.d_ff}) or vocab_size ({cfg.vocab_size})"
+        )
+
+
 class RngSnapshot:
     """The RNG state at the start of a step, so a retried step draws the same dropout masks."""
 

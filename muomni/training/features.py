@@ -53,6 +53,24 @@ def grad_norm_fn(max_norm: float | None, env: distributed.DistEnv) -> Callable[[
     return total_grad_norm
 
 
+def warn_inert_on_cpu(cfg: Config, device: torch.device) -> None:
+    """One warning per key asked for that a CPU run cannot act on (their defaults stay silent)."""
+    if device.type != "cpu":
+        return
+    if cfg.auto_fit:
+        warnings.warn(
+            "auto_fit acts on CUDA's out-of-memory errors, and a CPU raises none: a job whose weights and "
+            "optimizer state do not fit is refused at start instead; lower batch_size or ctx_len yourself",
+            stacklevel=3,
+        )
+    if cfg.cpu_offload != "none":
+        warnings.warn(
+            f"cpu_offload={cfg.cpu_offload} moves GPU memory to the CPU; on the CPU it saves nothing (the copies "
+            "stay in the same memory); use cpu_offload=none",
+            stacklevel=3,
+        )
+
+
 def refuse_unavailable(cfg: Config, precision: Precision) -> None:
     if cfg.distributed == "fsdp" and cfg.cpu_offload == "optimizer":
         raise ConfigError(

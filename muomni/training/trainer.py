@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -38,9 +39,16 @@ from muomni.config import Config, load_config, parse_override
 from muomni.data import TokenData, WindowStream, check_vocab
 from muomni.errors import UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
-from muomni.training.autofit import OutOfMemory, RngSnapshot, give_up_message, next_remedy, resplit
+from muomni.training.autofit import (
+    OutOfMemory,
+    RngSnapshot,
+    check_cpu_memory,
+    give_up_message,
+    next_remedy,
+    resplit,
+)
 from muomni.training.faults import StopSignals, fault_point
-from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile
+from muomni.training.features import grad_norm_fn, refuse_unavailable, total_grad_norm, try_compile, warn_inert_on_cpu
 from muomni.training.in_flight import LaunchedStep, StepResult, copy_to_host
 from muomni.training.loop import TrainingDiverged, TrainingRun
 from muomni.training.loss import LossModule, run_loss
@@ -97,6 +105,12 @@ class Trainer:
         asked_split = split_of(cfg)  # before a resume adopts auto_fit's split, or auto_fit changes it
         init_state = self._prepare(cfg)
         cfg = self.cfg
+        warn_inert_on_cpu(cfg, self.device)
+        if self.device.type == "cpu":
+            with torch.device("meta"):  # the parameters' count, with nothing allocated
+                n_params = sum(p.numel() for p in Thinker(cfg).parameters())
+            copies = 1 if self.env.sharded else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            check_cpu_memory(cfg, n_params, copies)
         seed_everything(cfg.seed)
         model = Thinker(cfg)
         if init_state is not None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from training_helpers import tiny_config
 
+from muomni.training.autofit import OutOfMemory
 from muomni.training.trainer import Trainer
 
 
@@ -170,3 +171,36 @@ def test_memory_savers_give_the_same_weights(corpus: Path, tmp_path: Path, setti
         # division by sqrt(v) magnifies rounding in elements whose gradient is near zero.
         rel = ((b - a).norm() / a.norm()).item()
         assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize(("optimizer", "bytes_a_parameter"), [("adamw", 16), ("sgd", 12)])
+def test_a_cpu_job_whose_weights_and_optimizer_state_exceed_free_memory_is_refused_before_it_starts(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str, bytes_a_parameter: int
+) -> None:
+    """On a CPU the system grants what does not fit and kills the process later with no message; the
+    trainer refuses such a job first, naming the keys to lower. The bound is the weights, their gradients
+    and the optimizer's state in fp32, of the model as it is built (a tied head counted once)."""
+    cfg = tiny_config(corpus, tmp_path / "run", optimizer=optimizer, tie_embeddings=True)
+    n_params = sum(p.numel() for p in Trainer(cfg).model.parameters())
+    need = n_params * bytes_a_parameter
+    monkeypatch.setattr("muomni.training.autofit.available_cpu_memory", lambda: need)
+    Trainer(cfg)  # exactly enough: runs
+    monkeypatch.setattr("muomni.training.autofit.available_cpu_memory", lambda: need - 1)
+    with pytest.raises(OutOfMemory, match=r"needs at least .* GiB .* this machine has .* free: lower d_model"):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize(
+    ("keys", "said"),
+    [
+        ({"auto_fit": True}, "auto_fit acts on CUDA's out-of-memory errors"),
+        ({"cpu_offload": "activations"}, "cpu_offload=activations moves GPU memory to the CPU"),
+        ({"cpu_offload": "optimizer"}, "cpu_offload=optimizer moves GPU memory to the CPU"),
+    ],
+)
+def test_a_memory_key_a_cpu_cannot_act_on_says_so(corpus: Path, tmp_path: Path, keys: dict, said: str) -> None:
+    with pytest.warns(UserWarning, match=said):
+        Trainer(tiny_config(corpus, tmp_path / "run", **keys))
+    with warnings.catch_warnings():  # their defaults say nothing
+        warnings.simplefilter("error")
+        Trainer(tiny_config(corpus, tmp_path / "plain"))
