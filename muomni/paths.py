@@ -45,3 +45,9 @@ def writable_folder_error(folder: Path) -> str | None:
             with contextlib.suppress(OSError):
                 made.rmdir()
     return None
+
+
+def short_listing(names: set[str], most: int = 3) -> str:
+    """The first ``most`` of ``names`` in order, then "..." for the rest: a message stays one short line."""
+    shown = sorted(names)[:most]
+    return ", ".join(shown + (["..."] if len(names) > most else []))

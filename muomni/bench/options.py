@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from muomni.errors import ConfigError
-from muomni.paths import file_in_the_way, writable_folder_error
+from muomni.paths import file_in_the_way, short_listing, writable_folder_error
 
 
 def bench_out_folder(what: str, out: str | None) -> Path:
@@ -25,14 +25,20 @@ def check_steps(steps: int | None) -> None:
         raise ConfigError(f"--steps {steps} must be at least 1")
 
 
-def check_out_folder(out: Path) -> None:
-    """``--out`` is a folder or can be made one (the commands make it): neither it nor a parent is a file, and
-    a file can be made in it."""
+def check_out_folder(out: Path, writes: frozenset[str]) -> None:
+    """``--out`` is a folder or can be made one (the commands make it): neither it nor a parent is a file, a
+    file can be made in it, and it holds nothing but what the command writes (``writes``, its names), which
+    a run again replaces: a user's own file of the same folder (a run folder, notes) is never written over."""
     blocking = file_in_the_way(out)
     if blocking == out:
         raise ConfigError(f"--out {out} is a file, not a folder: give a folder (it is made if missing)")
     if blocking is not None:
         raise ConfigError(f"--out {out} cannot be made: {blocking} is a file, not a folder")
+    if out.is_dir() and (foreign := {p.name for p in out.iterdir()} - writes):
+        raise ConfigError(
+            f"--out {out} holds files this command does not write ({short_listing(foreign)}); give a new or "
+            "empty folder, or one it wrote before"
+        )
     _check_writable(out, out)
 
 

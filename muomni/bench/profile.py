@@ -233,12 +233,19 @@ def _print_tables(prof: profile, memory_prof: profile, cuda: bool, shares: dict[
         print("(unlinked: kernels the profiler links to no host operation, so to none of the parts above)")
 
 
+# What run_profile writes in --out (``run``: the profiled steps' run folder); a folder of these only may be
+# profiled into again.
+PROFILE_FILES = frozenset(
+    {"trace_train.json", "memory_timeline.json", "trace_decode.json", "trace_decode_compiled.json", "run"}
+)
+
+
 def run_profile(args: argparse.Namespace) -> int:
     from muomni.training.trainer import Trainer
 
     check_steps(args.steps)
     out = Path(args.out)
-    check_out_folder(out)
+    check_out_folder(out, PROFILE_FILES)
     cfg = load_config(args.config, args.overrides)  # before the folder is made: a bad key leaves none behind
     out.mkdir(parents=True, exist_ok=True)
     # The schedule does not matter to a profile; the preset's warmup would outlast these few steps and warn.

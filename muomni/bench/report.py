@@ -79,6 +79,10 @@ def train_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# What write_results writes: an --out holding these only may be written again.
+RESULT_FILES = frozenset({"results.json", "results.md", "chart.png"})
+
+
 def write_results(
     out: Path, kind: str, info: dict[str, Any], rows: list[dict[str, Any]], table: str, draw: bool = True
 ) -> None:

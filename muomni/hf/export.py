@@ -27,7 +27,7 @@ from muomni.data.tokenizer import Tokenizer, check_vocab
 from muomni.errors import CheckpointError, ConfigError
 from muomni.hf.importer import refuse_muomni_folder
 from muomni.hf.mapping import check_exportable, check_state, hf_config
-from muomni.paths import HF_PREFIX, file_in_the_way, writable_folder_error
+from muomni.paths import HF_PREFIX, file_in_the_way, short_listing, writable_folder_error
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -208,18 +208,12 @@ def _check_out_dir(out: Path) -> None:
         return
     if _is_export(out / MODEL_FILE):  # replacing the export whole would delete the user's own files
         raise CheckpointError(
-            f"output folder {out} holds files a muomni export does not write ({_listing(names - EXPORT_FILES)}); "
+            f"output folder {out} holds files a muomni export does not write ({short_listing(names - EXPORT_FILES)}); "
             "move them away or choose a new folder"
         )
     raise CheckpointError(
         f"output folder {out} is not empty and is not a previous muomni export; choose a new folder or empty it"
     )
-
-
-def _listing(names: set[str], most: int = 3) -> str:
-    """The first ``most`` of ``names`` in order, then "..." for the rest: a message stays one short line."""
-    shown = sorted(names)[:most]
-    return ", ".join(shown + (["..."] if len(names) > most else []))
 
 
 def _is_export(weights: Path) -> bool:

@@ -53,6 +53,36 @@ def test_out_under_a_file_is_refused(
     assert f"{existing_file} is a file" in line
 
 
+@pytest.mark.parametrize("command", [["bench", "train"], ["bench", "infer"], ["profile"]])
+def test_out_holding_the_users_own_files_is_refused_and_they_are_kept(
+    command: list[str], existing_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder of the user's (notes, a run folder) beside what the command writes: results.md and a trace
+    of the same names would be written over."""
+    folder = existing_file.parent
+    (folder / "results.md").write_text("my own table\n", encoding="utf-8")
+    (folder / "trace_train.json").write_text("{}", encoding="utf-8")
+    line = _fails_naming(capsys, [*command, "--steps", "1", "--out", str(folder)], "--out")
+    assert "notes.txt" in line and "give a new or empty folder" in line
+    assert existing_file.read_text(encoding="utf-8") == "keep me\n"
+    assert (folder / "results.md").read_text(encoding="utf-8") == "my own table\n"
+
+
+def test_a_folder_of_what_the_command_wrote_before_may_be_written_again(tmp_path: Path) -> None:
+    from muomni.bench.options import check_out_folder
+    from muomni.bench.profile import PROFILE_FILES
+    from muomni.bench.report import RESULT_FILES
+
+    for name in ("results.json", "results.md", "chart.png"):
+        (tmp_path / "bench" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "bench" / name).write_text("{}")
+    (tmp_path / "profile" / "run").mkdir(parents=True)
+    (tmp_path / "profile" / "trace_train.json").write_text("{}")
+    check_out_folder(tmp_path / "bench", RESULT_FILES)
+    check_out_folder(tmp_path / "profile", PROFILE_FILES)
+    check_out_folder(tmp_path / "new", RESULT_FILES)  # made by the command
+
+
 def test_profile_checks_the_config_before_making_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "prof"
     _fails_naming(capsys, ["profile", "--out", str(out), "nosuchkey=1"], "nosuchkey")
