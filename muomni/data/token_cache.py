@@ -129,11 +129,13 @@ def read_token_cache(bin_path: Path, meta_path: Path, tokenizer: Tokenizer) -> t
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
+        if dtype != token_dtype(tokenizer.vocab_size):  # ids read in another width are other ids
+            raise ValueError(f"its tokens are {dtype}, not the vocabulary's {token_dtype(tokenizer.vocab_size)}")
         offsets = np.asarray(meta["offsets"], dtype=np.int64)
         check_offsets(offsets)
         if meta["format"] != _TOKENS_FORMAT:
             return None
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError) as e:
         warnings.warn(f"token cache {meta_path} is unreadable ({e}); rebuilding it", stacklevel=3)
         return None
     tokens = None

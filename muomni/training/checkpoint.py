@@ -148,7 +148,7 @@ def verify(ckpt: Path) -> dict[str, Any]:
         # Valid JSON of another shape (hand-edited, or another tool's file) is as corrupt as a torn write.
         if not all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and "sha256" in e for e in files.values()):
             raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"checkpoint {ckpt} has a corrupt {MANIFEST}")
     for name, entry in files.items():
         path = ckpt / name

@@ -121,7 +121,12 @@ class RunFolderLock:
     def __enter__(self) -> RunFolderLock:
         if fcntl is None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a folder or an unwritable file named .lock
+            raise ConfigError(
+                f"config key 'save_dir': its lock file {self.path} cannot be opened ({e.strerror}); remove it"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -94,6 +94,25 @@ def test_truncated_cache_file_is_rebuilt(txt_corpus: Path, tokenizer: Tokenizer)
     assert not again.reused and np.array_equal(again.train_tokens, expected)
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"dtype": "int16"}, "its tokens are int16, not the vocabulary's uint16"),  # ids past 32,767 read negative
+        ({"offsets": [0, 10**30]}, "too large"),  # past int64: numpy's OverflowError, not a traceback
+    ],
+)
+def test_an_edited_cache_sidecar_is_rebuilt_not_trusted(
+    txt_corpus: Path, tokenizer: Tokenizer, edit: dict, said: str
+) -> None:
+    first = TokenData.build(str(txt_corpus), tokenizer, ctx_len=16, val_split=0.0, seed=0)
+    expected = np.array(first.train_tokens)
+    sidecar = first.path.with_suffix(".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
+    with pytest.warns(UserWarning, match=rf"is unreadable \(.*{said}.*\); rebuilding it"):
+        again = TokenData.build(str(txt_corpus), tokenizer, ctx_len=16, val_split=0.0, seed=0)
+    assert not again.reused and np.array_equal(again.train_tokens, expected)
+
+
 def test_split_is_deterministic_disjoint_and_keeps_order() -> None:
     val, train = split_documents(40, 0.25, seed=1)
     assert len(val) == 10 and len(train) == 30

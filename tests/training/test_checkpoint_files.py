@@ -85,6 +85,7 @@ def test_a_written_checkpoint_verifies(tmp_path: Path) -> None:
         '{"step": 3, "files": {"notes.json": {"bytes": "9", "sha256": "00"}}}',
         '{"step": 3, "files": {"notes.json": {"bytes": 9}}}',
         '{"step": 3, "files": {"notes.json": 9}}',
+        "[" * 100_000 + "]" * 100_000,  # nested past the parser's depth: a RecursionError
     ],
 )
 def test_a_manifest_of_another_shape_is_corrupt_not_a_crash(tmp_path: Path, manifest: str) -> None:

@@ -151,3 +151,15 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(
     assert code == 0, err
     assert "cannot be locked (No locks available): run one training there at a time" in err
     assert len(list_checkpoints(tmp_path / "run")) == 1
+
+
+def test_a_folder_where_the_lock_file_goes_is_named_in_one_line(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    code, err = train_in_process(corpus, tmp_path / "run", capsys, max_steps=4)
+    assert code == 2, err
+    assert err.splitlines() == [
+        f"muomni: error: config key 'save_dir': its lock file {tmp_path / 'run' / '.lock'} "
+        "cannot be opened (Is a directory); remove it"
+    ]
