@@ -8,6 +8,7 @@ log, the stop signals, when the last step landed, and the last validation and ch
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -58,7 +59,9 @@ class TrainingRun:
         if t.resume_from is None:
             t.progress.val_step = 0
         held = bool(self._stale)
-        if t.env.is_main and not held:
+        # A resume with nothing to train leaves the folder as it was: its config.json stays the one trained with.
+        idle = t.resume_from is not None and not self._owed_eval and self._done()
+        if t.env.is_main and not held and not idle:
             self._write_run_files()
         self.log = RunLog(t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main, held=held)
         for line in describe_run(t):
@@ -225,8 +228,9 @@ class TrainingRun:
             return self.last_ckpt
         if t.resume_from is not None and step == self._start_step and not self._owed_eval:  # the same command again
             self.log.info(
-                f"nothing to train: the run is already at step {step}, its end (max_steps {t.cfg.max_steps}, "
-                f"max_epochs {t.cfg.max_epochs}); raise them to train further"
+                f"nothing to train: the run is already at step {step}, its end (max_steps "
+                f"{json.dumps(t.cfg.max_steps)}, max_epochs {json.dumps(t.cfg.max_epochs)}); raise them to train "
+                "further"
             )
             return self.last_ckpt
         if self._last_eval_step != step:

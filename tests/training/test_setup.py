@@ -137,11 +137,13 @@ def test_a_resumed_run_at_or_past_its_end_says_there_is_nothing_to_train(
     Trainer(_short_run(corpus, tmp_path / "run", max_steps=4)).fit()
     capsys.readouterr()
     ckpt = latest_checkpoint(tmp_path / "run")
+    trained_with = (tmp_path / "run" / "config.json").read_text()
     assert Trainer(_short_run(corpus, tmp_path / "run", max_steps=max_steps)).fit() == ckpt
     out = capsys.readouterr().out
-    assert f"nothing to train: the run is already at step 4, its end (max_steps {max_steps}" in out
+    assert f"nothing to train: the run is already at step 4, its end (max_steps {max_steps}, max_epochs null)" in out
     assert "no validation data" not in out and "done at step" not in out
     assert latest_checkpoint(tmp_path / "run") == ckpt  # nothing rewritten
+    assert (tmp_path / "run" / "config.json").read_text() == trained_with  # not max_steps 2, never trained with
 
 
 def test_a_vocab_size_far_beyond_what_the_corpus_teaches_warns(corpus: Path, tmp_path: Path) -> None:
