@@ -245,6 +245,17 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         clean[name] = t.clone().contiguous() if key in seen or not t.is_contiguous() else t
         seen.setdefault(key, name)
     save_file({k: v.cpu() for k, v in clean.items()}, str(path), metadata=metadata)
+    os.chmod(path, _FILE_MODE)  # safetensors makes its files owner-only; an export is for others to read too
+
+
+def _umasked_file_mode() -> int:
+    """The mode ``open`` gives a new file under this process's umask (read by setting it: once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umasked_file_mode()
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

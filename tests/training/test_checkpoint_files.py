@@ -169,3 +169,18 @@ def test_a_runs_checkpoints_folder_points_to_the_run_folder(tmp_path: Path) -> N
     load_config("debug").save(run / CONFIG_FILE)  # a run folder holds its config, as training writes it
     with pytest.raises(CheckpointError, match=f"is a run's checkpoints folder; give the run folder {run}$"):
         resolve_checkpoint(run / "checkpoints")
+
+
+def test_tensor_files_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """safetensors writes owner-only files: an export served by another user could not be read."""
+    import stat
+
+    import torch
+
+    from muomni.training.checkpoint import save_tensors
+
+    save_tensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    (tmp_path / "plain").write_text("")
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == stat.S_IMODE(
+        (tmp_path / "plain").stat().st_mode
+    )
