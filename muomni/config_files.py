@@ -17,7 +17,7 @@ PRESETS = ("debug", "default", "tiny", "small")
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # with or without the byte-order mark some editors write
     except FileNotFoundError:
         if path.suffix == ".json" and path.stem in PRESETS:  # "configs/tiny.json": the presets ship in the package
             name = path.stem
@@ -25,10 +25,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; give a JSON file or one of {', '.join(PRESETS)}")
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a folder; give a JSON file or one of {', '.join(PRESETS)}")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} cannot be read: {e}")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8")
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}")
     try:
-        data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
+        data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(f"config file {path}", pairs))
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
     except RecursionError:  # thousands of nested brackets: the parser recurses once per level
@@ -38,12 +40,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _unique_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different: JSON itself lets the last of two equal keys win, silently."""
+def _unique_keys(where: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The keys of a JSON object or a command line, all different: JSON itself, and a dict built from
+    ``key=value`` items, let the last of two equal keys win, silently."""
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            raise ConfigError(f"config file {path} gives key '{key}' twice; keep the one you mean")
+            raise ConfigError(f"{where} gives key '{key}' twice; keep the one you mean")
         seen.add(key)
     return dict(pairs)
 
@@ -60,6 +63,8 @@ def source_dict(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(source, dict):
         return dict(source)
     text = str(source)
+    if not text.strip():  # Path("") is the current folder: the error would name a folder no one gave
+        raise ConfigError(f"config file name is empty; give a JSON file or one of {', '.join(PRESETS)}")
     if "\0" in text:
         raise ConfigError(f"config file {text!r} holds a NUL character; give a JSON file or a preset")
     # A folder can never be a config file, so a folder named like a preset (./debug) does not hide the preset.
@@ -94,7 +99,7 @@ def overrides_dict(overrides: dict[str, Any] | list[str] | tuple[str, ...] | Non
     if isinstance(overrides, dict):
         return overrides
     if isinstance(overrides, (list, tuple)):
-        return dict(parse_override(item) for item in overrides)
+        return _unique_keys("the command line", [parse_override(item) for item in overrides])
     # One "key=value" string is the easy mistake: say what to pass rather than fail inside dict.update.
     raise ConfigError(
         f"overrides must be a dict such as {{'batch_size': 4}} or a list such as ['batch_size=4'], not "

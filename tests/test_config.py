@@ -114,6 +114,26 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path: Path) -> None:
         load_config(str(path))
 
 
+def test_a_key_given_twice_on_the_command_line_is_refused_as_in_a_file() -> None:
+    with pytest.raises(ConfigError, match="^the command line gives key 'batch_size' twice; keep the one you mean$"):
+        load_config("debug", ["batch_size=1", "lr=0.01", "batch_size=2"])
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "notepad.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"batch_size": 3}')
+    assert load_config(str(path)).batch_size == 3
+
+
+def test_a_config_file_in_another_encoding_or_an_empty_name_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"save_dir": "runs/caf\u00e9"}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 22\); save it as UTF-8$"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="^config file name is empty; give a JSON file or one of debug"):
+        load_config("")
+
+
 def test_a_list_of_the_wrong_length_says_what_it_must_be() -> None:
     with pytest.raises(ConfigError, match=r"'betas': \[0.9\] is not a list of 2 numbers"):
         load_config(None, {"betas": [0.9]})
