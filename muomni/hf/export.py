@@ -102,7 +102,11 @@ def _output_folder(out_dir: str | Path) -> Path:
     Absolute: the temporary folder is the output's sibling, and "." has no name (its sibling would be
     inside it, and go with the old export).
     """
+    if not str(out_dir).strip():
+        raise CheckpointError("the output folder's name is empty; give --out the path of a new folder")
     out = Path(out_dir).resolve()
+    if Path.cwd().is_relative_to(out):  # replaced whole, it would leave the shell in a deleted folder
+        raise CheckpointError(f"output {out} is the current folder or holds it; give --out the path of a new folder")
     _check_out_dir(out)
     return out
 

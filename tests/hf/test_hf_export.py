@@ -219,17 +219,19 @@ def test_output_folder_rules(make_checkpoint: Callable, tmp_path: Path) -> None:
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary folder was left behind"
 
 
-def test_an_export_into_the_current_folder_replaces_the_previous_one(
-    make_checkpoint: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("out", [".", "..", ""])
+def test_an_export_into_the_current_folder_or_one_above_it_is_refused(
+    make_checkpoint: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
 ) -> None:
-    # "." has no name: the temporary folder, once made beside the output as ".NAME.tmp-PID", went inside it
-    # and was deleted with the old export, which left the folder empty and raised a traceback.
+    """An export replaces its folder whole: into "." it left the shell in a deleted folder, where ``ls``
+    showed nothing though the export had been written (and "" read as "."). The previous export stays."""
     export_hf(make_checkpoint(), tmp_path / "hf")
+    before = load_file(tmp_path / "hf" / "model.safetensors")
     monkeypatch.chdir(tmp_path / "hf")
-    export_hf(make_checkpoint(seed=5, name="run2"), ".")
-    replaced = load_file(tmp_path / "hf" / "model.safetensors")
-    fresh = load_file(latest_checkpoint(tmp_path / "run2") / "model.safetensors")
-    assert torch.equal(replaced["model.norm.weight"], fresh["model.norm.weight"])
+    with pytest.raises(CheckpointError, match="give --out the path of a new folder$"):
+        export_hf(make_checkpoint(seed=5, name="run2"), out)
+    after = load_file(tmp_path / "hf" / "model.safetensors")
+    assert torch.equal(after["model.norm.weight"], before["model.norm.weight"])
 
 
 def test_an_output_under_a_file_is_refused_before_anything_is_written(
