@@ -87,6 +87,11 @@ def load_documents(source: str) -> list[str]:
             ]
         elif _is_jsonl(path):
             docs = _jsonl_documents(path)
+        elif path.suffix.lower() == ".json":  # read as text it would train on JSON's syntax, as one document
+            raise DataError(
+                f"{path} is a .json file; muomni reads .jsonl, one {{\"text\": ...}} object a line: convert it "
+                "(or give it another suffix if it is plain text)"
+            )
         else:
             docs = _BLANK_LINE.split(_read_text(path))
     docs = [d for d in docs if d.strip()]
@@ -183,7 +188,8 @@ def _read_text(path: Path) -> str:
     n_bad = len(_ESCAPED_BYTE.findall(data.decode("utf-8", "surrogateescape")))
     if n_bad > MAX_INVALID_FRACTION * len(data):
         raise DataError(
-            f"{path} does not look like UTF-8 text ({n_bad} of {len(data)} bytes invalid); convert it to UTF-8"
+            f"{path} does not look like UTF-8 text ({n_bad} of {len(data)} bytes invalid); convert it to UTF-8, "
+            "or remove it from the corpus if it is not text"
         )
     warnings.warn(f"{path}: {n_bad} bytes were not UTF-8 and were replaced with U+FFFD", stacklevel=2)
     return data.decode("utf-8", "replace")

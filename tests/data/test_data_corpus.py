@@ -186,3 +186,19 @@ def test_stdlib_fingerprint_is_stable() -> None:
     assert corpus_fingerprint("builtin:stdlib") == corpus_fingerprint("builtin:stdlib")
     with pytest.raises(DataError, match="unknown built-in"):
         corpus_fingerprint("builtin:nope")
+
+
+def test_a_json_file_is_refused_with_the_format_muomni_reads(tmp_path: Path) -> None:
+    """Read as plain text, a JSON array of records trained on its brackets and quotes, as one document."""
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps([{"text": "one"}, {"text": "two"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"is a \.json file; muomni reads \.jsonl, one .* object a line: convert it"):
+        load_documents(str(path))
+
+
+def test_a_binary_file_in_a_folder_is_named_with_the_way_out(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("print('hi')\n", encoding="utf-8")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "a.pyc").write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(DataError, match=r"a\.pyc does not look like UTF-8 text .* or remove it from the corpus"):
+        load_documents(str(tmp_path))
