@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from muomni.config import Config, load_config
 from muomni.errors import CheckpointError, ConfigError
+from muomni.paths import HF_PREFIX
 from muomni.training.faults import fault_point
 
 MANIFEST = "manifest.json"
@@ -214,6 +215,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"checkpoint path {path} does not exist; give a run folder or a checkpoint folder")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a file; give a run folder or a checkpoint folder")
+    if not (path / MANIFEST).exists() and _is_hf_folder(path):  # an export, or a model downloaded from the Hub
+        raise CheckpointError(f"{path} is a Hugging Face model folder; give it as {HF_PREFIX}{path}")
     if (path / MANIFEST).exists() or (path / MODEL_FILE).exists():
         try:
             verify(path)
@@ -233,6 +236,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"{path} holds no complete checkpoint: all {broken} are broken; train again {train}")
         raise CheckpointError(f"{path} holds no complete checkpoint; train first {train}")
     return ckpt
+
+
+def _is_hf_folder(path: Path) -> bool:
+    """Whether ``path`` holds a Hugging Face model's ``config.json`` (it names a ``model_type``; muomni's
+    config does not)."""
+    try:
+        data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "model_type" in data
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

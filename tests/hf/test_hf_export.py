@@ -25,7 +25,7 @@ from muomni.data.tokenizer import Tokenizer
 from muomni.errors import CheckpointError
 from muomni.hf import export_hf, load_hf, save_hf
 from muomni.inference.generate import generate_tokens
-from muomni.training.checkpoint import latest_checkpoint
+from muomni.training.checkpoint import latest_checkpoint, resolve_checkpoint
 
 # Odd shapes on purpose: d_model not a power of two, head widths 8/12/16, one kv head, tied and untied.
 SHAPES = {
@@ -232,6 +232,15 @@ def test_an_export_into_the_current_folder_or_one_above_it_is_refused(
         export_hf(make_checkpoint(seed=5, name="run2"), out)
     after = load_file(tmp_path / "hf" / "model.safetensors")
     assert torch.equal(after["model.norm.weight"], before["model.norm.weight"])
+
+
+def test_an_export_given_without_hf_prefix_is_named_as_a_hugging_face_folder(
+    make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    """It was called incomplete ("no manifest.json; it was not finished writing"), a false diagnosis."""
+    export_hf(make_checkpoint(), tmp_path / "hf")
+    with pytest.raises(CheckpointError, match=f"is a Hugging Face model folder; give it as hf:{tmp_path / 'hf'}$"):
+        resolve_checkpoint(tmp_path / "hf")
 
 
 def test_an_output_under_a_file_is_refused_before_anything_is_written(
