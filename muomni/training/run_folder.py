@@ -23,7 +23,15 @@ from pathlib import Path
 
 from muomni.errors import CheckpointError, ConfigError
 from muomni.paths import nearest_existing
-from muomni.training.checkpoint import CONFIG_FILE, MANIFEST, MODEL_FILE, TOKENIZER_FILE, checkpoints_dir, read_config
+from muomni.training.checkpoint import (
+    CONFIG_FILE,
+    MANIFEST,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    checkpoints_dir,
+    latest_checkpoint,
+    read_config,
+)
 from muomni.training.runlog import METRICS_FILE
 
 try:  # POSIX; elsewhere runs are not locked (see RunFolderLock)
@@ -62,6 +70,11 @@ def check_run_folder(save_dir: str | Path) -> None:
         )
     present = [name for name in RUN_FILES if (path / name).exists()]
     if present and not _holds_a_run(path):
+        if (ckpt := latest_checkpoint(path)) is not None:  # a run's, whose own config.json was lost or damaged
+            raise ConfigError(
+                f"config key 'save_dir': {path} is a run folder whose {CONFIG_FILE} or {TOKENIZER_FILE} is missing "
+                f"or unreadable; copy both back from its checkpoint {ckpt} to continue it, or give a new folder"
+            )
         raise ConfigError(
             f"config key 'save_dir': {path} holds {', '.join(present)} that no muomni run wrote, and training "
             "would overwrite them; give a new or empty folder"

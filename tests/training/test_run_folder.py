@@ -163,3 +163,25 @@ def test_a_folder_where_the_lock_file_goes_is_named_in_one_line(
         f"muomni: error: config key 'save_dir': its lock file {tmp_path / 'run' / '.lock'} "
         "cannot be opened (Is a directory); remove it"
     ]
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json"])
+def test_a_run_folder_whose_config_was_lost_says_where_to_copy_it_from(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """Its checkpoints are intact; it was called a folder "that no muomni run wrote", to be abandoned."""
+    run = tmp_path / "run"
+    code, err = train_in_process(corpus, run, capsys, max_steps=4, checkpoint_freq=4)
+    assert code == 0, err
+    if damage == "missing":
+        (run / "config.json").unlink()
+    else:
+        (run / "config.json").write_text("{bad")
+    before = folder_bytes(run)
+    code, err = train_in_process(corpus, run, capsys, max_steps=6)
+    assert code == 2, err
+    ckpt = list_checkpoints(run)[-1]
+    assert err.splitlines()[-1].endswith(
+        f"copy both back from its checkpoint {ckpt} to continue it, or give a new folder"
+    )
+    assert folder_bytes(run) == before
