@@ -300,7 +300,8 @@ def _validate(c: Config) -> None:
         c.max_steps,
         "max_steps and max_epochs cannot both be null: the run would never end",
     )
-    _check(c.lr > 0, "lr", c.lr, "must be positive")
+    # lr=1e10 trained the default job's model to NaN (every step after the first skipped) and ended with exit 0.
+    _check(0 < c.lr <= 10, "lr", c.lr, "must be positive and at most 10 (AdamW's rates are near 1e-3, SGD's below 1)")
     _check(c.min_lr is None or 0 <= c.min_lr <= c.lr, "min_lr", c.min_lr, f"must be between 0 and lr ({c.lr})")
     _check(c.wd >= 0, "wd", c.wd, "must be zero or positive")
     _check(c.warmup_steps >= 0, "warmup_steps", c.warmup_steps, "must be zero or positive")

@@ -24,6 +24,8 @@ BAD_CONFIGS = [
     ({"batch_size": "eight"}, "batch_size"),
     ({"lr": -1e-3}, "lr"),
     ({"lr": 0}, "lr"),
+    ({"lr": 1e10}, "lr"),
+    ({"lr": 10.5}, "lr"),
     ({"lr": "fast"}, "lr"),
     ({"d_model": 256, "n_heads": 3}, "n_heads"),
     ({"d_model": 96, "n_heads": 32}, "n_heads"),  # head_dim 3: RoPE needs it even
