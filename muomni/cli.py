@@ -33,8 +33,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"muomni: error: {where}{message} (see {self.prog} --help)\n")
 
 
+class _Once(argparse.Action):
+    """An option given at most once: argparse keeps the last of two, and one of them was not meant."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        if getattr(namespace, f"_{self.dest}_given", False):
+            parser.error(f"{option_string} is given twice; keep the one you mean")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, values)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="a JSON file or a preset: debug, default, tiny, small")
+    p.add_argument("--config", default=None, action=_Once, help="a JSON file or a preset: debug, default, tiny, small")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config keys to change, e.g. batch_size=8")
 
 
@@ -82,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure what each optimization buys, on this machine")
     p.add_argument("what", choices=["train", "infer"], help="train: the optimization table; infer: decoding")
-    p.add_argument("--config", default="tiny", help="a JSON file or a preset: debug, default, tiny, small")
+    p.add_argument(
+        "--config", default="tiny", action=_Once, help="a JSON file or a preset: debug, default, tiny, small"
+    )
     p.add_argument("--ckpt", default=None, help="bench infer: use these weights instead of random ones")
     p.add_argument(
         "--steps",

@@ -83,3 +83,14 @@ def test_under_torchrun_a_config_error_is_printed_by_rank_0_and_another_error_by
     assert main(config_error if error == "config" else data_error) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("muomni: error: ") if shown else err == ""
+
+
+@pytest.mark.parametrize("command", [["train"], ["bench", "train"], ["profile"]])
+def test_config_given_twice_is_refused(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse kept the last of two --config, silently: one of them was not meant."""
+    with pytest.raises(SystemExit) as ended:
+        main([*command, "--config", "debug", "--config", "tiny"])
+    assert ended.value.code == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.splitlines() == [
+        f"muomni: error: {command[0]}: --config is given twice; keep the one you mean (see muomni {command[0]} --help)"
+    ]
