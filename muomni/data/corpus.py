@@ -89,7 +89,7 @@ def load_documents(source: str) -> list[str]:
             docs = _jsonl_documents(path)
         elif path.suffix.lower() == ".json":  # read as text it would train on JSON's syntax, as one document
             raise DataError(
-                f"{path} is a .json file; muomni reads .jsonl, one {{\"text\": ...}} object a line: convert it "
+                f'{path} is a .json file; muomni reads .jsonl, one {{"text": ...}} object a line: convert it '
                 "(or give it another suffix if it is plain text)"
             )
         else:
