@@ -42,6 +42,16 @@ TOKENIZER_FILE = "tokenizer.json"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
+def _umasked_file_mode() -> int:
+    """The mode ``open`` gives a new file under this process's umask (read by setting it: once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umasked_file_mode()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -259,16 +269,6 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         seen.setdefault(key, name)
     save_file({k: v.cpu() for k, v in clean.items()}, str(path), metadata=metadata)
     os.chmod(path, _FILE_MODE)  # safetensors makes its files owner-only; an export is for others to read too
-
-
-def _umasked_file_mode() -> int:
-    """The mode ``open`` gives a new file under this process's umask (read by setting it: once, at import)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umasked_file_mode()
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

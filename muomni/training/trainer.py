@@ -107,10 +107,7 @@ class Trainer:
         cfg = self.cfg
         warn_inert_on_cpu(cfg, self.device)
         if self.device.type == "cpu":
-            with torch.device("meta"):  # the parameters' count, with nothing allocated
-                n_params = sum(p.numel() for p in Thinker(cfg).parameters())
-            copies = 1 if self.env.sharded else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            check_cpu_memory(cfg, n_params, copies)
+            self._check_cpu_memory(cfg)
         seed_everything(cfg.seed)
         model = Thinker(cfg)
         if init_state is not None:
@@ -305,6 +302,14 @@ class Trainer:
         scaler.update()  # with fp16, an overflow (inf gradients after unscale_) lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
         return lambda: values
+
+    def _check_cpu_memory(self, cfg: Config) -> None:
+        """:func:`~muomni.training.autofit.check_cpu_memory` for the model of ``cfg``, counted on the meta
+        device (nothing allocated), times the ranks on this machine that each hold a whole copy."""
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in Thinker(cfg).parameters())
+        copies = 1 if self.env.sharded else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        check_cpu_memory(cfg, n_params, copies)
 
     def fitted_step(
         self, batches: list[torch.Tensor], log: RunLog, ahead: int = 0, stop_requested: bool = False
