@@ -51,7 +51,6 @@ class TrainingRun:
         # this run writes its first; so do the folder's config, tokenizer and log, kept whole until then.
         self._stale = stale_checkpoints(t.save_dir, step)
         self.last_ckpt: Path | None = t.resume_from
-        self._start_step = step
         # A resumed run that trains no further step neither re-evaluates nor rewrites its checkpoint, unless a
         # stop skipped the validation due at its step: that runs first, as in a run that never stopped.
         self._last_ckpt_step = self._last_eval_step = step if t.resume_from is not None else -1
@@ -59,9 +58,10 @@ class TrainingRun:
         if t.resume_from is None:
             t.progress.val_step = 0
         held = bool(self._stale)
-        # A resume with nothing to train leaves the folder as it was: its config.json stays the one trained with.
-        idle = t.resume_from is not None and not self._owed_eval and self._done()
-        if t.env.is_main and not held and not idle:
+        # A resume with nothing to train (the same command again) leaves the folder as it was: its config.json
+        # stays the one trained with, and no step, validation or checkpoint runs.
+        self._idle = t.resume_from is not None and not self._owed_eval and self._done()
+        if t.env.is_main and not held and not self._idle:
             self._write_run_files()
         self.log = RunLog(t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main, held=held)
         for line in describe_run(t):
@@ -226,7 +226,7 @@ class TrainingRun:
                 self._checkpoint()
             self.log.info(f"stopped by {signal.Signals(t.stop_signal).name} after step {step}; saved {self.last_ckpt}")
             return self.last_ckpt
-        if t.resume_from is not None and step == self._start_step and not self._owed_eval:  # the same command again
+        if self._idle:
             self.log.info(
                 f"nothing to train: the run is already at step {step}, its end (max_steps "
                 f"{json.dumps(t.cfg.max_steps)}, max_epochs {json.dumps(t.cfg.max_epochs)}); raise them to train "
