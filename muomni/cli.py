@@ -43,9 +43,17 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _overrides_arg(p: argparse.ArgumentParser) -> None:
+    # default=[]: without one, argparse counts a "*" positional as required in its usage errors
+    # ("the following arguments are required: ..., key=value"), though none need be given.
+    p.add_argument(
+        "overrides", nargs="*", default=[], metavar="key=value", help="config keys to change, e.g. batch_size=8"
+    )
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, action=_Once, help="a JSON file or a preset: debug, default, tiny, small")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config keys to change, e.g. batch_size=8")
+    _overrides_arg(p)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -91,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
 
     p = sub.add_parser("bench", help="measure what each optimization buys, on this machine")
-    p.add_argument("what", choices=["train", "infer"], help="train: the optimization table; infer: decoding")
+    p.add_argument(
+        "what",
+        choices=["train", "infer"],
+        metavar="{train,infer}",
+        help="train: the optimization table; infer: decoding",
+    )
     p.add_argument(
         "--config", default="tiny", action=_Once, help="a JSON file or a preset: debug, default, tiny, small"
     )
@@ -107,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows", default=None, help="comma-separated row names, e.g. baseline,+all (default: all that apply here)"
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config keys to change, e.g. batch_size=8")
+    _overrides_arg(p)
 
     p = sub.add_parser("profile", help="run a few steps under torch.profiler and print where the time goes")
     _config_args(p)

@@ -16,6 +16,9 @@ def named_rows(names: str | None) -> list[str] | None:
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     if not wanted:
         raise ConfigError(f"--rows {names!r} names no row: give comma-separated row names, or leave --rows out for all")
+    twice = sorted({n for n in wanted if wanted.count(n) > 1})
+    if twice:  # two rows of one name would be two lines of the table that the ratios cannot tell apart
+        raise ConfigError(f"--rows names {twice[0]!r} twice; name each row once")
     return wanted
 
 

@@ -179,6 +179,7 @@ def list_checkpoints(save_dir: str | Path) -> list[Path]:
 
 def latest_checkpoint(save_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run; broken newer ones are skipped with a warning naming them."""
+    _warn_set_aside(save_dir)
     for ckpt in reversed(list_checkpoints(save_dir)):
         try:
             verify(ckpt)
@@ -186,6 +187,20 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
         except CheckpointError as e:
             warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
     return None
+
+
+def _warn_set_aside(save_dir: str | Path) -> None:
+    """Name each step whose only copy is one that ``_replace_folder`` set aside (``.old-step_N-PID``: cut
+    between its two renames, on a system that cannot swap two paths), which would otherwise go unseen."""
+    root = checkpoints_dir(save_dir)
+    for aside in sorted(root.glob(".old-step_*")) if root.is_dir() else []:
+        step_name = aside.name[len(".old-") :].rsplit("-", 1)[0]
+        if _STEP_DIR.match(step_name) and not (root / step_name).exists():
+            warnings.warn(
+                f"{aside} is a whole checkpoint set aside while its step was rewritten, and {step_name} is "
+                f"missing: rename it to {root / step_name} to resume from it",
+                stacklevel=3,
+            )
 
 
 def prune_checkpoints(save_dir: str | Path, keep: int) -> None:

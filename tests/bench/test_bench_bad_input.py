@@ -112,6 +112,13 @@ def test_rows_naming_no_row_is_refused(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("what", ["train", "infer"])
+def test_rows_naming_a_row_twice_is_refused(what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    _fails_naming(capsys, ["bench", what, "--rows", "baseline, +all,baseline", "--out", str(out)], "'baseline' twice")
+    assert not out.exists()
+
+
 def test_bench_train_unknown_row_is_refused_before_the_data_is_prepared(capsys: pytest.CaptureFixture[str]) -> None:
     _fails_naming(capsys, ["bench", "train", "--rows", "baseline,warp"], "unknown bench row 'warp'")
 

@@ -16,6 +16,7 @@ from muomni.errors import CheckpointError, ConfigError
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MANIFEST,
+    latest_checkpoint,
     list_checkpoints,
     read_config,
     resolve_checkpoint,
@@ -67,6 +68,25 @@ def test_a_crash_while_a_step_is_replaced_leaves_that_step_a_whole_checkpoint(tm
     done = subprocess.run([sys.executable, "-c", write_again, str(run)], env=env, capture_output=True, text=True)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert _notes(list_checkpoints(run)[-1]) == {"a": 2}
+
+
+def test_a_step_left_only_in_its_set_aside_copy_is_named_when_the_run_is_read(tmp_path: Path) -> None:
+    """Where paths cannot be swapped, a crash between the two renames leaves the step's old checkpoint as
+    ``.old-step_N-PID``, whole; the newest checkpoint found is then an earlier one, and the user is told."""
+    run = tmp_path / "run"
+    _notes_checkpoint(run, 2, 1)
+    _notes_checkpoint(run, 3, 1)
+    write_again = (
+        "import json, sys; from muomni.training import checkpoint; checkpoint._swap_paths = lambda a, b: False; "
+        "checkpoint.write_checkpoint(sys.argv[1], 3, {'notes.json': lambda p: p.write_text(json.dumps({'a': 2}))})"
+    )
+    env = {**os.environ, KILL_ENV: "ckpt_replace:3"}
+    done = subprocess.run([sys.executable, "-c", write_again, str(run)], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with pytest.warns(UserWarning, match=r"\.old-step_00000003-\d+ is a whole checkpoint .* rename it to") as caught:
+        assert latest_checkpoint(run).name == "step_00000002"
+    (aside,) = run.glob("checkpoints/.old-step_00000003-*")
+    assert _notes(aside) == {"a": 1} and str(run / "checkpoints" / "step_00000003") in str(caught[0].message)
 
 
 def test_a_written_checkpoint_verifies(tmp_path: Path) -> None:
