@@ -152,6 +152,31 @@ def lr_at(step: int, s: Schedule) -> float:
     return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - s.min_lr)
 
 
+def schedule_change(saved: Any, schedule: Schedule, step: int) -> str | None:
+    """What a resumed run's schedule changes, where it moves the next step's learning rate from the one of
+    the schedule saved in the checkpoint (``saved``, its ``state_dict``); None where it does not.
+
+    The schedule follows the config the run resumes with, so a finished cosine run resumed with a larger
+    ``max_steps`` climbs from ``min_lr`` back towards ``lr``: as the config says, but rarely what is meant.
+    """
+    try:
+        old = Schedule(**saved)
+    except TypeError:  # not a saved schedule's fields (an older checkpoint, or none): nothing to compare
+        return None
+    if step >= schedule.total_steps:  # nothing left to train (the run says so itself)
+        return None
+    before, now = lr_at(step, old), lr_at(step, schedule)
+    if math.isclose(before, now, rel_tol=1e-6):
+        return None
+    fields = schedule.state_dict()
+    changed = ", ".join(f"{key} {saved[key]!r} -> {value!r}" for key, value in fields.items() if saved[key] != value)
+    return (
+        f"the learning-rate schedule is not the checkpoint's ({changed}): the next step trains at lr {now:.3g} "
+        f"where the checkpoint's schedule gives {before:.3g} (the schedule is the resumed config's, as if the "
+        "run had been planned so from its first step)"
+    )
+
+
 def planned_steps(cfg: Config, n_train_windows: int) -> int:
     """The optimizer steps the run will take: ``max_steps`` or ``max_epochs`` of data, whichever is fewer."""
     limits = []
@@ -188,6 +213,7 @@ __all__ = [
     "make_schedule",
     "param_groups",
     "planned_steps",
+    "schedule_change",
     "set_lr",
     "skips_on_device",
     "step_unless",

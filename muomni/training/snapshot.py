@@ -53,7 +53,7 @@ from muomni.training.dist_state import (
     load_full_optimizer_state,
 )
 from muomni.training.faults import fault_point
-from muomni.training.optim import Schedule
+from muomni.training.optim import Schedule, schedule_change
 from muomni.training.state import (
     RNG_FILE,
     checked_rng_tensors,
@@ -197,6 +197,10 @@ def load_snapshot(ckpt: Path, ts: TrainingState) -> None:
         ts.stream.load_state_dict(sampler)
         set_rng_state(rng_meta, rng_tensors)
     ts.progress.__dict__.update(asdict(progress))
+    if isinstance(saved := state.get("schedule"), dict) and (
+        change := schedule_change(saved, ts.schedule, progress.applied_steps)
+    ):
+        warnings.warn(change, stacklevel=2)
 
 
 def load_model_state(

@@ -179,7 +179,25 @@ def test_an_earlier_checkpoint_of_the_same_run_is_resumed_with_a_warning(
     result = _train(shared, run, resume=str(checkpoints_dir(run) / "step_00000008"))
     assert result.returncode == 0, result.stderr
     assert "resuming from step 8: the checkpoints of" in result.stderr and "up to step 12" in result.stderr
+    assert "learning-rate schedule" not in result.stderr  # the same keys, the same schedule: nothing to say
     _assert_same_as_reference(shared, run)
+
+
+def test_a_finished_run_resumed_with_more_steps_says_its_learning_rate_climbs_back(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
+    """The schedule follows the resumed run's config: a run that decayed to min_lr, resumed with a larger
+    max_steps, trains next at the new schedule's rate, well above min_lr, and is told so in one warning."""
+    run = tmp_path / "run"
+    shutil.copytree(shared["ref"], run)
+    result = _train(shared, run, max_steps=16)
+    assert result.returncode == 0, result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if "learning-rate schedule" in ln]
+    assert "total_steps 12 -> 16" in line
+    logged = {m["step"]: m["lr"] for m in read_metrics(run) if "lr" in m}
+    assert logged[12] == pytest.approx(3e-4)  # min_lr (lr / 10), reached at the first run's last step
+    assert f"the next step trains at lr {logged[13]:.3g} where the checkpoint's schedule gives 0.0003" in line
+    assert logged[13] > 2 * logged[12]
 
 
 def test_sigterm_finishes_the_step_and_checkpoints(shared: dict[str, Any], tmp_path: Path) -> None:
