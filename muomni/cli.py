@@ -7,6 +7,7 @@ Each subcommand's work lives in its own package; this module only parses argumen
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -16,16 +17,25 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
+from muomni import __version__
 from muomni.console import closed_stdout_dropped
 from muomni.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# A full disk or quota while writing a checkpoint, an export or the output: the user's to fix, not a crash.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error on one line like every other user error (argparse prints the usage and
-    ``PROG: error: ...``), pointing to the command's --help. Subcommands' parsers are of this class too."""
+    ``PROG: error: ...``), pointing to the command's --help, and each option that takes one value taken at
+    most once (:class:`_Once`). Subcommands' parsers are of this class too."""
+
+    def add_argument(self, *names, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        if names[0].startswith("-") and "action" not in kwargs and "nargs" not in kwargs:
+            kwargs["action"] = _Once
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("muomni").strip()  # "generate" in "muomni generate"
@@ -34,7 +44,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Once(argparse.Action):
-    """An option given at most once: argparse keeps the last of two, and one of them was not meant."""
+    """An option given at most once: argparse keeps the last of two (``--out a --out b`` wrote b alone), and
+    one of them was not meant."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
         if getattr(namespace, f"_{self.dest}_given", False):
@@ -52,7 +63,7 @@ def _overrides_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, action=_Once, help="a JSON file or a preset: debug, default, tiny, small")
+    p.add_argument("--config", default=None, help="a JSON file or a preset: debug, default, tiny, small")
     _overrides_arg(p)
 
 
@@ -85,7 +96,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="muomni", description="Train and run the μOmni Thinker.")
+    parser.add_argument("--version", action="version", version=f"muomni {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # each subcommand's own parser, for the errors found after parsing
 
     p = sub.add_parser("train", help="train a model (no arguments: the built-in default job)")
     _config_args(p)
@@ -105,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{train,infer}",
         help="train: the optimization table; infer: decoding",
     )
-    p.add_argument(
-        "--config", default="tiny", action=_Once, help="a JSON file or a preset: debug, default, tiny, small"
-    )
+    p.add_argument("--config", default="tiny", help="a JSON file or a preset: debug, default, tiny, small")
     p.add_argument("--ckpt", default=None, help="bench infer: use these weights instead of random ones")
     p.add_argument(
         "--steps",
@@ -212,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     warnings.showwarning = _show_warning
     try:
@@ -236,6 +247,17 @@ def main(argv: list[str] | None = None) -> int:
             "model's size",
             file=sys.stderr,
         )
+        return EXIT_USER_ERROR
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        if e.filename:
+            print(
+                f"muomni: error: cannot write {e.filename} ({e.strerror}): free space there, or write elsewhere",
+                file=sys.stderr,
+            )
+        else:  # print's own write: stdout goes to a full disk
+            print(f"muomni: error: cannot write the output ({e.strerror})", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("muomni: interrupted", file=sys.stderr)

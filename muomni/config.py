@@ -347,7 +347,8 @@ def _check_key(key: Any) -> None:
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+    # Keys are lower case: compared as such, "LR" finds "lr" (two letters apart, it found nothing).
+    close = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else "; the README's configuration table lists every key"
 
 

@@ -3,12 +3,14 @@ one line, ``muomni: error: ...``, that says where to look."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
+import muomni
 from muomni import cli
 from muomni.cli import main
 
@@ -23,7 +25,11 @@ from muomni.cli import main
         (["generate", "--ckpt", "run"], "generate: the following arguments are required: --prompt"),
         (["generate", "--ckpt", "run", "--prompt", "a", "--max-new-tokens", "abc"], "invalid int value: 'abc'"),
         (["plan", "--memory", "abc"], "plan: argument --memory: invalid float value"),
-        (["train", "--nope"], "unrecognized arguments: --nope"),
+        (["train", "--nope"], "train: unrecognized arguments: --nope (see muomni train --help)"),
+        (
+            ["generate", "--ckpt", "r", "--prompt", "a", "a=b"],
+            "generate: unrecognized arguments: a=b (see muomni generate",
+        ),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
@@ -96,3 +102,61 @@ def test_config_given_twice_is_refused(command: list[str], capsys: pytest.Captur
     assert capsys.readouterr().err.splitlines() == [
         f"muomni: error: {command[0]}: --config is given twice; keep the one you mean (see muomni {command[0]} --help)"
     ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "--ckpt", "run", "--out", "a", "--out", "b"],
+        ["generate", "--ckpt", "run", "--prompt", "a", "--max-new-tokens", "4", "--max-new-tokens", "2"],
+        ["bench", "infer", "--steps", "2", "--steps", "3"],
+        ["plan", "--memory", "8", "--memory", "12"],
+    ],
+)
+def test_any_option_of_one_value_given_twice_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out a --out b`` wrote b alone: each option that takes one value is taken once (--prompt repeats)."""
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == cli.EXIT_USER_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"{argv[-2]} is given twice; keep the one you mean" in line
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code == 0 and capsys.readouterr().out == f"muomni {muomni.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/full/run/model.safetensors"),
+            "muomni: error: cannot write /full/run/model.safetensors (No space left on device): free space there, "
+            "or write elsewhere",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            "muomni: error: cannot write the output (No space left on device)",
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_and_exit_2(
+    error: OSError, line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def command(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "_resolve_holding_interrupts", lambda name: command)
+    assert main(["train"]) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_another_os_error_is_not_called_a_full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def command(args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error", "/disk/file")
+
+    monkeypatch.setattr(cli, "_resolve_holding_interrupts", lambda name: command)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["train"])

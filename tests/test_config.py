@@ -80,6 +80,10 @@ def test_unknown_key_suggests_the_close_one() -> None:
         load_config(None, {"learning_rat": 1e-3})
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         load_config(None, {"batch_sise": 8})
+    with pytest.raises(ConfigError, match=r"unknown config key 'LR' \(did you mean 'lr'\?\)"):  # keys are lower case
+        load_config(None, {"LR": 0.1})
+    with pytest.raises(ConfigError, match=r"unknown config key 'Batch_Size' \(did you mean 'batch_size'\?\)"):
+        load_config(None, {"Batch_Size": 8})
     with pytest.raises(ConfigError, match="unknown config key 'foo'; the README's configuration table lists every key"):
         load_config(None, {"foo": 1})
 

@@ -145,7 +145,7 @@ def _source_checkpoint(ckpt_path: str | Path) -> Path:
     what it is, rather than reported missing as a folder named ``hf:...``."""
     text = str(ckpt_path)
     if not text.startswith(HF_PREFIX):
-        return resolve_checkpoint(ckpt_path)
+        return resolve_checkpoint(ckpt_path, hf_folder="export takes a muomni run or checkpoint folder")
     folder = Path(text.removeprefix(HF_PREFIX))
     refuse_muomni_folder(folder)
     what = "a Hugging Face folder already" if folder.is_dir() else f"an {HF_PREFIX} path"

@@ -23,6 +23,7 @@ message that is not valid UTF-8 text is not sent, with one line saying so, and t
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -103,7 +104,8 @@ def chat(
     ctx_len = model.config.ctx_len
     reply_tokens = max(min(max_new_tokens, ctx_len // 2), 1)
     if reply_tokens < max_new_tokens:
-        print(f"replies are limited to {reply_tokens} tokens, half of ctx_len {ctx_len}", file=out)
+        # A warning (stderr), not the conversation's text: piped out, a chat's stdout is its replies.
+        warnings.warn(f"replies are limited to {reply_tokens} tokens, half of ctx_len {ctx_len}", stacklevel=2)
     conversation = Conversation(tokenizer, ctx_len, reply_tokens)
     print(f"muomni chat: type a message; '{RESET}' clears the history, 'exit' or Ctrl-D quits", file=out, flush=True)
     turn = 0

@@ -47,7 +47,8 @@ class GenerationStats:
             + (f" ({self.cached_prompt_tokens} from the cache)" if self.cached_prompt_tokens else ""),
             f"generated tokens {self.generated_tokens}",
             f"time to first token {self.time_to_first_token_s * 1e3:.1f} ms",
-            f"decode {self.decode_tokens_per_s:,.1f} tok/s",
+            # One token a row is all prefill: no decode step ran, and a rate of 0.0 would say it was slow.
+            f"decode {self.decode_tokens_per_s:,.1f} tok/s" if self.generated_tokens > self.rows else "decode n/a",
             f"overall {self.overall_tokens_per_s:,.1f} tok/s",
         ]
         if self.compile_s is not None:

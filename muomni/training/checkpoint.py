@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from muomni.config import Config, load_config
@@ -93,21 +94,30 @@ def write_checkpoint(save_dir: str | Path, step: int, writers: dict[str, Callabl
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    entries = {}
-    for name, write in writers.items():
-        path = tmp / name
-        write(path)
-        _fsync(path)
-        entries[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    manifest = tmp / MANIFEST
-    manifest.write_text(json.dumps({"step": step, "files": entries}, indent=2) + "\n", encoding="utf-8")
-    _fsync(manifest)
+    try:
+        _write_files(tmp, step, writers)
+    except BaseException:  # a full disk, say: what was written of it is no checkpoint and holds the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # a checkpoint of the same step (a resumed run's end) is replaced whole
         _replace_folder(tmp, final, step)
     else:
         os.replace(tmp, final)
     _fsync(root)
     return final
+
+
+def _write_files(folder: Path, step: int, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Each writer's file in ``folder``, synced, then the manifest of their sizes and checksums."""
+    entries = {}
+    for name, write in writers.items():
+        path = folder / name
+        write(path)
+        _fsync(path)
+        entries[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest = folder / MANIFEST
+    manifest.write_text(json.dumps({"step": step, "files": entries}, indent=2) + "\n", encoding="utf-8")
+    _fsync(manifest)
 
 
 def _replace_folder(new: Path, old: Path, step: int) -> None:
@@ -233,15 +243,19 @@ def read_config(ckpt: Path) -> Config:
         raise CheckpointError(f"{path}: {e}")
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from ``--ckpt``: a run's save_dir (its newest complete checkpoint) or one folder."""
+def resolve_checkpoint(path: str | Path, hf_folder: str | None = None) -> Path:
+    """A checkpoint folder from ``--ckpt``: a run's save_dir (its newest complete checkpoint) or one folder.
+
+    ``hf_folder``: what to do with a Hugging Face model folder, where the caller takes none (default: give
+    it as ``hf:PATH``, which loading and ``init_from`` take).
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist; give a run folder or a checkpoint folder")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a file; give a run folder or a checkpoint folder")
     if not (path / MANIFEST).exists() and _is_hf_folder(path):  # an export, or a model downloaded from the Hub
-        raise CheckpointError(f"{path} is a Hugging Face model folder; give it as {HF_PREFIX}{path}")
+        raise CheckpointError(f"{path} is a Hugging Face model folder; {hf_folder or f'give it as {HF_PREFIX}{path}'}")
     if (path / MANIFEST).exists() or (path / MODEL_FILE).exists():
         try:
             verify(path)
@@ -282,7 +296,13 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         key = t.untyped_storage().data_ptr() if t.numel() else id(t)
         clean[name] = t.clone().contiguous() if key in seen or not t.is_contiguous() else t
         seen.setdefault(key, name)
-    save_file({k: v.cpu() for k, v in clean.items()}, str(path), metadata=metadata)
+    try:
+        save_file({k: v.cpu() for k, v in clean.items()}, str(path), metadata=metadata)
+    except SafetensorError as e:  # its I/O errors name the system's error only in the text: "(os error 28)"
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
     os.chmod(path, _FILE_MODE)  # safetensors makes its files owner-only; an export is for others to read too
 
 

@@ -39,6 +39,9 @@ def test_export_refuses_an_hf_path_by_what_it_is(run: Path, tmp_path: Path, caps
     assert line == f"{run} is a muomni run (or checkpoint) folder, not a Hugging Face one; give it without hf:"
     line = error_line(capsys, ["export", "--ckpt", f"hf:{tmp_path / 'nothing'}", *out])
     assert line == f"--ckpt hf:{tmp_path / 'nothing'} is an hf: path; export takes a muomni run or checkpoint folder"
+    # Without hf:, it was told to "give it as hf:", which the line above then refused: advice that looped.
+    line = error_line(capsys, ["export", "--ckpt", str(hf), *out])
+    assert line == f"{hf} is a Hugging Face model folder; export takes a muomni run or checkpoint folder"
     assert not (tmp_path / "hf2").exists()
 
 

@@ -116,6 +116,14 @@ def test_chat_drops_the_oldest_turns_and_shows_stats(tokenizer: Tokenizer) -> No
     assert text.count("[stats]") == 3
 
 
+def test_chat_says_its_reply_limit_as_a_warning_not_in_the_conversation(tokenizer: Tokenizer) -> None:
+    """Piped out, a chat's stdout is its replies: the limit was printed there, without the warning prefix."""
+    out = io.StringIO()
+    with pytest.warns(UserWarning, match="replies are limited to 32 tokens, half of ctx_len 64"):
+        assert chat(tiny_model(), tokenizer, 100, temperature=0.0, read=scripted_input("quit"), out=out) == 0
+    assert "replies are limited" not in out.getvalue()
+
+
 def test_conversation_format_and_fit(tokenizer: Tokenizer) -> None:
     conv = Conversation(tokenizer, ctx_len=64, reply_tokens=16)
     ids, dropped, cut = conv.prompt_ids("hi")

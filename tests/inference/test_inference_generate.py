@@ -137,7 +137,15 @@ def test_stats_are_filled_in() -> None:
     assert 0 < stats.time_to_first_token_s <= stats.total_s
     assert stats.decode_tokens_per_s > 0 and stats.overall_tokens_per_s > 0
     assert stats.compile_s is None
-    assert "time to first token" in stats.format()
+    assert "time to first token" in stats.format() and "decode n/a" not in stats.format()
+
+
+def test_stats_of_one_token_a_row_say_no_decode_rate() -> None:
+    """One new token is the prefill's: no decode step ran, and "decode 0.0 tok/s" read as a slow one."""
+    stats = GenerationStats()
+    generate_tokens(tiny_model(), PROMPTS, 1, temperature=0.0, stats=stats)
+    assert (stats.rows, stats.generated_tokens) == (3, 3)
+    assert "decode n/a" in stats.format() and "decode 0.0" not in stats.format()
 
 
 def test_model_dtype_is_used() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import SafetensorError
 
 from muomni.config import load_config
 from muomni.errors import CheckpointError, ConfigError
@@ -20,6 +23,7 @@ from muomni.training.checkpoint import (
     list_checkpoints,
     read_config,
     resolve_checkpoint,
+    save_tensors,
     verify,
     write_checkpoint,
 )
@@ -87,6 +91,31 @@ def test_a_step_left_only_in_its_set_aside_copy_is_named_when_the_run_is_read(tm
         assert latest_checkpoint(run).name == "step_00000002"
     (aside,) = run.glob("checkpoints/.old-step_00000003-*")
     assert _notes(aside) == {"a": 1} and str(run / "checkpoints" / "step_00000003") in str(caught[0].message)
+
+
+def test_a_checkpoint_that_cannot_be_written_whole_leaves_nothing(tmp_path: Path) -> None:
+    """A full disk midway: the part written is no checkpoint, and would hold the space the user must free."""
+    run = tmp_path / "run"
+
+    def disk_full(path: Path) -> None:
+        path.write_bytes(b"part of a file")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with pytest.raises(OSError, match="No space left on device"):
+        write_checkpoint(run, 3, {"notes.json": lambda p: p.write_text("{}"), "model.safetensors": disk_full})
+    assert list((run / "checkpoints").iterdir()) == []
+
+
+def test_safetensors_own_error_for_a_full_disk_is_an_os_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:  # the text safetensors 0.8 gives
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("muomni.training.checkpoint.save_file", full)
+    with pytest.raises(OSError) as raised:
+        save_tensors({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "model.safetensors")
 
 
 def test_a_written_checkpoint_verifies(tmp_path: Path) -> None:
