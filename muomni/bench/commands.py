@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from muomni.bench.options import bench_out_folder, check_out_folder, check_steps
-from muomni.bench.report import RESULT_FILES
+from muomni.bench.report import RESULT_FILES, wrote_results
 from muomni.bench.selection import named_rows
 from muomni.errors import ConfigError
 
@@ -30,4 +30,4 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError("--ckpt is for bench infer; bench train measures a fresh model of --config")
     check_steps(args.steps)
     named_rows(args.rows)
-    check_out_folder(bench_out_folder(args.what, args.out), RESULT_FILES)
+    check_out_folder(bench_out_folder(args.what, args.out), RESULT_FILES, wrote_results)

@@ -27,12 +27,15 @@ from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, rese
 from muomni.bench.options import bench_out_folder
 from muomni.bench.report import GIB, write_results
 from muomni.bench.selection import wanted_rows
-from muomni.config import load_config
+from muomni.config import Config, load_config
+from muomni.config_files import overrides_dict
+from muomni.errors import ConfigError
 from muomni.inference.decode import DecodeSetup
 from muomni.inference.generate import fit_to_context, run_generation
 from muomni.inference.sampling import SamplingParams
 from muomni.inference.stats import GenerationStats
 from muomni.models.thinker import Thinker
+from muomni.training.sources import resolve_device
 
 PROMPT_TOKENS = 16
 GREEDY = SamplingParams(0.0, 0, 1.0)
@@ -41,13 +44,36 @@ SAMPLED = SamplingParams(0.8, 0, 1.0)
 TOP_P = SamplingParams(0.8, 0, 0.9)
 
 
-def _model(args: argparse.Namespace) -> Thinker:
-    if args.ckpt:
+def requested(args: argparse.Namespace) -> tuple[Config | None, torch.device]:
+    """The config (None with ``--ckpt``: the checkpoint's own) and the device asked for, checked before a
+    model is built. ``device=cuda`` without a GPU is refused, as train refuses it (it ran on the CPU).
+
+    With ``--ckpt`` the checkpoint fixes the model, so ``--config`` and every key but ``device`` (where to
+    measure it, as ``generate --device``) are refused: they were ignored without a word. ``--config`` counts
+    as given when the command line gave it (the parser's ``_Once`` marks it), its default ``tiny`` included.
+    """
+    if args.ckpt is None:
+        cfg = load_config(args.config, args.overrides)
+        return cfg, resolve_device(cfg.device)
+    if getattr(args, "_config_given", False):
+        raise ConfigError("--config is not used with --ckpt: the checkpoint fixes the model; leave --config out")
+    keys = overrides_dict(args.overrides)
+    if other := sorted(set(keys) - {"device"}):
+        raise ConfigError(
+            f"config keys are not used with --ckpt ({', '.join(other)}): the checkpoint fixes the model; only "
+            "device= may be given"
+        )
+    # Read as the config key is, so that a bad value is named as train names it.
+    return None, resolve_device(load_config(None, {"device": keys.get("device", "auto")}).device)
+
+
+def _model(ckpt: str | None, cfg: Config | None, device: torch.device) -> Thinker:
+    """The checkpoint's model on ``device``, or a model of ``cfg`` with random weights."""
+    if ckpt:
         from muomni.inference.loading import load
 
-        return load(args.ckpt)[0]
-    cfg = load_config(args.config, args.overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+        return load(ckpt, device)[0]
+    assert cfg is not None
     torch.manual_seed(cfg.seed)
     model = Thinker(cfg).to(device).eval()  # random weights: speed does not depend on what was learned
     return model.to(torch.bfloat16) if device.type == "cuda" else model
@@ -272,7 +298,8 @@ def _pdl_max_batch(device: torch.device) -> int | None:
 
 
 def bench_infer(args: argparse.Namespace) -> list[dict[str, Any]]:
-    model = _model(args)
+    cfg, device = requested(args)  # a bad key or device is refused before the model is built
+    model = _model(args.ckpt, cfg, device)
     device = model.lm_head.weight.device
     # 512 new tokens where the context has room for them after the prompt (tiny's 512 leaves 496).
     asked = args.steps if args.steps is not None else (512 if device.type == "cuda" else 32)

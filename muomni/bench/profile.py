@@ -15,6 +15,7 @@ block that gradient checkpointing recomputes there is not labelled again).
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,8 +32,8 @@ from muomni.bench.device_time import (
     print_breakdown,
     top_kernels,
 )
-from muomni.bench.options import check_out_folder, check_steps
-from muomni.config import load_config
+from muomni.bench.options import check_out_folder, check_steps, json_object, warn_set_here
+from muomni.config import Config, load_config
 
 REGIONS = ("attention", "mlp", "loss", "backward", "optimizer", "data")
 DECODE_TOKENS = 64  # compiled decoding profiled on a GPU (at most): its figures are per generated token
@@ -233,11 +234,48 @@ def _print_tables(prof: profile, memory_prof: profile, cuda: bool, shares: dict[
         print("(unlinked: kernels the profiler links to no host operation, so to none of the parts above)")
 
 
-# What run_profile writes in --out (``run``: the profiled steps' run folder); a folder of these only may be
-# profiled into again.
+# What run_profile writes in --out (``run``: the profiled steps' run folder; ``profile.json``: what was
+# profiled, written first); a folder of these only, with a profile.json of its own, may be profiled into again.
+MARKER = "profile.json"
 PROFILE_FILES = frozenset(
-    {"trace_train.json", "memory_timeline.json", "trace_decode.json", "trace_decode_compiled.json", "run"}
+    {MARKER, "trace_train.json", "memory_timeline.json", "trace_decode.json", "trace_decode_compiled.json", "run"}
 )
+
+
+def wrote_profile(out: Path) -> bool:
+    """Whether ``out`` holds a profile muomni wrote: its profile.json, of the form :func:`_write_marker`
+    writes. The traces carry nothing of muomni's own: any torch.profiler trace reads the same."""
+    data = json_object(out / MARKER)
+    return data is not None and data.get("kind") == "profile" and isinstance(data.get("config"), dict)
+
+
+def _write_marker(out: Path, args: argparse.Namespace, cfg: Config) -> None:
+    """profile.json: the options and the resolved config profiled (saved with every benchmark), and the mark
+    by which a later profile knows the folder as its own."""
+    summary = {"kind": "profile", "steps": args.steps, "infer": args.infer, "config": cfg.to_dict()}
+    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _profile_config(args: argparse.Namespace, out: Path) -> Config:
+    """The config of the profiled steps: ``--config`` and the overrides, with the keys a profile sets itself
+    replaced, and a warning for each of those the command line gave."""
+    cfg = load_config(args.config, args.overrides)
+    set_here = {
+        "max_steps": f"is set by --steps here: 2 warm-up steps, then {args.steps} traced and {args.steps} for memory",
+        "save_dir": f"is not used here: the profiled steps' run folder is {out / 'run'}",
+        "resume": "is not used here: a profile always starts a new run",
+        "val_freq": "is not used here: a profile runs no validation",
+        "val_batches": "is not used here: a profile runs no validation",
+        "checkpoint_freq": "is not used here: a profile writes no checkpoints",
+        "keep_checkpoints": "is not used here: a profile writes no checkpoints",
+    }
+    if cfg.warmup_steps > 1:
+        set_here["warmup_steps"] = "is set to 1 here: a longer warmup would outlast the profile's few steps"
+    warn_set_here(args.overrides, set_here)
+    # The schedule does not matter to a profile; the preset's warmup would outlast these few steps and warn.
+    return cfg.replace(
+        save_dir=str(out / "run"), resume="never", max_steps=2 * args.steps + 2, warmup_steps=min(cfg.warmup_steps, 1)
+    )
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -245,13 +283,10 @@ def run_profile(args: argparse.Namespace) -> int:
 
     check_steps(args.steps)
     out = Path(args.out)
-    check_out_folder(out, PROFILE_FILES)
-    cfg = load_config(args.config, args.overrides)  # before the folder is made: a bad key leaves none behind
+    check_out_folder(out, PROFILE_FILES, wrote_profile)
+    cfg = _profile_config(args, out)  # before the folder is made: a bad key leaves none behind
     out.mkdir(parents=True, exist_ok=True)
-    # The schedule does not matter to a profile; the preset's warmup would outlast these few steps and warn.
-    cfg = cfg.replace(
-        save_dir=str(out / "run"), resume="never", max_steps=2 * args.steps + 2, warmup_steps=min(cfg.warmup_steps, 1)
-    )
+    _write_marker(out, args, cfg)
     trainer = Trainer(cfg)
     cuda = trainer.device.type == "cuda"
     _train_steps(trainer, 2)  # warm-up: compilation and allocator growth stay out of the trace

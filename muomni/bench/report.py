@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from muomni.bench.options import json_object
+
 GIB = 2**30
 
 
@@ -79,8 +81,23 @@ def train_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# What write_results writes: an --out holding these only may be written again.
+# What write_results writes: an --out holding these only, with a results.json of bench's (see
+# wrote_results), may be written again.
 RESULT_FILES = frozenset({"results.json", "results.md", "chart.png"})
+BENCH_KINDS = ("train", "infer")
+
+
+def wrote_results(out: Path) -> bool:
+    """Whether ``out`` holds results bench wrote: a results.json of the form :func:`write_results` writes
+    (the kind of bench, the machine's info, the rows). It is written first, so every folder bench began to
+    write holds one; a user's own results.md or chart.png beside none is not written over."""
+    data = json_object(out / "results.json")
+    return (
+        data is not None
+        and data.get("kind") in BENCH_KINDS
+        and isinstance(data.get("info"), dict)
+        and isinstance(data.get("rows"), list)
+    )
 
 
 def write_results(

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 
 from muomni.bench.hardware import describe
-from muomni.bench.options import bench_out_folder
+from muomni.bench.options import bench_out_folder, warn_set_here
 from muomni.bench.report import train_table, write_results
 from muomni.bench.selection import wanted_rows
 from muomni.config import Config, load_config
 from muomni.errors import ConfigError
+from muomni.training.sources import resolve_device
 
 ROW_TIMEOUT_S = 1200
 
@@ -148,12 +149,34 @@ def _budget(results: list[dict[str, Any]], name: str, fraction: float) -> float 
     return fraction * peaks[0] / 2**30 if peaks and peaks[0] else None
 
 
+def set_here(warmup: int, steps: int, selected: list[Row]) -> dict[str, str]:
+    """The config keys bench train sets itself or does not use, each with what it does instead (see
+    :func:`warn_set_here`): the run's length, schedule and folders, and the keys the selected rows set."""
+    total = warmup + steps
+    found = {
+        "max_steps": f"is set by --steps here: a row runs {total} steps, {warmup} to warm up and {steps} timed",
+        "warmup_steps": f"is set here to {max(1, total // 10)}, so that a row's few steps move the loss",
+        "val_freq": "is not used here: each row validates once, after its steps",
+        "checkpoint_freq": "is not used here: the rows write no checkpoints",
+        "keep_checkpoints": "is not used here: the rows write no checkpoints",
+        "save_dir": "is not used here: each row runs in a temporary folder, and the results go to --out",
+        "resume": "is not used here: every row starts from the same fresh weights",
+    }
+    for key in sorted({key for row in selected for key in row.keys}):
+        setting = [row.name for row in selected if key in row.keys]
+        if len(setting) == len(selected):
+            found[key] = f"is set here by every row ({', '.join(setting)}); your value is not used"
+        else:
+            found[key] = f"is set here by {', '.join(setting)}; the other rows run with yours"
+    return found
+
+
 def bench_train(
     config: str, overrides: list[str], steps: int | None, out: str | None, vs_hf: bool, rows: str | None
 ) -> list[dict[str, Any]]:
     """Run the table and write results.json, results.md and chart.png to ``out``; return the rows."""
     cfg = load_config(config, overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = resolve_device(cfg.device)  # device=cuda without a GPU is refused, as train refuses it
     steps = steps if steps is not None else (20 if device.type == "cuda" else 3)
     warmup = 3 if device.type == "cuda" else 1
     # A short warmup, so that the few steps move the loss and the quality column compares learning, not init.
@@ -165,6 +188,7 @@ def bench_train(
         except ImportError:
             raise ConfigError("--vs-hf needs transformers: pip install 'muomni[hf]'")
     selected = select_rows(rows_for(device), rows)  # an unknown row fails now, not after the tokenizing
+    warn_set_here(overrides, set_here(warmup, steps, selected))
     _warm_data_cache(cfg)
     results: list[dict[str, Any]] = []
     info, out_dir = describe(device), bench_out_folder("train", out)

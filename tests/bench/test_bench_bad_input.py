@@ -68,19 +68,51 @@ def test_out_holding_the_users_own_files_is_refused_and_they_are_kept(
     assert (folder / "results.md").read_text(encoding="utf-8") == "my own table\n"
 
 
-def test_a_folder_of_what_the_command_wrote_before_may_be_written_again(tmp_path: Path) -> None:
-    from muomni.bench.options import check_out_folder
-    from muomni.bench.profile import PROFILE_FILES
-    from muomni.bench.report import RESULT_FILES
+@pytest.mark.parametrize(
+    ("command", "mine", "text"),
+    [
+        (["bench", "train"], "results.md", "my results\n"),
+        (["bench", "infer"], "chart.png", "not a chart\n"),
+        (["bench", "train"], "results.json", "my results\n"),
+        pytest.param(["bench", "infer"], "results.json", '{"rows": [1, 2]}', id="bench-json-not-benchs"),
+        (["profile"], "trace_train.json", "{}"),
+        pytest.param(["profile"], "profile.json", '{"kind": "profile"}', id="profile-json-not-profiles"),
+    ],
+)
+def test_out_holding_a_users_file_of_a_name_the_command_writes_is_refused(
+    command: list[str], mine: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Names alone were compared: a user's results.md or trace_train.json was written over, exit 0."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / mine).write_text(text, encoding="utf-8")
+    line = _fails_naming(capsys, [*command, "--steps", "1", "--out", str(folder)], "--out")
+    assert line == (
+        f"muomni: error: --out {folder} holds {mine}, which this command did not write there; give a new or "
+        "empty folder"
+    )
+    assert (folder / mine).read_text(encoding="utf-8") == text
 
-    for name in ("results.json", "results.md", "chart.png"):
-        (tmp_path / "bench" / name).parent.mkdir(exist_ok=True)
-        (tmp_path / "bench" / name).write_text("{}")
+
+def test_a_folder_of_what_the_command_wrote_before_may_be_written_again(tmp_path: Path) -> None:
+    import argparse
+
+    from muomni.bench.options import check_out_folder
+    from muomni.bench.profile import PROFILE_FILES, _write_marker, wrote_profile
+    from muomni.bench.report import RESULT_FILES, write_results, wrote_results
+    from muomni.config import load_config
+
+    for kind in ("train", "infer"):
+        write_results(tmp_path / kind, kind, {"device": "cpu"}, [{"name": "baseline", "framework": "muomni"}], "|")
+        (tmp_path / kind / "chart.png").write_bytes(b"\x89PNG")  # as drawn with matplotlib
+        check_out_folder(tmp_path / kind, RESULT_FILES, wrote_results)
     (tmp_path / "profile" / "run").mkdir(parents=True)
     (tmp_path / "profile" / "trace_train.json").write_text("{}")
-    check_out_folder(tmp_path / "bench", RESULT_FILES)
-    check_out_folder(tmp_path / "profile", PROFILE_FILES)
-    check_out_folder(tmp_path / "new", RESULT_FILES)  # made by the command
+    _write_marker(tmp_path / "profile", argparse.Namespace(steps=1, infer=False), load_config("debug"))
+    check_out_folder(tmp_path / "profile", PROFILE_FILES, wrote_profile)
+    check_out_folder(tmp_path / "new", RESULT_FILES, wrote_results)  # made by the command
+    (tmp_path / "empty").mkdir()
+    check_out_folder(tmp_path / "empty", PROFILE_FILES, wrote_profile)
 
 
 def test_profile_checks_the_config_before_making_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,3 +188,65 @@ def test_plan_makes_the_missing_folder_of_its_out(
     code = main(["plan", "--memory", "8", "--out", str(out), "--config", "debug", "device=cpu"])
     assert code == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+# --- bench infer: --ckpt fixes the model; the device asked for exists ---
+
+
+def _one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``muomni argv`` as given (no --config added); assert one user-error line; return it."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("config", ["small", "tiny"])  # tiny: the default, given all the same
+def test_bench_infer_refuses_config_with_ckpt(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It was ignored without a word: the checkpoint's model was measured.
+    argv = ["bench", "infer", "--ckpt", str(tmp_path / "run"), "--config", config, "--out", str(tmp_path / "b")]
+    line = _one_line(capsys, argv)
+    assert line == "muomni: error: --config is not used with --ckpt: the checkpoint fixes the model; leave --config out"
+
+
+def test_bench_infer_refuses_config_keys_with_ckpt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Unknown keys too were ignored without a word.
+    argv = ["bench", "infer", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "foo=1", "batch_size=2"]
+    line = _one_line(capsys, [*argv, "device=cpu"])
+    assert line == (
+        "muomni: error: config keys are not used with --ckpt (batch_size, foo): the checkpoint fixes the model; "
+        "only device= may be given"
+    )
+
+
+def test_bench_infer_takes_the_device_with_ckpt() -> None:
+    import argparse
+
+    import torch
+
+    from muomni.bench.infer import requested
+
+    args = argparse.Namespace(ckpt="run", config="tiny", overrides=["device=cpu"])  # --config not given
+    assert requested(args) == (None, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench", "train", "--rows", "baseline", "--config", "debug"],
+        ["bench", "infer", "--config", "debug"],
+        ["bench", "infer", "--ckpt", "run"],
+    ],
+    ids=["train", "infer", "infer --ckpt"],
+)
+def test_bench_refuses_cuda_without_a_gpu_as_train_does(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without a GPU the rows ran on the CPU without a word (bench train: each row failed in its worker).
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = _one_line(capsys, [*command, "--steps", "1", "--out", str(tmp_path / "b"), "device=cuda"])
+    assert line == (
+        "muomni: error: config key 'device': cuda was asked for but no CUDA GPU is available; use device=cpu"
+    )

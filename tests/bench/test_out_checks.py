@@ -160,3 +160,51 @@ def test_only_the_timeline_deprecation_is_silenced(tmp_path: Path, monkeypatch: 
         warnings.simplefilter("always")
         profile_module._memory_timeline(prof, tmp_path, torch.device("cpu"))
     assert [str(w.message) for w in caught] == ["something else the user should see"]
+
+
+# --- keys bench train and profile set themselves ---
+
+
+def _warnings_before_work(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
+    """Run ``muomni argv`` up to its first work (which ``no_work`` fails); return its stderr lines."""
+    with pytest.raises(AssertionError, match="work started"):
+        main(argv)
+    return capsys.readouterr().err.splitlines()
+
+
+def test_profile_warns_of_each_key_it_sets_itself(
+    tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They went without a word: the profile ran 4 steps into --out/run, whatever max_steps, save_dir and
+    # resume said.
+    out = tmp_path / "prof"
+    argv = ["profile", "--config", "debug", "--steps", "1", "--out", str(out), "device=cpu"]
+    assert _warnings_before_work(capsys, argv) == []  # the preset's max_steps, save_dir, ... are not the user's
+    keys = ["save_dir=/x", "max_steps=1000", "resume=runs/a", "warmup_steps=0", "lr=0.01"]
+    assert _warnings_before_work(capsys, [*argv, *keys]) == [
+        "muomni: warning: config key 'max_steps' is set by --steps here: 2 warm-up steps, then 1 traced and 1 for "
+        "memory",
+        "muomni: warning: config key 'resume' is not used here: a profile always starts a new run",
+        f"muomni: warning: config key 'save_dir' is not used here: the profiled steps' run folder is {out / 'run'}",
+    ]  # warmup_steps=0 is kept as given; lr is used
+    assert _warnings_before_work(capsys, [*argv, "warmup_steps=3"]) == [
+        "muomni: warning: config key 'warmup_steps' is set to 1 here: a longer warmup would outlast the profile's "
+        "few steps"
+    ]
+
+
+def test_bench_train_warns_of_each_key_it_or_its_rows_set(
+    tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "train", "--config", "debug", "--steps", "2", "--out", str(tmp_path / "b"), "device=cpu"]
+    rows = ["--rows", "baseline,+offload_activations"]
+    assert _warnings_before_work(capsys, [*argv, *rows]) == []
+    keys = ["max_steps=1000", "save_dir=/y", "use_amp=true", "cpu_offload=optimizer", "batch_size=4"]
+    assert _warnings_before_work(capsys, [*argv, *rows, *keys]) == [
+        "muomni: warning: config key 'cpu_offload' is set here by +offload_activations; the other rows run with yours",
+        "muomni: warning: config key 'max_steps' is set by --steps here: a row runs 3 steps, 1 to warm up and 2 timed",
+        "muomni: warning: config key 'save_dir' is not used here: each row runs in a temporary folder, and the "
+        "results go to --out",
+        "muomni: warning: config key 'use_amp' is set here by every row (baseline, +offload_activations); your value "
+        "is not used",
+    ]
