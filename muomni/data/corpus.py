@@ -6,8 +6,9 @@ validation loss is measured on text the model never trained on. Sources:
 - ``builtin:stdlib``: every ``.py`` file of this Python's standard library (tests, IDLE, tkinter and
   other demos/vendored parts skipped) plus each ``pydoc`` help topic. Needs no download.
 - a folder: every regular file under it (recursively, sorted by path, hidden names skipped), one
-  document per file.
+  document per file, each line of a ``.jsonl`` one; a ``.json`` file in it is refused, as on its own.
 - a ``.jsonl`` file: one JSON object per non-empty line, its string field ``text`` is a document.
+- a ``.json`` file: refused, to be converted to ``.jsonl`` (read as text it would train on JSON's syntax).
 - any other file (``.txt``...): documents are its blank-line-separated blocks.
 
 Documents that hold only whitespace are dropped everywhere: they carry nothing to learn.
@@ -73,8 +74,9 @@ def load_documents(source: str) -> list[str]:
         The documents, in a stable order; none of them is empty or whitespace-only.
 
     Raises:
-        DataError: the path does not exist, an unknown builtin name, an empty folder, a bad JSONL
-            line, a file that is not UTF-8 text, or a corpus with no text at all.
+        DataError: the path does not exist, an unknown builtin name, an empty folder, a ``.json`` file
+            (given or in the folder), a bad JSONL line, a file that is not UTF-8 text, or a corpus with no
+            text at all.
     """
     if source.startswith(BUILTIN_PREFIX):
         _check_builtin(source)
@@ -87,11 +89,8 @@ def load_documents(source: str) -> list[str]:
             ]
         elif _is_jsonl(path):
             docs = _jsonl_documents(path)
-        elif path.suffix.lower() == ".json":  # read as text it would train on JSON's syntax, as one document
-            raise DataError(
-                f'{path} is a .json file; muomni reads .jsonl, one {{"text": ...}} object a line: convert it '
-                "(or give it another suffix if it is plain text)"
-            )
+        elif _is_json(path):
+            raise _json_refused(path)
         else:
             docs = _BLANK_LINE.split(_read_text(path))
     docs = [d for d in docs if d.strip()]
@@ -113,7 +112,8 @@ def corpus_fingerprint(source: str) -> str:
         The first 16 hex digits of a sha256.
 
     Raises:
-        DataError: the path does not exist, an unknown builtin name, or an empty folder.
+        DataError: the path does not exist, an unknown builtin name, an empty folder, or a folder holding
+            a ``.json`` file.
     """
     parts: list[str] = [f"muomni-corpus-v{_FORMAT_VERSION}"]
     if source.startswith(BUILTIN_PREFIX):
@@ -175,6 +175,11 @@ def _folder_files(root: Path) -> list[Path]:
     files = sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).parts)
     if not files:
         raise DataError(f"folder {root} holds no files (hidden files are skipped); put text files in it")
+    # Refused as on its own, and not skipped: the folder's other files might be a small part of the corpus,
+    # and a file that cannot be trained on as it is stops the run (as a binary one does) rather than vanish.
+    # Here, where the cache's fingerprint lists the files too, so a corpus cached before is refused as well.
+    if json_files := [p for p in files if _is_json(p)]:
+        raise _json_refused(json_files[0], len(json_files) - 1, in_folder=True)
     return files
 
 
@@ -197,6 +202,20 @@ def _read_text(path: Path) -> str:
 
 def _is_jsonl(path: Path) -> bool:
     return path.suffix.lower() == ".jsonl"
+
+
+def _is_json(path: Path) -> bool:
+    return path.suffix.lower() == ".json"
+
+
+def _json_refused(path: Path, others: int = 0, in_folder: bool = False) -> DataError:
+    """A ``.json`` file read as text would train on JSON's syntax (a records file: as one document)."""
+    more = f" (and {others} more .json files)" if others else ""
+    out = ", or remove it from the corpus" if in_folder else ""
+    return DataError(
+        f'{path} is a .json file{more}; muomni reads .jsonl, one {{"text": ...}} object a line: convert it '
+        f"(or give it another suffix if it is plain text{out})"
+    )
 
 
 def _jsonl_documents(path: Path) -> list[str]:

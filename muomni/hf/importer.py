@@ -39,7 +39,7 @@ class HFInit(NamedTuple):
             ``lm_head.weight`` is the embedding tensor), so ``model.load_state_dict(state)`` is strict.
             Tensors are on the CPU in their stored dtype; ``load_state_dict`` casts them to the model's.
         tokenizer: the folder's ``tokenizer.json`` with its bos/eos/pad ids.
-        overrides: the model keys to apply: ``cfg.replace(**overrides)``.
+        overrides: the model keys to apply, all but ``ctx_len``: ``cfg.replace(**overrides)``.
     """
 
     state: dict[str, torch.Tensor]
@@ -81,8 +81,9 @@ def load_for_training(path: str | Path, cfg: Config) -> HFInit:
     """What the trainer needs to start from a Hugging Face model (``init_from: "hf:FOLDER"``).
 
     The model keys (:data:`~muomni.hf.mapping.MODEL_KEYS`) come from the Hugging Face config and every
-    training key stays the user's. ``ctx_len`` is the one model key the user keeps, capped at the model's
-    ``max_position_embeddings``: it only sets the training window and the RoPE table length. Usage::
+    training key stays the user's. ``ctx_len`` is the one model key the user keeps, as with a muomni
+    checkpoint, even past the model's ``max_position_embeddings``: it only sets the training window and the
+    RoPE table length, which RoPE extends (the trainer warns that the model was not trained there). Usage::
 
         init = load_for_training(cfg.init_from, cfg)
         cfg = cfg.replace(**init.overrides)
@@ -100,7 +101,7 @@ def load_for_training(path: str | Path, cfg: Config) -> HFInit:
     folder = hf_folder(path)
     hf = read_hf_config(folder)
     overrides = model_keys_from_hf(hf, str(folder))
-    overrides["ctx_len"] = min(cfg.ctx_len, overrides["ctx_len"])
+    del overrides["ctx_len"]  # the user's (see above)
     merged = _config({**cfg.to_dict(), **overrides}, folder)
     state = load_hf_state(folder, merged)
     return HFInit(state, load_hf_tokenizer(folder, hf, merged.vocab_size), overrides)

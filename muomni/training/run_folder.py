@@ -49,7 +49,8 @@ def check_run_folder(save_dir: str | Path) -> None:
     Raises:
         ConfigError: ``save_dir`` (or a folder on its path) is a file, the nearest existing folder on its
             path cannot be written, or ``save_dir`` holds files of a run folder's names that no run wrote
-            (see the module docstring), or is a checkpoint folder or a run's checkpoints folder.
+            (see the module docstring), is a checkpoint folder or a run's checkpoints folder, or another
+            run trains there.
     """
     path = Path(save_dir)
     existing = nearest_existing(path)
@@ -79,6 +80,38 @@ def check_run_folder(save_dir: str | Path) -> None:
             f"config key 'save_dir': {path} holds {', '.join(present)} that no muomni run wrote, and training "
             "would overwrite them; give a new or empty folder"
         )
+    _refuse_a_locked_folder(path)
+
+
+def _refuse_a_locked_folder(path: Path) -> None:
+    """Refuse a folder another run trains in now, before this run's setup says anything about it (the
+    checkpoints it would replace, a resumed schedule): the run takes the lock itself when it starts writing
+    (:class:`RunFolderLock`), which still settles a race with a run started in between."""
+    lock = path / LOCK_FILE
+    if fcntl is None or not lock.is_file():
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # RunFolderLock names what is wrong with it when the run starts writing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
+    except BlockingIOError:
+        raise _held_by_another(fd, path) from None
+    except OSError:
+        pass  # a file system without locks: RunFolderLock warns
+    finally:
+        os.close(fd)
+
+
+def _held_by_another(fd: int, folder: Path) -> ConfigError:
+    """The error for a run folder whose lock file ``fd`` another run holds (its process id written in it)."""
+    holder = os.read(fd, 32).decode("ascii", "replace").strip()
+    by = f" (process {holder})" if holder.isdigit() else ""
+    return ConfigError(
+        f"config key 'save_dir': another run is training in {folder}{by}; wait for it to end, or choose another "
+        "save_dir"
+    )
 
 
 def _holds_a_run(path: Path) -> bool:
@@ -143,13 +176,9 @@ class RunFolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            error = _held_by_another(fd, self.path.parent)
             os.close(fd)
-            by = f" (process {holder})" if holder.isdigit() else ""
-            raise ConfigError(
-                f"config key 'save_dir': another run is training in {self.path.parent}{by}; wait for it to "
-                "end, or choose another save_dir"
-            ) from None
+            raise error from None
         except OSError as e:  # a file system without locks (some network mounts): train, unlocked, and say so
             os.close(fd)
             why = f"{self.path.parent} cannot be locked ({e.strerror}): run one training there at a time"

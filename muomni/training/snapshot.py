@@ -30,6 +30,7 @@ from muomni.config import MODEL_KEYS, Config
 from muomni.data import Tokenizer, WindowStream
 from muomni.distributed import SINGLE, DistEnv, barrier
 from muomni.errors import CheckpointError
+from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -290,44 +291,65 @@ def find_resume(cfg: Config, announce: bool = True) -> Path | None:
     A run folder holds one run. Resuming a checkpoint of another folder into one that already holds a run
     would replace that run (its newer checkpoints deleted, its log cut), so it is refused; starting over
     (``resume=never``) or going back to an earlier checkpoint of the folder's own run is allowed, and said
-    (``announce``, on one rank of several) before anything is replaced.
+    (``announce``: :func:`warn_replaced`; the trainer says it itself, once nothing else can stop the run).
 
     Raises:
         CheckpointError: a missing or broken ``resume`` path, or another run's checkpoint for a run folder
             that holds a run of its own.
     """
     own = list_checkpoints(cfg.save_dir)
-    newest = _step_of(own[-1]) if own else None
     if cfg.resume == "never":
-        if own and announce:
-            replaced = f"its checkpoints up to step {newest} go when this run writes its first"
-            warnings.warn(f"resume=never: this run replaces the one in {cfg.save_dir} ({replaced})", stacklevel=2)
-        return None
-    if cfg.resume == "auto":
+        ckpt = None
+    elif cfg.resume == "auto":
         ckpt = latest_checkpoint(cfg.save_dir)  # warns of each broken one it skips
-        if ckpt is None and own and announce:
-            warnings.warn(
-                f"no checkpoint of {cfg.save_dir} is complete: starting over (they go when this run writes its "
-                f"first; to keep them, stop now and move them away)",
-                stacklevel=2,
-            )
-        return ckpt
+    else:
+        ckpt = _resume_path(cfg, own)
+    steps = {p.resolve(): _step_of(p) for p in own}
+    start = 0 if ckpt is None else steps.get(ckpt.resolve())  # None: not one of this folder's (it has none)
+    if announce and start is not None:
+        warn_replaced(cfg, ckpt, start)
+    return ckpt
+
+
+def _resume_path(cfg: Config, own: list[Path]) -> Path:
+    """The checkpoint ``resume=PATH`` names (see :func:`find_resume`). A Hugging Face model is no run to
+    resume: that advice ("give it as hf:") was refused in turn, so both point to ``init_from``."""
+    model = cfg.resume.removeprefix(HF_PREFIX)
+    start = f"a run starts from a Hugging Face model with init_from={HF_PREFIX}{model}"
+    if cfg.resume.startswith(HF_PREFIX):
+        raise CheckpointError(f"config key 'resume': resume continues a muomni run; {start}")
     try:
-        ckpt = resolve_checkpoint(cfg.resume)
+        ckpt = resolve_checkpoint(cfg.resume, hf_folder=f"resume continues a muomni run; {start}")
     except CheckpointError as e:
         raise CheckpointError(f"config key 'resume': {e}")
     if own and not ckpt.resolve().is_relative_to(Path(cfg.save_dir).resolve()):
         raise CheckpointError(
-            f"save_dir {cfg.save_dir} already holds a run (checkpoints up to step {newest}), and resume={cfg.resume} "
-            f"is another run's: give an empty save_dir to continue that run there, or resume=auto to continue "
-            f"the run in {cfg.save_dir}"
-        )
-    if announce and ckpt.resolve() in {p.resolve() for p in own[:-1]}:  # an earlier checkpoint of this run
-        replaced = f"the checkpoints of {cfg.save_dir} after it (up to step {newest})"
-        warnings.warn(
-            f"resuming from step {_step_of(ckpt)}: {replaced} go when this run writes its first", stacklevel=2
+            f"save_dir {cfg.save_dir} already holds a run (checkpoints up to step {_step_of(own[-1])}), and "
+            f"resume={cfg.resume} is another run's: give an empty save_dir to continue that run there, or "
+            f"resume=auto to continue the run in {cfg.save_dir}"
         )
     return ckpt
+
+
+def warn_replaced(cfg: Config, resumed: Path | None, step: int) -> None:
+    """Say which checkpoints of ``cfg.save_dir`` a run starting at ``step`` (from ``resumed``, or from scratch)
+    replaces: those :func:`stale_checkpoints` finds, which go when it writes its first checkpoint. Broken
+    ones that ``resume=auto`` skipped are among them, named, as a user's file may be in one."""
+    stale = stale_checkpoints(cfg.save_dir, step)
+    if not stale:
+        return
+    where, newest = cfg.save_dir, _step_of(stale[-1])
+    go, keep = "go when this run writes its first", "to keep them, stop now and move them away"
+    if resumed is None and cfg.resume == "never":
+        said = f"resume=never: this run replaces the one in {where} (its checkpoints up to step {newest} {go})"
+    elif resumed is None:
+        said = f"no checkpoint of {where} is complete: starting over (they {go}; {keep})"
+    elif cfg.resume == "auto":  # those after the newest complete one are all broken
+        names = ", ".join(p.name for p in stale)
+        said = f"resuming from step {step}: the broken checkpoints of {where} after it ({names}) {go}; {keep}"
+    else:
+        said = f"resuming from step {step}: the checkpoints of {where} after it (up to step {newest}) {go}"
+    warnings.warn(said, stacklevel=2)
 
 
 def _step_of(ckpt: Path) -> int:
@@ -389,4 +411,5 @@ __all__ = [
     "split_of",
     "SPLIT_KEYS",
     "stale_checkpoints",
+    "warn_replaced",
 ]

@@ -120,10 +120,24 @@ def initial_sources(cfg: Config) -> Sources:
         except ModuleNotFoundError:
             raise UserError("init_from hf: is not yet available in this version")
         init = load_for_training(cfg.init_from, cfg)
+        _warn_past_positions(cfg, _init_keys(cfg.init_from)["ctx_len"], "max_position_embeddings")
         return cfg.replace(**init.overrides), init.tokenizer, init.state
     ckpt = _init_checkpoint(cfg.init_from)
-    keys = _shape_from(model_keys(read_config(ckpt)))
-    return cfg.replace(**keys), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
+    keys = model_keys(read_config(ckpt))
+    _warn_past_positions(cfg, keys["ctx_len"], "ctx_len")
+    return cfg.replace(**_shape_from(keys)), Tokenizer.load(ckpt / TOKENIZER_FILE), load_tensors(ckpt / MODEL_FILE)
+
+
+def _warn_past_positions(cfg: Config, trained: int, key: str) -> None:
+    """``ctx_len`` stays the user's with ``init_from`` (it sets the window and the RoPE table, not a weight),
+    even past the positions the source was trained for (its ``key``): RoPE computes them, but the model
+    starts untrained there."""
+    if cfg.ctx_len > trained:
+        warnings.warn(
+            f"ctx_len {cfg.ctx_len} is past init_from={cfg.init_from}'s {key} {trained}: RoPE runs there, but "
+            f"the model was not trained past {trained} positions; ctx_len={trained} stays within them",
+            stacklevel=3,
+        )
 
 
 def refuse_shape_overrides(cfg: Config, explicit: list[str]) -> None:
@@ -146,13 +160,19 @@ def refuse_shape_overrides(cfg: Config, explicit: list[str]) -> None:
 
 def _init_shape(init_from: str) -> dict[str, object]:
     """The model keys a run started ``init_from`` a muomni checkpoint or a Hugging Face folder takes from it."""
+    return _shape_from(_init_keys(init_from))
+
+
+def _init_keys(init_from: str) -> dict[str, Any]:
+    """The model keys of a muomni checkpoint or a Hugging Face folder (its ``ctx_len``: the positions it
+    was trained for)."""
     if not init_from.startswith(HF_PREFIX):
-        return _shape_from(model_keys(read_config(_init_checkpoint(init_from))))
+        return model_keys(read_config(_init_checkpoint(init_from)))
     from muomni.hf.importer import hf_folder, read_hf_config
     from muomni.hf.mapping import model_keys_from_hf
 
     folder = hf_folder(init_from)
-    return _shape_from(model_keys_from_hf(read_hf_config(folder), str(folder)))
+    return model_keys_from_hf(read_hf_config(folder), str(folder))
 
 
 def _init_checkpoint(path: str) -> Path:

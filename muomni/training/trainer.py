@@ -65,6 +65,7 @@ from muomni.training.snapshot import (
     load_model_state,
     load_snapshot,
     split_of,
+    warn_replaced,
 )
 from muomni.training.sources import (
     initial_sources,
@@ -101,7 +102,7 @@ class Trainer:
             self.device = torch.device("cuda", self.env.local_rank)
         auto_fit = cfg.auto_fit if cfg.auto_fit is not None else self.device.type == "cuda"
         self.auto_fit = auto_fit and not self.env.enabled  # a retry on one rank would desynchronise the ranks
-        self.resume_from = find_resume(cfg, announce=self.env.is_main)
+        self.resume_from = find_resume(cfg, announce=False)  # what it replaces is said last, below
         asked_split = split_of(cfg)  # before a resume adopts auto_fit's split, or auto_fit changes it
         init_state = self._prepare(cfg)
         cfg = self.cfg
@@ -137,6 +138,8 @@ class Trainer:
         self.stop_signal: int | None = None
         self._fitted = False
         self.save_dir = Path(cfg.save_dir)
+        if self.env.is_main:  # after every check that can refuse the run, which then replaces nothing
+            warn_replaced(cfg, self.resume_from, self.progress.step)
         self.setup_seconds = time.perf_counter() - started
 
     # --- setup ---

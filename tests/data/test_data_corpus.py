@@ -202,3 +202,19 @@ def test_a_binary_file_in_a_folder_is_named_with_the_way_out(tmp_path: Path) -> 
     (tmp_path / "__pycache__" / "a.pyc").write_bytes(bytes(range(128, 256)) * 4)
     with pytest.raises(DataError, match=r"a\.pyc does not look like UTF-8 text .* or remove it from the corpus"):
         load_documents(str(tmp_path))
+
+
+def test_a_json_file_in_a_folder_is_refused_as_on_its_own(tmp_path: Path) -> None:
+    """It was read as plain text, JSON's syntax and all, while the same file given alone was refused."""
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("plain text", encoding="utf-8")
+    (root / "sub" / "data.json").write_text(json.dumps([{"text": "one"}, {"text": "two"}]), encoding="utf-8")
+    said = r"data\.json is a \.json file; muomni reads \.jsonl, .* or remove it from the corpus\)$"
+    with pytest.raises(DataError, match=said):
+        load_documents(str(root))
+    with pytest.raises(DataError, match=said):  # the cache's key too: a corpus tokenized before is not reused
+        corpus_fingerprint(str(root))
+    (root / "b.JSON").write_text("{}", encoding="utf-8")
+    with pytest.raises(DataError, match=r"b\.JSON is a \.json file \(and 1 more \.json files\)"):
+        load_documents(str(root))

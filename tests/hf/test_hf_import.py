@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from muomni.data.tokenizer import Tokenizer
 from muomni.errors import CheckpointError, ConfigError
 from muomni.hf import HFInit, export_hf, load_for_training, load_hf
 from muomni.models.thinker import Thinker
-from muomni.training.sources import refuse_shape_overrides
+from muomni.training.sources import initial_sources, refuse_shape_overrides
 
 HF_SHAPE = {
     "vocab_size": 320,
@@ -132,8 +133,8 @@ def test_load_for_training(tmp_path: Path, tokenizer: Tokenizer) -> None:
     model.load_state_dict(state)  # strict: every key, the tied head included
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert tok.eos_id == 2 and tok.encode("def parse") == tokenizer.encode("def parse")
-    # A training window longer than the model's positions is capped at them.
-    assert load_for_training(tmp_path, user.replace(ctx_len=256)).overrides["ctx_len"] == 64
+    # ctx_len stays the user's, as with a muomni checkpoint, even past the model's 64 positions.
+    assert "ctx_len" not in load_for_training(tmp_path, user.replace(ctx_len=256)).overrides
 
 
 def test_init_from_hf_refuses_a_model_key_given_against_the_folder(tmp_path: Path, tokenizer: Tokenizer) -> None:
@@ -161,6 +162,27 @@ def test_muomni_load_accepts_hf_paths(tmp_path: Path, tokenizer: Tokenizer) -> N
 @pytest.fixture
 def hf_folder(make_checkpoint: Callable, tmp_path: Path) -> Path:
     return export_hf(make_checkpoint(), tmp_path / "hf")
+
+
+@pytest.mark.parametrize("kind", ["hf", "muomni"])
+def test_init_from_keeps_a_ctx_len_past_the_models_positions_with_one_warning(
+    make_checkpoint: Callable, tmp_path: Path, kind: str
+) -> None:
+    # ctx_len=128 given against a 64-position model: it was lowered to 64 without a word from hf:, and kept
+    # from a muomni checkpoint; now both keep it and say the model was not trained there.
+    run = make_checkpoint()
+    source = f"hf:{export_hf(run, tmp_path / 'hf')}" if kind == "hf" else str(run)
+    key = "max_position_embeddings" if kind == "hf" else "ctx_len"
+    with pytest.warns(UserWarning) as said:
+        cfg, _, _ = initial_sources(tiny_config(init_from=source, ctx_len=128, d_model=64))
+    assert (cfg.ctx_len, cfg.d_model) == (128, 48)
+    assert [str(w.message) for w in said] == [
+        f"ctx_len 128 is past init_from={source}'s {key} 64: RoPE runs there, but the model was not trained "
+        "past 64 positions; ctx_len=64 stays within them"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert initial_sources(tiny_config(init_from=source, ctx_len=32))[0].ctx_len == 32  # within: silent
 
 
 def _edit_json(path: Path, **changes: Any) -> None:

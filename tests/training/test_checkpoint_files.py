@@ -202,6 +202,18 @@ def test_a_missing_init_from_or_resume_path_names_its_key(tmp_path: Path) -> Non
         find_resume(cfg)
 
 
+@pytest.mark.parametrize("given", ["folder", "hf:folder"])
+def test_resume_of_a_hugging_face_model_points_to_init_from(tmp_path: Path, given: str) -> None:
+    """It said "give it as hf:PATH", and resume=hf:PATH then "does not exist": advice that looped."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / CONFIG_FILE).write_text('{"model_type": "llama"}')
+    resume = str(folder) if given == "folder" else f"hf:{folder}"
+    cfg = load_config("debug", {"resume": resume, "save_dir": str(tmp_path / "run")})
+    with pytest.raises(CheckpointError, match=f"resume continues a muomni run; .* with init_from=hf:{folder}$"):
+        find_resume(cfg)
+
+
 def test_resume_auto_over_only_broken_checkpoints_starts_over_and_says_so(tmp_path: Path) -> None:
     run = _config_checkpoint(tmp_path)
     (list_checkpoints(run)[0] / MANIFEST).write_text("not json")

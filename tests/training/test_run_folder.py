@@ -131,6 +131,44 @@ def test_a_replaced_run_keeps_its_files_until_the_new_runs_first_checkpoint(
     assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
 
 
+@pytest.mark.parametrize(
+    "refused", [{"weight_dtype": "bf16", "optimizer": "sgd"}, {"train_text": "builtin:foo"}], ids=["sgd", "corpus"]
+)
+def test_a_run_refused_while_it_sets_up_does_not_say_it_replaces_the_folders_run(
+    run: Path, corpus: Path, capsys: pytest.CaptureFixture[str], refused: dict[str, str]
+) -> None:
+    # The warning that resume=never replaces the run came first, then the error: it replaced nothing.
+    before = folder_bytes(run)
+    code, err = train_in_process(corpus, run, capsys, resume="never", **refused)
+    assert code == 2
+    assert "replaces" not in err and err.strip().splitlines()[-1].startswith("muomni: error: "), err
+    assert folder_bytes(run) == before
+    # Nothing refusing it, the run says so, once, before it trains.
+    code, err = train_in_process(corpus, run, capsys, resume="never", max_steps=2, checkpoint_freq=2)
+    assert code == 0, err
+    said = f"muomni: warning: resume=never: this run replaces the one in {run} (its checkpoints up to step 4 go"
+    assert [line.startswith(said) for line in err.splitlines()].count(True) == 1, err
+
+
+def test_resume_auto_names_the_broken_checkpoints_it_skips_as_ones_that_go(
+    run: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A broken checkpoint newer than the one resumed was "skipped", then deleted with the user's file in it
+    # when the run wrote its first checkpoint, without a word that it would be.
+    broken = checkpoints_dir(run) / "step_00000099"
+    broken.mkdir()
+    (broken / "notes.txt").write_text("mine\n", encoding="utf-8")
+    code, err = train_in_process(corpus, run, capsys, max_steps=6, checkpoint_freq=2, val_freq=2)
+    assert code == 0, err
+    assert "skipping checkpoint" in err
+    said = (
+        f"muomni: warning: resuming from step 4: the broken checkpoints of {run} after it (step_00000099) go when "
+        "this run writes its first; to keep them, stop now and move them away"
+    )
+    assert said in err.splitlines(), err
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000004", "step_00000006"]
+
+
 def test_trainer_takes_a_config() -> None:
     with pytest.raises(TypeError, match=r"Trainer takes a Config, not dict"):
         muomni.Trainer({"batch_size": 4})
