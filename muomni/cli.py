@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommand -> (module, function taking the parsed args and returning an exit code)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("muomni.training.trainer", "run_train"),
+    "train": ("muomni.training.commands", "run_train"),
     "generate": ("muomni.inference.commands", "run_generate"),
     "chat": ("muomni.inference.commands", "run_chat"),
     "bench": ("muomni.bench.commands", "run_bench"),

@@ -22,8 +22,9 @@ from muomni.errors import UserError
 from muomni.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, prune_checkpoints
 from muomni.training.faults import StopSignals, fault_point
 from muomni.training.in_flight import InFlight, LaunchedStep, StepResult
+from muomni.training.resume import remove_stale, stale_checkpoints
 from muomni.training.runlog import RunLog
-from muomni.training.snapshot import remove_stale, save_snapshot, stale_checkpoints
+from muomni.training.snapshot import save_snapshot
 from muomni.training.startup import describe_run
 
 if TYPE_CHECKING:

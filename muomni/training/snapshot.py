@@ -1,4 +1,4 @@
-"""The full training state in a checkpoint, and the rules for resuming from one.
+"""The full training state in a checkpoint: what it holds, how it is written and restored.
 
 A training checkpoint holds ``model.safetensors``, ``optimizer.safetensors``, ``rng.safetensors``,
 ``trainer_state.json`` (counters, sampler position, schedule, loss scaler, RNG states that are not
@@ -6,19 +6,12 @@ tensors), ``config.json`` and ``tokenizer.json``, written atomically by
 :func:`~muomni.training.checkpoint.write_checkpoint`. Restoring all of it makes a resumed run on the CPU
 bitwise identical to one that was never interrupted.
 
-Resume policy (``resume``): ``auto`` continues from the run folder's newest complete checkpoint (broken
-ones are skipped with a warning) or starts fresh when there is none; ``never`` starts fresh; a path
-resumes from that checkpoint (or run folder). A checkpoint whose config differs in a key that fixes the
-model's shape or the data order is refused, and so is another folder's checkpoint for a ``save_dir`` that
-holds a run of its own. Checkpoints in ``save_dir`` newer than the starting point belong to an abandoned
-run: they are deleted when this run writes its first checkpoint (not before, so a run that dies at once
-loses nothing), and the run says so when it starts.
+Which checkpoint a run resumes from, and what it may change: :mod:`muomni.training.resume`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +23,6 @@ from muomni.config import MODEL_KEYS, Config
 from muomni.data import Tokenizer, WindowStream
 from muomni.distributed import SINGLE, DistEnv, barrier
 from muomni.errors import CheckpointError
-from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -38,11 +30,8 @@ from muomni.training.checkpoint import (
     STATE_FILE,
     TOKENIZER_FILE,
     checkpoints_dir,
-    latest_checkpoint,
-    list_checkpoints,
     load_tensors,
     read_config,
-    resolve_checkpoint,
     save_tensors,
     step_dir_name,
     write_checkpoint,
@@ -263,129 +252,6 @@ def saved_asked_split(ckpt: Path) -> dict[str, Any] | None:
     return asked if isinstance(asked, dict) else None
 
 
-def check_global_batch(old: Config, old_world: int, new: Config, new_world: int, ckpt: Path) -> None:
-    """Refuse a resume whose steps would see other windows: the global batch, ``batch_size x accumulation x
-    processes``, must stay the same. How it is split may change (fewer windows a micro-batch to fit a smaller
-    device, or other processes).
-
-    Raises:
-        CheckpointError: naming both batches and the way out.
-    """
-    was, now = old.effective_batch_size * old_world, new.effective_batch_size * new_world
-    if was == now:
-        return
-    kind, old_procs, new_procs = "batch", "", ""
-    if old_world > 1 or new_world > 1:
-        kind, old_procs, new_procs = "global batch", f" x {old_world} processes", f" x {new_world}"
-    raise CheckpointError(
-        f"cannot resume from {ckpt}: its {kind} was {was} windows ({old.batch_size} x "
-        f"{old.gradient_accumulation_steps} accumulation{old_procs}) and is {now} now "
-        f"({new.batch_size} x {new.gradient_accumulation_steps}{new_procs}); set batch_size or "
-        "gradient_accumulation_steps so they match, or resume=never to start over"
-    )
-
-
-def find_resume(cfg: Config, announce: bool = True) -> Path | None:
-    """The checkpoint to resume from under ``cfg.resume``, or None to start fresh.
-
-    A run folder holds one run. Resuming a checkpoint of another folder into one that already holds a run
-    would replace that run (its newer checkpoints deleted, its log cut), so it is refused; starting over
-    (``resume=never``) or going back to an earlier checkpoint of the folder's own run is allowed, and said
-    (``announce``: :func:`warn_replaced`; the trainer says it itself, once nothing else can stop the run).
-
-    Raises:
-        CheckpointError: a missing or broken ``resume`` path, or another run's checkpoint for a run folder
-            that holds a run of its own.
-    """
-    own = list_checkpoints(cfg.save_dir)
-    if cfg.resume == "never":
-        ckpt = None
-    elif cfg.resume == "auto":
-        ckpt = latest_checkpoint(cfg.save_dir)  # warns of each broken one it skips
-    else:
-        ckpt = _resume_path(cfg, own)
-    steps = {p.resolve(): _step_of(p) for p in own}
-    start = 0 if ckpt is None else steps.get(ckpt.resolve())  # None: not one of this folder's (it has none)
-    if announce and start is not None:
-        warn_replaced(cfg, ckpt, start)
-    return ckpt
-
-
-def _resume_path(cfg: Config, own: list[Path]) -> Path:
-    """The checkpoint ``resume=PATH`` names (see :func:`find_resume`). A Hugging Face model is no run to
-    resume: that advice ("give it as hf:") was refused in turn, so both point to ``init_from``."""
-    model = cfg.resume.removeprefix(HF_PREFIX)
-    start = f"a run starts from a Hugging Face model with init_from={HF_PREFIX}{model}"
-    if cfg.resume.startswith(HF_PREFIX):
-        raise CheckpointError(f"config key 'resume': resume continues a muomni run; {start}")
-    try:
-        ckpt = resolve_checkpoint(cfg.resume, hf_folder=f"resume continues a muomni run; {start}")
-    except CheckpointError as e:
-        raise CheckpointError(f"config key 'resume': {e}")
-    if own and not ckpt.resolve().is_relative_to(Path(cfg.save_dir).resolve()):
-        raise CheckpointError(
-            f"save_dir {cfg.save_dir} already holds a run (checkpoints up to step {_step_of(own[-1])}), and "
-            f"resume={cfg.resume} is another run's: give an empty save_dir to continue that run there, or "
-            f"resume=auto to continue the run in {cfg.save_dir}"
-        )
-    return ckpt
-
-
-def warn_replaced(cfg: Config, resumed: Path | None, step: int) -> None:
-    """Say which checkpoints of ``cfg.save_dir`` a run starting at ``step`` (from ``resumed``, or from scratch)
-    replaces: those :func:`stale_checkpoints` finds, which go when it writes its first checkpoint. Broken
-    ones that ``resume=auto`` skipped are among them, named, as a user's file may be in one."""
-    stale = stale_checkpoints(cfg.save_dir, step)
-    if not stale:
-        return
-    where, newest = cfg.save_dir, _step_of(stale[-1])
-    go, keep = "go when this run writes its first", "to keep them, stop now and move them away"
-    if resumed is None and cfg.resume == "never":
-        said = f"resume=never: this run replaces the one in {where} (its checkpoints up to step {newest} {go})"
-    elif resumed is None:
-        said = f"no checkpoint of {where} is complete: starting over (they {go}; {keep})"
-    elif cfg.resume == "auto":  # those after the newest complete one are all broken
-        names = ", ".join(p.name for p in stale)
-        said = f"resuming from step {step}: the broken checkpoints of {where} after it ({names}) {go}; {keep}"
-    else:
-        said = f"resuming from step {step}: the checkpoints of {where} after it (up to step {newest}) {go}"
-    warnings.warn(said, stacklevel=2)
-
-
-def _step_of(ckpt: Path) -> int:
-    """The step of a checkpoint folder (``step_00000012`` -> 12)."""
-    return int(ckpt.name.split("_")[1])
-
-
-def check_compatible(old: Config, new: Config, ckpt: Path, keys: list[str]) -> None:
-    """Refuse to resume when a key that fixes the model or the data order changed.
-
-    Raises:
-        CheckpointError: naming the key, both values, and the way out.
-    """
-    for key in keys:
-        was, now = getattr(old, key), getattr(new, key)
-        if was != now:
-            raise CheckpointError(
-                f"cannot resume from {ckpt}: config key '{key}' was {json.dumps(was)} there and is "
-                f"{json.dumps(now)} now; give {key}={json.dumps(was)} to resume it, or use a new save_dir (or "
-                "resume=never) to start over"
-            )
-
-
-def stale_checkpoints(save_dir: str | Path, start_step: int) -> list[Path]:
-    """Checkpoints of ``save_dir`` newer than the step this run starts from (an abandoned run's)."""
-    return [p for p in list_checkpoints(save_dir) if _step_of(p) > start_step]
-
-
-def remove_stale(stale: list[Path], keep: Path) -> None:
-    """Delete the abandoned checkpoints, except ``keep`` (just written over one of them)."""
-    for path in stale:
-        if path != keep:
-            shutil.rmtree(path, ignore_errors=True)
-    stale.clear()
-
-
 def model_keys(cfg: Config) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in MODEL_KEYS}
 
@@ -397,19 +263,13 @@ __all__ = [
     "ORDER_KEYS",
     "Progress",
     "TrainingState",
-    "check_compatible",
-    "check_global_batch",
-    "find_resume",
     "load_model_state",
     "load_snapshot",
     "model_keys",
     "read_config",
-    "remove_stale",
     "save_snapshot",
     "saved_asked_split",
     "saved_world_size",
     "split_of",
     "SPLIT_KEYS",
-    "stale_checkpoints",
-    "warn_replaced",
 ]

@@ -1,7 +1,7 @@
 """Where a run starts from: the device, the seed, and the config, tokenizer and weights to begin with.
 
 A run starts from a resumed checkpoint (its config's model keys, its tokenizer, and a global batch that
-must stay the same, see :func:`~muomni.training.snapshot.check_global_batch`), from ``init_from`` (a
+must stay the same, see :func:`~muomni.training.resume.check_global_batch`), from ``init_from`` (a
 muomni checkpoint's or a Hugging Face model's weights), or from scratch (a tokenizer trained on the corpus,
 or read from the cache).
 """
@@ -21,11 +21,10 @@ from muomni.data import Tokenizer, prepare_tokenizer
 from muomni.errors import CheckpointError, ConfigError, UserError
 from muomni.paths import HF_PREFIX
 from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
+from muomni.training.resume import check_compatible, check_global_batch
 from muomni.training.snapshot import (
     DATA_KEYS,
     MODEL_KEYS,
-    check_compatible,
-    check_global_batch,
     model_keys,
     read_config,
     saved_asked_split,

@@ -23,11 +23,8 @@ is not retried by ``auto_fit`` there: a retry on one rank would leave the others
 
 from __future__ import annotations
 
-import argparse
-import gc
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +32,7 @@ from pathlib import Path
 import torch
 
 from muomni import distributed
-from muomni.config import Config, load_config, parse_override
+from muomni.config import Config
 from muomni.data import TokenData, WindowStream, check_vocab
 from muomni.errors import UserError
 from muomni.models.thinker import Thinker, checkpoint_blocks
@@ -56,27 +53,23 @@ from muomni.training.master_weights import CopyGradientMean, MasterWeightAdamW, 
 from muomni.training.offload import activation_offload
 from muomni.training.optim import build_optimizer, make_schedule, planned_steps, set_lr, skips_on_device, step_unless
 from muomni.training.precision import resolve_precision
+from muomni.training.resume import find_resume, warn_replaced
 from muomni.training.run_folder import check_run_folder, writing_run_folder
 from muomni.training.runlog import RunLog
 from muomni.training.snapshot import (
     Progress,
     TrainingState,
-    find_resume,
     load_model_state,
     load_snapshot,
     split_of,
-    warn_replaced,
 )
 from muomni.training.sources import (
     initial_sources,
-    refuse_shape_overrides,
     resolve_device,
     resume_sources,
     seed_everything,
 )
 from muomni.training.startup import unigram_entropy
-
-EXIT_INTERRUPTED = 130
 
 
 class Trainer:
@@ -410,28 +403,6 @@ def own_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad = p.grad.clone()
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """``muomni train``: load the config (errors before any work), train, return the exit code."""
-    cfg = load_config(args.config, args.overrides)
-    refuse_shape_overrides(cfg, [parse_override(item)[0] for item in args.overrides])
-    trainer = Trainer(cfg)
-    ok = False
-    try:
-        trainer.fit()
-        ok = True
-    finally:
-        # DDP's reducer holds the process group. Were it the last holder, the group would be destroyed from the
-        # reducer's destructor, which holds the GIL while it joins gloo's worker thread, and that thread may be
-        # waiting for the GIL to free the last collective's tensors: a hang at exit (seen under torchrun on
-        # CPUs, in the stop-signal test). So the wrapper goes first, and the group is destroyed by
-        # destroy_process_group, which releases the GIL.
-        trainer.forward_model = None
-        gc.collect()  # DDP's hooks hold the wrapper in reference cycles
-        # Also after an error: leaving the group ends the peers' pending collectives instead of their timeout.
-        distributed.teardown(trainer.env, ok)
-    return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
-
-
 # TrainingDiverged, resolve_device, seed_everything and total_grad_norm are re-exported: they were first
 # defined here.
-__all__ = ["Trainer", "TrainingDiverged", "resolve_device", "run_train", "seed_everything", "total_grad_norm"]
+__all__ = ["Trainer", "TrainingDiverged", "resolve_device", "seed_everything", "total_grad_norm"]

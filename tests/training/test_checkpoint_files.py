@@ -28,7 +28,7 @@ from muomni.training.checkpoint import (
     write_checkpoint,
 )
 from muomni.training.faults import KILL_ENV
-from muomni.training.snapshot import find_resume
+from muomni.training.resume import find_resume
 from muomni.training.sources import refuse_shape_overrides
 
 
