@@ -95,20 +95,25 @@ def rows_for(device: torch.device) -> list[Row]:
     return rows
 
 
+def _hf_keys(hf: dict[str, Any]) -> dict[str, Any]:
+    """The config keys a Hugging Face row sets itself: its precision and compilation, and muomni's own
+    savers off (its checkpointing is HF's, ``hf_checkpointing``)."""
+    return {
+        "use_amp": hf["amp"] is not None,
+        "amp_dtype": hf["amp"] or "auto",
+        "use_compile": bool(hf.get("compile")),
+        "chunked_ce": False,
+        "use_gradient_checkpointing": False,
+        "weight_dtype": "fp32",  # bf16 weight copies are muomni's layers', not Hugging Face's
+    }
+
+
 def _spec(cfg: Config, row: Row, framework: str, warmup: int, steps: int) -> dict[str, Any]:
     keys = dict(row.keys)
     spec: dict[str, Any] = {"framework": framework, "warmup": warmup, "steps": steps}
     if framework == "hf":
         hf = row.hf or {}
-        keys = {
-            **keys,
-            "use_amp": hf["amp"] is not None,
-            "amp_dtype": hf["amp"] or "auto",
-            "use_compile": bool(hf.get("compile")),
-            "chunked_ce": False,
-            "use_gradient_checkpointing": False,
-            "weight_dtype": "fp32",  # bf16 weight copies are muomni's layers', not Hugging Face's
-        }
+        keys = {**keys, **_hf_keys(hf)}
         spec.update(hf_attn=hf["attn"], hf_checkpointing=bool(hf.get("ckpt")))
     spec["config"] = {**cfg.to_dict(), **keys}
     return spec
@@ -149,9 +154,10 @@ def _budget(results: list[dict[str, Any]], name: str, fraction: float) -> float 
     return fraction * peaks[0] / 2**30 if peaks and peaks[0] else None
 
 
-def set_here(warmup: int, steps: int, selected: list[Row]) -> dict[str, str]:
+def set_here(warmup: int, steps: int, selected: list[Row], vs_hf: bool = False) -> dict[str, str]:
     """The config keys bench train sets itself or does not use, each with what it does instead (see
-    :func:`warn_set_here`): the run's length, schedule and folders, and the keys the selected rows set."""
+    :func:`warn_set_here`): the run's length, schedule and folders, and the keys the selected rows set
+    (with ``vs_hf``, Hugging Face's rows too)."""
     total = warmup + steps
     found = {
         "max_steps": f"is set by --steps here: a row runs {total} steps, {warmup} to warm up and {steps} timed",
@@ -168,6 +174,10 @@ def set_here(warmup: int, steps: int, selected: list[Row]) -> dict[str, str]:
             found[key] = f"is set here by every row ({', '.join(setting)}); your value is not used"
         else:
             found[key] = f"is set here by {', '.join(setting)}; the other rows run with yours"
+    hf_rows = [row for row in selected if vs_hf and row.hf]
+    for key in sorted({key for row in hf_rows for key in _hf_keys(row.hf)}):
+        said = found.get(key, "is used by muomni's rows")
+        found[key] = f"{said}; Hugging Face's rows set it themselves (their precision and compile are the row's)"
     return found
 
 
@@ -188,7 +198,7 @@ def bench_train(
         except ImportError:
             raise ConfigError("--vs-hf needs transformers: pip install 'muomni[hf]'")
     selected = select_rows(rows_for(device), rows)  # an unknown row fails now, not after the tokenizing
-    warn_set_here(overrides, set_here(warmup, steps, selected))
+    warn_set_here(overrides, set_here(warmup, steps, selected, vs_hf))
     _warm_data_cache(cfg)
     results: list[dict[str, Any]] = []
     info, out_dir = describe(device), bench_out_folder("train", out)

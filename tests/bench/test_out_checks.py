@@ -208,3 +208,17 @@ def test_bench_train_warns_of_each_key_it_or_its_rows_set(
         "muomni: warning: config key 'use_amp' is set here by every row (baseline, +offload_activations); your value "
         "is not used",
     ]
+
+
+def test_bench_train_vs_hf_warns_of_keys_hugging_faces_rows_set(
+    tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # weight_dtype=bf16 gave muomni's rows bf16 weight copies and Hugging Face's rows fp32 ones, unsaid.
+    pytest.importorskip("transformers")
+    argv = ["bench", "train", "--config", "debug", "--steps", "2", "--out", str(tmp_path / "b"), "device=cpu"]
+    keys = ["--rows", "baseline", "weight_dtype=bf16", "lr=0.01"]
+    assert _warnings_before_work(capsys, [*argv, *keys]) == []  # without --vs-hf, every row runs with it
+    assert _warnings_before_work(capsys, [*argv, "--vs-hf", *keys]) == [
+        "muomni: warning: config key 'weight_dtype' is used by muomni's rows; Hugging Face's rows set it themselves "
+        "(their precision and compile are the row's)"
+    ]
