@@ -17,6 +17,9 @@ Encoding: input must be UTF-8. A file with a few bad bytes (a stray Latin-1 char
 write) is still usable, so bad bytes are replaced with U+FFFD and one warning per file says how many.
 A file where more than 1% of the bytes are not UTF-8 is almost surely binary or in another encoding;
 training on it would teach noise, so it is refused with a :class:`~muomni.errors.DataError`.
+UTF-16 and UTF-32 text (Windows Notepad's "Unicode") is refused too, by its byte-order mark or, without
+one, by the NUL bytes of its first few KB: mostly ASCII, it would decode as UTF-8 with a NUL between
+every two characters. A UTF-8 byte-order mark is read as text, as any character (a ``.jsonl`` skips it).
 """
 
 from __future__ import annotations
@@ -53,6 +56,19 @@ _STDLIB_SKIP = frozenset(
 
 # Above this share of invalid bytes a file is refused rather than repaired.
 MAX_INVALID_FRACTION = 0.01
+
+# UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+# The head of a file searched for NUL bytes: a slice of the bytes already read, so no second read.
+_SNIFF_BYTES = 4096
+# UTF-8 text holds no NUL; UTF-16 holds one for each ASCII character (English: half its bytes; Cyrillic or
+# Greek: the high byte of each space and digit, about a tenth). Above this share of the head it is not text.
+_MAX_NUL_FRACTION = 0.05
 
 # Bump when the way documents are cut changes, so caches keyed on the fingerprint are rebuilt.
 # 2: a folder's .jsonl files are read as JSON Lines (they were read as plain text).
@@ -186,6 +202,7 @@ def _folder_files(root: Path) -> list[Path]:
 def _read_text(path: Path) -> str:
     """A file's text as UTF-8, repairing a few bad bytes (with a warning) and refusing binary files."""
     data = path.read_bytes()
+    _refuse_wide_text(path, data)  # before decoding: mostly ASCII UTF-16 decodes as UTF-8 without an error
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -198,6 +215,29 @@ def _read_text(path: Path) -> str:
         )
     warnings.warn(f"{path}: {n_bad} bytes were not UTF-8 and were replaced with U+FFFD", stacklevel=2)
     return data.decode("utf-8", "replace")
+
+
+def _refuse_wide_text(path: Path, data: bytes) -> None:
+    """Refuse UTF-16 or UTF-32 text, known by its byte-order mark or, without one, by NULs in its head."""
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):  # iconv reads the byte order from the mark
+            raise DataError(f"{path} is {encoding} text, not UTF-8: convert it (e.g. iconv -f {encoding} -t UTF-8)")
+    head = data[:_SNIFF_BYTES]
+    nul_even, nul_odd = head[0::2].count(0), head[1::2].count(0)
+    if nul_even + nul_odd <= _MAX_NUL_FRACTION * len(head):
+        return
+    # UTF-16 puts its NULs at one parity only (the high byte of ASCII); binary data or UTF-32 at both.
+    if min(nul_even, nul_odd) * 8 <= max(nul_even, nul_odd):
+        # Without a mark iconv must be told the byte order.
+        encoding, parity = ("UTF-16LE", "odd") if nul_odd > nul_even else ("UTF-16BE", "even")
+        raise DataError(
+            f"{path} looks like {encoding} text without a byte-order mark (NUL bytes at {parity} offsets), not UTF-8: "
+            f"convert it (e.g. iconv -f {encoding} -t UTF-8)"
+        )
+    raise DataError(
+        f"{path} is not UTF-8 text ({nul_even + nul_odd} of its first {len(head)} bytes are NUL); convert it to "
+        "UTF-8, or remove it from the corpus if it is not text"
+    )
 
 
 def _is_jsonl(path: Path) -> bool:

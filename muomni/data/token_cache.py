@@ -25,7 +25,7 @@ import numpy as np
 
 from muomni.data.cache_check import check_offsets, content_problem, file_digest, size_problem
 from muomni.data.corpus import corpus_fingerprint, load_documents
-from muomni.data.tokenizer import Tokenizer
+from muomni.data.tokenizer import SPECIAL_TOKENS, Tokenizer, read_tokenizer_json
 from muomni.errors import DataError
 from muomni.paths import file_in_the_way
 
@@ -88,16 +88,29 @@ def prepare_tokenizer(source: str, vocab_size: int, documents: Sequence[str] | N
         DataError: a bad corpus or a ``vocab_size`` too small for a byte-level tokenizer.
     """
     path = cache_dir() / "tokenizers" / f"{corpus_fingerprint(source)}-{vocab_size}.json"
-    if path.is_file():
-        try:
-            return Tokenizer.load(path)
-        except DataError as e:
-            warnings.warn(f"ignoring the cached tokenizer: {e}", stacklevel=2)
+    if (cached := _cached_tokenizer(path)) is not None:
+        return cached
     docs = documents if documents is not None else load_documents(source)
     tokenizer = Tokenizer.train(docs, vocab_size)
     with _atomic_path(path) as tmp:
         tokenizer.save(tmp)
     return tokenizer
+
+
+def _cached_tokenizer(path: Path) -> Tokenizer | None:
+    """The tokenizer cached at ``path``; None when there is none, or when it is corrupt (with a warning that a
+    new one replaces it: the caller trains one and writes it over the file)."""
+    if not path.is_file():
+        return None
+    try:
+        hf = read_tokenizer_json(path)
+        # Every tokenizer cached here was trained here: anything else in its place is damage, not a choice.
+        if [hf.token_to_id(name) for name in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
+            raise ValueError(f"its special tokens are not {', '.join(SPECIAL_TOKENS)} = 0, 1, 2")
+    except ValueError as e:
+        warnings.warn(f"the cached tokenizer {path} is corrupt ({e}): training a new one in its place", stacklevel=3)
+        return None
+    return Tokenizer(hf)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -173,11 +173,10 @@ class Tokenizer:
         if not path.is_file():
             raise DataError(f"tokenizer file {path} does not exist; train a tokenizer first or give the right path")
         try:
-            hf = HFTokenizer.from_str(path.read_text(encoding="utf-8"))
-        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            hf = read_tokenizer_json(path)
+        except ValueError as e:
             raise DataError(
-                f"tokenizer file {path} is corrupt or not a tokenizer.json ({why}); delete or replace it"
+                f"tokenizer file {path} is corrupt or not a tokenizer.json ({e}); delete or replace it"
             ) from e
         return cls(hf, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
 
@@ -185,6 +184,18 @@ class Tokenizer:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, pad_id={self.pad_id}, bos_id={self.bos_id}, eos_id={self.eos_id})"
         )
+
+
+def read_tokenizer_json(path: Path) -> HFTokenizer:
+    """The Hugging Face tokenizer saved in ``path``.
+
+    Raises:
+        ValueError: the file cannot be read as a ``tokenizer.json``; the message is the first line of why.
+    """
+    try:
+        return HFTokenizer.from_str(path.read_text(encoding="utf-8"))
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
 def check_vocab(tokenizer: Tokenizer, vocab_size: int) -> None:
@@ -202,4 +213,4 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int) -> None:
         )
 
 
-__all__ = ["Tokenizer", "check_vocab", "SPECIAL_TOKENS"]
+__all__ = ["Tokenizer", "check_vocab", "read_tokenizer_json", "SPECIAL_TOKENS"]

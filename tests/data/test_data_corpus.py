@@ -218,3 +218,62 @@ def test_a_json_file_in_a_folder_is_refused_as_on_its_own(tmp_path: Path) -> Non
     (root / "b.JSON").write_text("{}", encoding="utf-8")
     with pytest.raises(DataError, match=r"b\.JSON is a \.json file \(and 1 more \.json files\)"):
         load_documents(str(root))
+
+
+_NOTE = "Shopping list:\n\neggs, milk, café au lait\n\nCall Ana at 5.\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"\xff\xfe" + _NOTE.encode("utf-16-le"), r"is UTF-16 text, not UTF-8: convert it \(e\.g\. iconv -f UTF-16 "),
+        (b"\xfe\xff" + _NOTE.encode("utf-16-be"), r"is UTF-16 text, not UTF-8: convert it \(e\.g\. iconv -f UTF-16 "),
+        (_NOTE.encode("utf-16-le"), r"looks like UTF-16LE text without a byte-order mark .* iconv -f UTF-16LE "),
+        (_NOTE.encode("utf-16-be"), r"looks like UTF-16BE text without a byte-order mark .* iconv -f UTF-16BE "),
+        ("Привет, мир. Это текст.\n".encode("utf-16-le"), r"looks like UTF-16LE text without a byte-order mark"),
+        (_NOTE.encode("utf-32"), r"is UTF-32 text, not UTF-8: convert it \(e\.g\. iconv -f UTF-32 "),
+        (_NOTE.encode("utf-32-le"), r"is not UTF-8 text \(\d+ of its first \d+ bytes are NUL\)"),
+    ],
+    ids=["utf16le-bom", "utf16be-bom", "utf16le", "utf16be", "utf16le-cyrillic", "utf32-bom", "utf32le"],
+)
+def test_utf16_and_utf32_text_is_refused(tmp_path: Path, data: bytes, said: str) -> None:
+    """Mostly ASCII, it decoded as UTF-8 with a NUL between every two characters: trained on, with only a
+    warning for the byte-order mark's bytes."""
+    for name in ("notes.txt", "notes.jsonl", "folder/notes.txt"):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        source = tmp_path / "folder" if name.startswith("folder/") else path
+        with pytest.raises(DataError, match=f"notes\\.{path.suffix[1:]} {said}") as info:
+            load_documents(str(source))
+        assert "\n" not in str(info.value)
+
+
+def test_a_utf16_corpus_is_one_line_and_exit_2_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from muomni.cli import main
+
+    path = tmp_path / "utf16.txt"
+    path.write_bytes(b"\xff\xfe" + _NOTE.encode("utf-16-le"))
+    settings = ["max_steps=1", "vocab_size=300", "ctx_len=16", "device=cpu", "val_split=0"]
+    assert main(["train", "--config", "debug", *settings, f"train_text={path}", f"save_dir={tmp_path / 'run'}"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"muomni: error: {path} is UTF-16 text, not UTF-8: convert it (e.g. iconv -f UTF-16 -t UTF-8)"], (
+        lines
+    )
+
+
+def test_stray_nul_and_bad_bytes_in_utf8_text_still_only_warn(tmp_path: Path) -> None:
+    """The UTF-16 check must not catch UTF-8 text with a few stray bytes, a NUL among them."""
+    path = tmp_path / "log.txt"
+    text = "line of a log file\n" * 50
+    path.write_bytes(b"\xe9 " + text.encode("utf-8") + b"\x00\x00 caf\xe9\n")
+    with pytest.warns(UserWarning, match=r"log.txt: 2 bytes were not UTF-8 and were replaced with U\+FFFD"):
+        (doc,) = load_documents(str(path))
+    assert doc == "\ufffd " + text + "\x00\x00 caf\ufffd\n"
+
+
+def test_a_utf8_byte_order_mark_is_kept_in_text_and_skipped_in_jsonl(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfhello\n\nworld")
+    (tmp_path / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "hello"}\n')
+    assert load_documents(str(tmp_path / "a.txt")) == ["\ufeffhello", "world"]
+    assert load_documents(str(tmp_path / "a.jsonl")) == ["hello"]

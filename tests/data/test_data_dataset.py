@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,37 @@ def test_large_vocabulary_is_stored_as_uint32(tmp_path: Path, tokenizer: Tokeniz
     from muomni.data.token_cache import token_dtype
 
     assert token_dtype(65535) == np.uint16 and token_dtype(65536) == np.uint32
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"\xff\xfe\x00garbage", "invalid start byte"),
+        (b'{"version": "1.0"}', ""),  # the reason is the tokenizers library's own
+        (None, "its special tokens are not <pad>, <bos>, <eos> = 0, 1, 2"),
+    ],
+    ids=["garbage", "not-a-tokenizer", "no-special-tokens"],
+)
+def test_a_corrupt_cached_tokenizer_is_replaced_and_the_warning_says_so(
+    txt_corpus: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | None, why: str
+) -> None:
+    """The warning said "delete or replace it" while the run already trained a new one and wrote it over."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    first = prepare_tokenizer(str(txt_corpus), 380)
+    path = cache_dir() / "tokenizers" / f"{corpus_fingerprint(str(txt_corpus))}-380.json"
+    path.write_bytes(content if content is not None else HFTokenizer(models.BPE()).to_str().encode())
+    said = f"the cached tokenizer {path} is corrupt \\(.*{why}.*\\): training a new one in its place$"
+    with pytest.warns(UserWarning, match=said) as warned:
+        assert prepare_tokenizer(str(txt_corpus), 380).to_str() == first.to_str()
+    assert len(warned) == 1 and "\n" not in str(warned[0].message)
+    assert path.read_text(encoding="utf-8") == first.to_str()
+
+    def no_training(*args: object, **kwargs: object) -> Tokenizer:
+        raise AssertionError("the tokenizer was trained again")
+
+    monkeypatch.setattr(Tokenizer, "train", no_training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next run is silent: it reads the new file
+        assert prepare_tokenizer(str(txt_corpus), 380).to_str() == first.to_str()
