@@ -69,11 +69,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint) or a checkpoint folder")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="new tokens at most (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="makes the sampling repeatable (default: a new one each run)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute every past token at each step")
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
     p.add_argument(
@@ -82,12 +82,17 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
         help="--compile and, on GPU, tune Inductor's kernels (minutes; no faster for the presets on an H200)",
     )
     p.add_argument("--stats", action="store_true", help="print token counts, time to first token, tokens/s")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: cuda if there is one (default: %(default)s)",
+    )
     p.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 on GPU, fp32 on CPU (bf16 can be faster on CPUs with bf16 instructions)",
+        help="auto: bf16 on GPU, fp32 on CPU; bf16 can be faster on CPUs with bf16 instructions (default: %(default)s)",
     )
     p.add_argument(
         "--decode-chunk", type=int, default=None, help="decode steps per compiled call (default: 4 on GPU, else 1)"
@@ -118,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{train,infer}",
         help="train: the optimization table; infer: decoding",
     )
-    p.add_argument("--config", default="tiny", help="a JSON file or a preset: debug, default, tiny, small")
+    p.add_argument(
+        "--config", default="tiny", help="a JSON file or a preset: debug, default, tiny, small (default: %(default)s)"
+    )
     p.add_argument("--ckpt", default=None, help="bench infer: use these weights instead of random ones")
     p.add_argument(
         "--steps",
@@ -135,16 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="run a few steps under torch.profiler and print where the time goes")
     _config_args(p)
-    p.add_argument("--steps", type=int, default=6, help="training steps profiled, after 2 untimed ones")
-    p.add_argument("--out", default="profile", help="folder for the Chrome/Perfetto trace and the memory timeline")
+    p.add_argument(
+        "--steps", type=int, default=6, help="training steps profiled, after 2 untimed ones (default: %(default)s)"
+    )
+    p.add_argument(
+        "--out",
+        default="profile",
+        help="folder for the Chrome/Perfetto trace and the memory timeline (default: %(default)s)",
+    )
     p.add_argument("--infer", action="store_true", help="also profile decoding steps")
 
     p = sub.add_parser("plan", help="find the fastest settings that fit a memory budget")
     _config_args(p)
     p.add_argument("--memory", type=float, required=True, help="budget in GiB")
-    p.add_argument("--out", default="planned.json", help="where the fastest setting that fits is written")
+    p.add_argument(
+        "--out", default="planned.json", help="where the fastest setting that fits is written (default: %(default)s)"
+    )
 
-    p = sub.add_parser("export", help="write a Hugging Face LlamaForCausalLM folder")
+    p = sub.add_parser(
+        "export",
+        help="write a Hugging Face folder: LlamaForCausalLM (Qwen2ForCausalLM with qkv_bias)",
+        description="Write a checkpoint as a Hugging Face LlamaForCausalLM folder, or as a Qwen2ForCausalLM "
+        "folder for a model with q/k/v biases (qkv_bias).",
+    )
     p.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--out", required=True, help="the folder to write")
     return parser

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+from argparse import SUPPRESS
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,28 @@ def test_another_os_error_is_not_called_a_full_disk(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(cli, "_resolve_holding_interrupts", lambda name: command)
     with pytest.raises(OSError, match="Input/output error"):
         main(["train"])
+
+
+def _help(*command: str) -> str:
+    parser = cli.build_parser()
+    text = (parser.commands[command[0]] if command else parser).format_help()
+    return " ".join(text.split())  # argparse wraps lines at the terminal's width
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "bench", "profile", "plan"])
+def test_help_shows_every_option_default(command: str) -> None:
+    """The default of every option that has one is in ``--help`` (generate's showed none: 0.8, 128, ...)."""
+    parser = cli.build_parser().commands[command]
+    text = _help(command)
+    with_defaults = [a for a in parser._actions if a.option_strings and a.default not in (None, False, SUPPRESS)]
+    assert with_defaults
+    for action in with_defaults:
+        shown = " ".join(str(action.help % vars(action)).split())
+        assert f"(default: {action.default})" in shown and shown in text, action.dest
+    assert "(default: 0.8)" in _help("chat") and "(default: 128)" in _help("generate")
+
+
+def test_export_help_names_both_architectures() -> None:
+    """A model with q/k/v biases exports as Qwen2ForCausalLM, not Llama: the help says so."""
+    for text in (_help(), _help("export")):
+        assert "LlamaForCausalLM" in text and "Qwen2ForCausalLM" in text and "qkv_bias" in text

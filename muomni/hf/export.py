@@ -15,8 +15,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -34,12 +35,14 @@ from muomni.training.checkpoint import (
     TOKENIZER_FILE,
     load_tensors,
     model_state_for_saving,
-    resolve_checkpoint,
+    read_checkpoint,
     save_tensors,
 )
 
 if TYPE_CHECKING:
     from muomni.models.thinker import Thinker
+
+_T = TypeVar("_T")
 
 EXPORT_FILES = frozenset(
     {
@@ -70,12 +73,16 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
         CheckpointError: the checkpoint is missing or broken or an ``hf:`` path, is a MoE or GELU model (no
             Llama equivalent), or ``out_dir`` holds other files.
     """
-    ckpt = _source_checkpoint(ckpt_path)
-    cfg = _checkpoint_config(ckpt)
-    check_exportable(cfg)  # before reading the weights: a refusal should be instant
-    tokenizer = _checkpoint_tokenizer(ckpt)
-    out = _output_folder(out_dir)
-    return _write_folder(load_tensors(ckpt / MODEL_FILE), cfg, tokenizer, out, source=str(ckpt))
+
+    def read(ckpt: Path) -> tuple[Path, Config, Tokenizer, Path, dict[str, torch.Tensor]]:
+        cfg = _checkpoint_config(ckpt)
+        check_exportable(cfg)  # before reading the weights: a refusal should be instant
+        tokenizer = _checkpoint_tokenizer(ckpt)
+        out = _output_folder(out_dir)
+        return ckpt, cfg, tokenizer, out, load_tensors(ckpt / MODEL_FILE)
+
+    ckpt, cfg, tokenizer, out, state = _read_source(ckpt_path, read)
+    return _write_folder(state, cfg, tokenizer, out, source=str(ckpt))
 
 
 def save_hf(model: Thinker, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
@@ -140,12 +147,13 @@ def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokeni
     return out
 
 
-def _source_checkpoint(ckpt_path: str | Path) -> Path:
-    """The checkpoint folder of ``ckpt_path`` (see :func:`resolve_checkpoint`); an ``hf:`` path is refused by
-    what it is, rather than reported missing as a folder named ``hf:...``."""
+def _read_source(ckpt_path: str | Path, read: Callable[[Path], _T]) -> _T:
+    """``read`` of the checkpoint folder of ``ckpt_path`` (see :func:`read_checkpoint`: only the files an
+    export reads are checked, and a run folder's checkpoint pruned meanwhile is chosen again); an ``hf:`` path
+    is refused by what it is, rather than reported missing as a folder named ``hf:...``."""
     text = str(ckpt_path)
     if not text.startswith(HF_PREFIX):
-        return resolve_checkpoint(ckpt_path, hf_folder="export takes a muomni run or checkpoint folder")
+        return read_checkpoint(ckpt_path, read, hf_folder="export takes a muomni run or checkpoint folder")
     folder = Path(text.removeprefix(HF_PREFIX))
     refuse_muomni_folder(folder)
     what = "a Hugging Face folder already" if folder.is_dir() else f"an {HF_PREFIX} path"
@@ -179,8 +187,10 @@ def _tokenizer_config(special: dict[str, str], ctx_len: int) -> dict[str, Any]:
     """A ``PreTrainedTokenizerFast`` over ``tokenizer.json`` that encodes exactly as muomni does.
 
     muomni adds no special tokens when encoding, and decoding must round-trip byte-exactly, so BOS/EOS
-    insertion and the legacy clean-up of spaces before punctuation are off. Left padding matches how
-    muomni batches prompts for generation.
+    insertion and the legacy clean-up of spaces before punctuation are off. Text that spells a special token
+    (``"<eos>"`` in a document) is encoded as plain text, as muomni's tokenizer does: ``split_special_tokens``
+    (honoured by fast tokenizers since transformers 4.45 at least, and kept by ``save_pretrained``). Left
+    padding matches how muomni batches prompts for generation.
     """
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -189,6 +199,7 @@ def _tokenizer_config(special: dict[str, str], ctx_len: int) -> dict[str, Any]:
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
+        "split_special_tokens": True,
         "padding_side": "left",
     }
 

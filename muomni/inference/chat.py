@@ -15,9 +15,12 @@ message: the history keeps each reply as the ids the model sampled, which the ca
 one. When the conversation no longer fits in ``ctx_len`` the oldest turns are dropped, with one line saying
 so, and what is left runs again.
 
-Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history;
-Ctrl-C during a reply stops that reply and drops its turn. A bad option ends the chat before it starts; a
-message that is not valid UTF-8 text is not sent, with one line saying so, and the chat goes on.
+Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history (any
+case); Ctrl-C during a reply stops that reply and drops its turn. A one-word line that starts with ``/`` but
+is no command (a mistyped ``/rest``) is not sent, with one line naming the commands; such a one-word message
+is typed with one more ``/`` (``//etc`` sends ``/etc``; longer lines go as they are). A bad option ends the
+chat before it starts; a message that is not valid UTF-8 text is not sent, with one line saying so, and the
+chat goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ STOP = ("\n" + USER,)
 PROMPT_MARKER = "> "
 QUIT = ("exit", "quit")
 RESET = "/reset"
+ESCAPE = "//"  # a one-word message that starts with "/" is typed with one more: "//etc" sends "/etc"
 # torch takes seeds modulo 2**64, so per-turn seeds wrap there rather than leave its range.
 SEED_WRAP = 2**64
 
@@ -117,13 +121,23 @@ def chat(
             return 0
         if message.lower() in QUIT:
             return 0
-        if message == RESET:
+        if message.lower() == RESET:
             conversation.reset()
             print("(history cleared)", file=out)
             continue
         if not is_unicode(message):  # a bad line costs that line, as a too long one costs its start
             print("(your message is not valid UTF-8 text, so it was not sent; type it again)", file=out, flush=True)
             continue
+        if _unknown_command(message):
+            print(
+                f"(unknown command {message}, not sent; {RESET} clears the history, exit quits; "
+                f"to send it as a message, begin it with {ESCAPE})",
+                file=out,
+                flush=True,
+            )
+            continue
+        if message.startswith(ESCAPE) and len(message.split()) == 1:  # "// a C comment" goes as it is
+            message = message[1:]
         if message:
             turn_seed = None if seed is None else (seed + turn) % SEED_WRAP
             try:
@@ -131,6 +145,11 @@ def chat(
             except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat; the turn is not kept
                 print("\n(reply interrupted)", file=out, flush=True)
             turn += 1
+
+
+def _unknown_command(message: str) -> bool:
+    """A line that looks like a command (one word that starts with "/") but is none: a typo, most likely."""
+    return message.startswith("/") and not message.startswith(ESCAPE) and len(message.split()) == 1
 
 
 def _answer(

@@ -15,7 +15,7 @@ from muomni.errors import CheckpointError, DataError, InputError
 from muomni.models.layers import rope_tables
 from muomni.models.thinker import Thinker
 from muomni.paths import HF_PREFIX
-from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, read_config, resolve_checkpoint
+from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, read_checkpoint, read_config
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -61,8 +61,10 @@ def load(
     """Load a trained model and its tokenizer, ready for :func:`muomni.generate`.
 
     Args:
-        path: a run folder (its newest complete checkpoint is used), one checkpoint folder, or
-            ``"hf:<folder>"`` for a local Hugging Face Llama/Qwen folder (via ``muomni.hf.load_hf``).
+        path: a run folder (its newest complete checkpoint is used, chosen again if a training run deletes
+            it while it is read), one checkpoint folder (it needs only model.safetensors, config.json and
+            tokenizer.json), or ``"hf:<folder>"`` for a local Hugging Face Llama/Qwen folder (via
+            ``muomni.hf.load_hf``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
         dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` or a torch dtype; None picks bf16 on CUDA (fp16 where
             the GPU lacks bf16) and fp32 on CPU.
@@ -78,9 +80,7 @@ def load(
     if str(path).startswith(HF_PREFIX):
         model, tokenizer = _load_hf(str(path).removeprefix(HF_PREFIX))
     else:
-        ckpt = resolve_checkpoint(path)
-        model = _build_model(ckpt, read_config(ckpt))
-        tokenizer = _read_tokenizer(ckpt, model.config)
+        model, tokenizer = read_checkpoint(path, _read_model)
     return prepare_for_inference(model, target, pick_dtype(target, dtype)), tokenizer
 
 
@@ -106,6 +106,13 @@ def _load_hf(name: str) -> tuple[Thinker, Tokenizer]:
     if hf is None or not hasattr(hf, "load_hf"):
         raise InputError("hf: paths are not yet available in this version; give a muomni checkpoint folder")
     return hf.load_hf(name)
+
+
+def _read_model(ckpt: Path) -> tuple[Thinker, Tokenizer]:
+    """The model and tokenizer of one checkpoint folder; it reads only ``INFERENCE_FILES``, and only those
+    are checked, so a model shared without its optimizer state loads."""
+    model = _build_model(ckpt, read_config(ckpt))
+    return model, _read_tokenizer(ckpt, model.config)
 
 
 def _build_model(ckpt: Path, cfg: Config) -> Thinker:

@@ -21,9 +21,9 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -41,6 +41,11 @@ STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+# What loading a model for generation or export reads; the optimizer, RNG and trainer state are for resuming.
+INFERENCE_FILES = frozenset({MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE})
+# How often a run folder's newest checkpoint is chosen again when a run deletes it while it is read.
+READ_ATTEMPTS = 3
+_T = TypeVar("_T")
 
 
 def _umasked_file_mode() -> int:
@@ -158,8 +163,20 @@ def _swap_paths(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def verify(ckpt: Path) -> dict[str, Any]:
-    """Return the manifest of a complete checkpoint, or raise CheckpointError saying what is wrong."""
+def verify(ckpt: Path, files: Collection[str] | None = None) -> dict[str, Any]:
+    """Return the manifest of a complete checkpoint, or raise CheckpointError saying what is wrong.
+
+    ``files``: the names whose size and checksum are checked (None: all the manifest lists). Loading a model
+    reads only :data:`INFERENCE_FILES`, so a model shared without the state only resuming reads still loads.
+    """
+    manifest = _read_manifest(ckpt)
+    for name, entry in manifest["files"].items():
+        if (files is None or name in files) and not _file_matches(ckpt / name, entry):
+            raise CheckpointError(f"checkpoint {ckpt}: {name} is missing or does not match its checksum")
+    return manifest
+
+
+def _read_manifest(ckpt: Path) -> dict[str, Any]:
     manifest_path = ckpt / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {ckpt} is incomplete (no {MANIFEST}); it was not finished writing")
@@ -169,13 +186,16 @@ def verify(ckpt: Path) -> dict[str, Any]:
         # Valid JSON of another shape (hand-edited, or another tool's file) is as corrupt as a torn write.
         if not all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and "sha256" in e for e in files.values()):
             raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"checkpoint {ckpt} has a corrupt {MANIFEST}")
-    for name, entry in files.items():
-        path = ckpt / name
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} is missing or does not match its checksum")
     return manifest
+
+
+def _file_matches(path: Path, entry: dict[str, Any]) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+    except OSError:  # deleted while it was read (a run pruning its checkpoint), or unreadable
+        return False
 
 
 def list_checkpoints(save_dir: str | Path) -> list[Path]:
@@ -187,16 +207,33 @@ def list_checkpoints(save_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(save_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run; broken newer ones are skipped with a warning naming them."""
+def latest_checkpoint(save_dir: str | Path, files: Collection[str] | None = None) -> Path | None:
+    """The newest complete checkpoint of a run; broken newer ones are skipped with a warning naming them.
+
+    ``files``: as for :func:`verify`. A training run deletes old checkpoints (``keep_checkpoints``) after it
+    writes a new one, so one deleted while it was checked is no broken one: the folder is listed again.
+    """
     _warn_set_aside(save_dir)
-    for ckpt in reversed(list_checkpoints(save_dir)):
+    for _ in range(READ_ATTEMPTS):
+        listed = list_checkpoints(save_dir)
+        ckpt, skipped = _newest_complete(listed, files)
+        if not skipped or list_checkpoints(save_dir) == listed:
+            break
+    for error in skipped:
+        warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
+    return ckpt
+
+
+def _newest_complete(listed: list[Path], files: Collection[str] | None) -> tuple[Path | None, list[CheckpointError]]:
+    """The newest of ``listed`` that verifies, and the errors of the newer ones that did not."""
+    skipped = []
+    for ckpt in reversed(listed):
         try:
-            verify(ckpt)
-            return ckpt
+            verify(ckpt, files)
+            return ckpt, skipped
         except CheckpointError as e:
-            warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
-    return None
+            skipped.append(e)
+    return None, skipped
 
 
 def _warn_set_aside(save_dir: str | Path) -> None:
@@ -243,11 +280,12 @@ def read_config(ckpt: Path) -> Config:
         raise CheckpointError(f"{path}: {e}")
 
 
-def resolve_checkpoint(path: str | Path, hf_folder: str | None = None) -> Path:
+def resolve_checkpoint(path: str | Path, hf_folder: str | None = None, files: Collection[str] | None = None) -> Path:
     """A checkpoint folder from ``--ckpt``: a run's save_dir (its newest complete checkpoint) or one folder.
 
     ``hf_folder``: what to do with a Hugging Face model folder, where the caller takes none (default: give
-    it as ``hf:PATH``, which loading and ``init_from`` take).
+    it as ``hf:PATH``, which loading and ``init_from`` take). ``files``: those the caller reads, the only
+    ones checked (see :func:`verify`); None: all, as resuming needs.
     """
     path = Path(path)
     if not path.exists():
@@ -258,14 +296,16 @@ def resolve_checkpoint(path: str | Path, hf_folder: str | None = None) -> Path:
         raise CheckpointError(f"{path} is a Hugging Face model folder; {hf_folder or f'give it as {HF_PREFIX}{path}'}")
     if (path / MANIFEST).exists() or (path / MODEL_FILE).exists():
         try:
-            verify(path)
+            verify(path, files)
         except CheckpointError as e:
+            if not path.is_dir():
+                raise CheckpointError(f"checkpoint {path} was removed while being read{_run_hint(path)}")
             if path.parent.name != "checkpoints":
                 raise
             # A run folder falls back to its newest intact checkpoint by itself.
             raise CheckpointError(f"{e}; give the run folder {path.parent.parent} to use its newest intact one")
         return path
-    ckpt = latest_checkpoint(path)
+    ckpt = latest_checkpoint(path, files)
     if ckpt is None:
         if path.name == "checkpoints" and (path.parent / CONFIG_FILE).is_file():
             raise CheckpointError(f"{path} is a run's checkpoints folder; give the run folder {path.parent}")
@@ -275,6 +315,46 @@ def resolve_checkpoint(path: str | Path, hf_folder: str | None = None) -> Path:
             raise CheckpointError(f"{path} holds no complete checkpoint: all {broken} are broken; train again {train}")
         raise CheckpointError(f"{path} holds no complete checkpoint; train first {train}")
     return ckpt
+
+
+def read_checkpoint(
+    path: str | Path, read: Callable[[Path], _T], files: Collection[str] = INFERENCE_FILES, hf_folder: str | None = None
+) -> _T:
+    """``read(ckpt)`` of the checkpoint folder ``path`` resolves to (see :func:`resolve_checkpoint`).
+
+    A training run deletes old checkpoints as it writes new ones (``keep_checkpoints``), so a run folder's
+    newest may go while it is read: then the newest complete one is chosen again, a few times at most.
+    ``read`` reads ``files`` of the folder, and raises CheckpointError where it cannot.
+    """
+    for _ in range(READ_ATTEMPTS):
+        ckpt = resolve_checkpoint(path, hf_folder, files)
+        try:
+            return read(ckpt)
+        except CheckpointError:
+            if not _removed(ckpt, files):
+                raise
+            if ckpt == Path(path):  # the folder the user named: there is no other to choose
+                raise CheckpointError(f"checkpoint {ckpt} was removed while being read{_run_hint(ckpt)}")
+    raise CheckpointError(
+        f"the newest checkpoint of {path} was removed while being read, {READ_ATTEMPTS} times: its training run "
+        "deletes them faster than they load; copy one checkpoint folder out of the run and give that"
+    )
+
+
+def _removed(ckpt: Path, files: Collection[str]) -> bool:
+    """Whether checkpoint ``ckpt``, complete when it was chosen, has since lost its manifest or one of
+    ``files`` that the manifest lists: a run pruning it, whose files go one by one before the folder."""
+    try:
+        listed = _read_manifest(ckpt)["files"]
+    except CheckpointError:
+        return not (ckpt / MANIFEST).is_file()
+    return any(not (ckpt / name).is_file() for name in listed if name in files)
+
+
+def _run_hint(ckpt: Path) -> str:
+    if ckpt.parent.name != "checkpoints":
+        return ""
+    return f"; give the run folder {ckpt.parent.parent} to use its newest complete checkpoint"
 
 
 def _is_hf_folder(path: Path) -> bool:

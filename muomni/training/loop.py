@@ -64,7 +64,10 @@ class TrainingRun:
         self._idle = t.resume_from is not None and not self._owed_eval and self._done()
         if t.env.is_main and not held and not self._idle:
             self._write_run_files()
-        self.log = RunLog(t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main, held=held)
+        # An idle run writes no log either: a new save_dir it resumed into stays without a run's files.
+        self.log = RunLog(
+            t.save_dir, step, t.total_steps, t.cfg.print_freq, enabled=t.env.is_main, held=held or self._idle
+        )
         for line in describe_run(t):
             self.log.info(line)
         self._landed_at = time.perf_counter()
@@ -176,6 +179,10 @@ class TrainingRun:
         steps = t.progress.step + ahead
         return steps >= t.total_steps or (max_epochs is not None and t.stream.epoch >= max_epochs)
 
+    def _end_word(self, step: int) -> str:
+        """ "past" a run's end that a lowered max_steps put before ``step``, else "at"."""
+        return "past" if step > self.trainer.total_steps else "at"
+
     def _after_step(self, result: StepResult, seconds: float) -> None:
         t = self.trainer
         p = t.progress
@@ -229,7 +236,7 @@ class TrainingRun:
             return self.last_ckpt
         if self._idle:
             self.log.info(
-                f"nothing to train: the run is already at step {step}, its end (max_steps "
+                f"nothing to train: the run is already at step {step}, {self._end_word(step)} its end (max_steps "
                 f"{json.dumps(t.cfg.max_steps)}, max_epochs {json.dumps(t.cfg.max_epochs)}); raise them to train "
                 "further"
             )
@@ -255,9 +262,7 @@ class TrainingRun:
         if val is None:
             return
         t.progress.val_loss, t.progress.val_step = val, t.progress.step
-        ppl = math.exp(min(val, 700.0))
-        self.log.record({"step": t.progress.step, "val_loss": val, "val_ppl": ppl})
-        self.log.info(f"step {t.progress.step}: val loss {val:.4f}, perplexity {ppl:.2f}")
+        self.log.evaluation(t.progress.step, val)
 
     def _checkpoint(self) -> None:
         t = self.trainer

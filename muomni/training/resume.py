@@ -62,6 +62,11 @@ def find_resume(cfg: Config, announce: bool = True) -> Path | None:
         ckpt = None
     elif cfg.resume == "auto":
         ckpt = latest_checkpoint(cfg.save_dir)  # warns of each broken one it skips
+        if ckpt is None and own:  # starting over would delete a long run for one hand-edited file
+            raise CheckpointError(
+                f"no checkpoint of {cfg.save_dir} is complete (see the warnings above); mend one and resume=PATH "
+                "it, or resume=never to start over (they are deleted when that run writes its first checkpoint)"
+            )
     else:
         ckpt = _resume_path(cfg, own)
     steps = {p.resolve(): _step_of(p) for p in own}
@@ -102,8 +107,6 @@ def warn_replaced(cfg: Config, resumed: Path | None, step: int) -> None:
     go, keep = "go when this run writes its first", "to keep them, stop now and move them away"
     if resumed is None and cfg.resume == "never":
         said = f"resume=never: this run replaces the one in {where} (its checkpoints up to step {newest} {go})"
-    elif resumed is None:
-        said = f"no checkpoint of {where} is complete: starting over (they {go}; {keep})"
     elif cfg.resume == "auto":  # those after the newest complete one are all broken
         names = ", ".join(p.name for p in stale)
         said = f"resuming from step {step}: the broken checkpoints of {where} after it ({names}) {go}; {keep}"

@@ -145,9 +145,14 @@ def writing_run_folder(save_dir: str | Path, is_main: bool) -> Iterator[None]:
     if not is_main:
         yield
         return
+    made = not Path(save_dir).exists()
     make_run_folder(save_dir)
-    with RunFolderLock(save_dir):
-        yield
+    with RunFolderLock(save_dir) as lock:
+        try:
+            yield
+        finally:
+            if made:
+                lock.remove_if_alone()
 
 
 class RunFolderLock:
@@ -188,6 +193,16 @@ class RunFolderLock:
         os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second run gets
         self._fd = fd
         return self
+
+    def remove_if_alone(self) -> None:
+        """Remove the lock file and its folder if nothing else is there (a run that wrote nothing leaves no
+        folder it made behind). The file goes while the lock is still held, so no other run holds it then."""
+        folder = self.path.parent
+        if any(entry.name != LOCK_FILE for entry in folder.iterdir()):
+            return
+        with contextlib.suppress(OSError):  # another run's files appeared meanwhile: they stay, with the folder
+            self.path.unlink(missing_ok=True)
+            folder.rmdir()
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:

@@ -19,6 +19,8 @@ from typing import Any
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)  # the largest loss whose exp() is a float
+_LOG_MILLION = math.log(1e6)  # perplexities from a million on are shown as 1.23e+06
 
 
 def _clean(value: Any) -> Any:
@@ -125,6 +127,11 @@ class RunLog:
         elif values["step"] % self.print_freq == 0:
             self.info(f"step {values['step']}: " + " ".join(f"{k} {v}" for k, v in shown.items()))
 
+    def evaluation(self, step: int, val_loss: float) -> None:
+        """Record an evaluation (``val_loss`` and its perplexity) and print it on one line."""
+        self.record({"step": step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)})
+        self.info(f"step {step}: val loss {val_loss:.4f}, perplexity {perplexity_text(val_loss)}")
+
     def close(self) -> None:
         self.bar.close()
         if self._file is not None:
@@ -138,4 +145,23 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
-__all__ = ["METRICS_FILE", "RunLog", "truncate_metrics"]
+def perplexity(loss: float) -> float:
+    """``exp(loss)``; inf where that overflows a float (a loss above ~709.78: a diverged run)."""
+    return math.inf if loss > _LOG_FLOAT_MAX else math.exp(loss)  # nan stays nan
+
+
+def perplexity_text(loss: float) -> str:
+    """``exp(loss)`` for a log line: ``12.34`` up to a million, then ``1.36e+33``, computed from the loss's base-10
+    exponent, so a loss whose perplexity overflows a float is shown all the same (``1.97e+434``)."""
+    if math.isnan(loss) or loss == math.inf:
+        return str(math.exp(loss))  # "nan", "inf"
+    if loss < _LOG_MILLION:
+        return f"{math.exp(loss):.2f}"
+    exponent, fraction = divmod(loss / math.log(10), 1.0)  # exp(loss) = 10**fraction * 10**exponent
+    mantissa = round(10**fraction, 2)
+    if mantissa >= 10.0:  # 9.996 is shown as 1.00e+(exponent + 1), as format(x, ".2e") does
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.2f}e+{int(exponent):02d}"
+
+
+__all__ = ["METRICS_FILE", "RunLog", "perplexity", "perplexity_text", "truncate_metrics"]

@@ -20,7 +20,7 @@ from muomni.config import Config
 from muomni.data import Tokenizer, prepare_tokenizer
 from muomni.errors import CheckpointError, ConfigError, UserError
 from muomni.paths import HF_PREFIX
-from muomni.training.checkpoint import MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
+from muomni.training.checkpoint import INFERENCE_FILES, MODEL_FILE, TOKENIZER_FILE, load_tensors, resolve_checkpoint
 from muomni.training.resume import check_compatible, check_global_batch
 from muomni.training.snapshot import (
     DATA_KEYS,
@@ -175,8 +175,10 @@ def _init_keys(init_from: str) -> dict[str, Any]:
 
 
 def _init_checkpoint(path: str) -> Path:
+    """The checkpoint ``init_from`` names; only the files a start from it reads are checked (a model shared
+    without its optimizer state starts a run too)."""
     try:
-        return resolve_checkpoint(path)
+        return resolve_checkpoint(path, files=INFERENCE_FILES)
     except CheckpointError as e:
         raise CheckpointError(f"config key 'init_from': {e}")
 

@@ -44,13 +44,18 @@ def random_thinker(cfg: Config, seed: int = 0) -> Thinker:
     return model.eval()
 
 
-def save_checkpoint(model: Thinker, tokenizer: Tokenizer, run_dir: Path, step: int = 10) -> Path:
-    """A muomni checkpoint folder (model.safetensors, config.json, tokenizer.json and the manifest)."""
+def save_checkpoint(
+    model: Thinker, tokenizer: Tokenizer, run_dir: Path, step: int = 10, optimizer_state: bool = False
+) -> Path:
+    """A muomni checkpoint folder (model.safetensors, config.json, tokenizer.json and the manifest; with
+    ``optimizer_state``, an optimizer.safetensors as a training run's checkpoint has too)."""
     writers: dict[str, Callable[[Path], None]] = {
         "model.safetensors": lambda p: save_tensors(model_state_for_saving(model), p),
         "config.json": model.config.save,
         "tokenizer.json": tokenizer.save,
     }
+    if optimizer_state:
+        writers["optimizer.safetensors"] = lambda p: save_tensors({"state.0.exp_avg": torch.ones(8)}, p)
     return write_checkpoint(run_dir, step, writers)
 
 

@@ -17,9 +17,11 @@ from hf_helpers import (
     greedy,
     load_hf_reference,
     random_thinker,
+    save_checkpoint,
     tiny_config,
 )
 from safetensors.torch import load_file
+from tokenizers import Tokenizer as HFTokenizer
 
 from muomni.data.tokenizer import Tokenizer
 from muomni.errors import CheckpointError
@@ -280,3 +282,65 @@ def test_export_does_not_import_transformers(make_checkpoint: Callable, tmp_path
     )
     done = _cli("-c", code)
     assert done.returncode == 0, done.stderr
+
+
+# Every special token of muomni's tokenizer, spelled in text, alone and next to other text.
+SPECIAL_TEXTS = [
+    "x = '<eos>'",
+    "<bos>hi<pad><eos>",
+    "<eos>",
+    "a<eos>b <bos> <pad>",
+    "<pad><pad>",
+    UNICODE_TEXT + "<eos>",
+]
+
+
+@pytest.mark.parametrize("shape", ["mha-untied", "qwen2-bias"])
+def test_hf_tokenizer_encodes_special_token_strings_as_text(
+    shape: str, make_checkpoint: Callable, tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    # muomni encodes a document that spells "<eos>" as those characters; the export must too, or a model
+    # fed through Hugging Face sees an end-of-text id where it was trained on text.
+    transformers = pytest.importorskip("transformers")
+    out = export_hf(make_checkpoint(**SHAPES[shape]), tmp_path / "hf")
+    load = transformers.AutoTokenizer if shape == "mha-untied" else transformers.PreTrainedTokenizerFast
+    hf = load.from_pretrained(out)
+    for text in SPECIAL_TEXTS:
+        ids = tokenizer.encode(text)
+        assert {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}.isdisjoint(ids), text
+        assert hf(text)["input_ids"] == hf.encode(text) == ids, text
+        assert hf.decode(ids) == text
+    # The ids the tokenizer adds itself are still the special ids: left padding with <pad>.
+    batch = hf(["<eos> a", "b"], padding=True)["input_ids"]
+    short = tokenizer.encode("b")
+    assert batch == [tokenizer.encode("<eos> a"), [tokenizer.pad_id] * (len(batch[0]) - len(short)) + short]
+    assert hf.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "<bos>", "<eos>"]
+
+
+def test_hf_tokenizer_encodes_any_special_token_string_as_text(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    # An imported chat model's tokenizer has more special tokens than <pad>/<bos>/<eos>: all stay text.
+    transformers = pytest.importorskip("transformers")
+    chat = Tokenizer(HFTokenizer.from_str(tokenizer.to_str()))
+    chat.hf.add_special_tokens(["<|im_start|>"])
+    out = save_hf(random_thinker(tiny_config()), chat, tmp_path / "hf")
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    text = "<|im_start|>user\nsay <eos>"
+    assert hf(text)["input_ids"] == chat.encode(text)
+    assert chat.token_to_id("<|im_start|>") not in chat.encode(text)
+
+
+def test_a_checkpoint_shared_without_its_optimizer_state_exports_the_same(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    # export checked every file of the manifest, and refused "optimizer.safetensors is missing".
+    ckpt = save_checkpoint(random_thinker(tiny_config(), 3), tokenizer, tmp_path / "run", optimizer_state=True)
+    full = export_hf(ckpt, tmp_path / "full")
+    (ckpt / "optimizer.safetensors").unlink()
+    for source, out in ((ckpt, "stripped"), (tmp_path / "run", "from_run")):
+        exported = export_hf(source, tmp_path / out)
+        assert load_file(exported / "model.safetensors").keys() == load_file(full / "model.safetensors").keys()
+        for name, tensor in load_file(full / "model.safetensors").items():
+            assert torch.equal(load_file(exported / "model.safetensors")[name], tensor)
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-1] ^= 0x40  # a weight's bits: still a readable file of the right shapes
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors is missing or does not match its checksum"):
+        export_hf(ckpt, tmp_path / "changed")

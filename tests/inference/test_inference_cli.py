@@ -12,6 +12,7 @@ import pytest
 from inference_helpers import ROOT, run_cli, scripted_input, tiny_model
 
 from muomni.data import Tokenizer
+from muomni.inference import chat as chat_module
 from muomni.inference.chat import PROMPT_MARKER, Conversation, chat
 
 
@@ -157,3 +158,27 @@ def test_ctrl_c_stops_the_reply_not_the_chat(tokenizer: Tokenizer) -> None:
     text = out.getvalue()
     assert "(reply interrupted)" in text and not out.armed
     assert text.count("(reply interrupted)") == 1  # the second reply streamed normally
+
+
+def test_chat_does_not_send_an_unknown_command(tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/RESET and a mistyped /foo were sent to the model as messages: /RESET now clears as /reset does, /foo
+    gets a hint and is not sent, and //foo sends /foo."""
+    sent: list[tuple[str, int]] = []  # each message the model answers, and the turns held before it
+    real = chat_module._answer
+
+    def answer(model, conversation, message, *args):  # noqa: ANN001, ANN002, ANN202
+        sent.append((message, len(conversation.turns)))
+        return real(model, conversation, message, *args)
+
+    monkeypatch.setattr(chat_module, "_answer", answer)
+    out = io.StringIO()
+    read = scripted_input("hello", "/foo", "/RESET", "//foo", "/reset now", "//", "// a C comment", "quit")
+    assert chat(tiny_model(), tokenizer, 4, temperature=0.0, read=read, out=out) == 0
+    assert sent[:4] == [("hello", 0), ("/foo", 0), ("/reset now", 1), ("/", 2)]
+    assert [message for message, _ in sent[4:]] == ["// a C comment"]  # a longer line goes as it is
+    lines = out.getvalue().splitlines()
+    assert [line for line in lines if line.startswith(("(unknown", "(history"))] == [
+        "(unknown command /foo, not sent; /reset clears the history, exit quits; "
+        "to send it as a message, begin it with //)",
+        "(history cleared)",
+    ]

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
 import types
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from inference_helpers import tiny_config, tiny_model, write_run
+from inference_helpers import run_cli, tiny_config, tiny_model, write_run
 
 import muomni
 from muomni.data import Tokenizer
 from muomni.errors import CheckpointError, InputError
 from muomni.inference.generate import generate_tokens
-from muomni.training.checkpoint import list_checkpoints, model_state_for_saving, save_tensors, write_checkpoint
+from muomni.training.checkpoint import (
+    READ_ATTEMPTS,
+    list_checkpoints,
+    model_state_for_saving,
+    save_tensors,
+    write_checkpoint,
+)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -122,3 +132,160 @@ def test_hf_folder_round_trip(tmp_path: Path, tokenizer: Tokenizer) -> None:
     assert tok.eos_id == tokenizer.eos_id and loaded.kv_cache_enabled
     prompt = [[5, 6, 7]]
     assert generate_tokens(loaded, prompt, 10, temperature=0.0) == generate_tokens(model, prompt, 10, temperature=0.0)
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([[5, 6, 7, 8, 9]]))
+
+
+def _before_first_read(monkeypatch: pytest.MonkeyPatch, act: Callable[[Path], None]) -> list[Path]:
+    """Run ``act(model file)`` before the first read of a checkpoint's weights (a training run pruning it
+    then); return every model file read."""
+    real = muomni.inference.loading.load_tensors
+    read: list[Path] = []
+
+    def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        if not read:
+            act(path)
+        read.append(path)
+        return real(path, device)
+
+    monkeypatch.setattr(muomni.inference.loading, "load_tensors", load_tensors)
+    return read
+
+
+def test_a_run_folders_checkpoint_pruned_while_it_loads_gives_way_to_the_newest(
+    tmp_path: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "step_00000020/model.safetensors is not a readable safetensors file (FileNotFoundError); it may
+    be corrupt" to one ``muomni generate --ckpt RUN`` in three, while a run with keep_checkpoints=1 trained."""
+    run = tmp_path / "run"
+    chosen = write_run(run, tiny_model(seed=1), tokenizer, step=20)
+
+    def prune(model_file: Path) -> None:  # the run writes step 30, then deletes step 20
+        write_run(run, tiny_model(seed=2), tokenizer, step=30)
+        shutil.rmtree(chosen)
+
+    read = _before_first_read(monkeypatch, prune)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pruned checkpoint is no broken one to warn of
+        loaded, _ = muomni.load(run, device="cpu")
+    survivor = list_checkpoints(run)[-1]
+    assert read == [chosen / "model.safetensors", survivor / "model.safetensors"]
+    monkeypatch.undo()
+    direct, _ = muomni.load(survivor, device="cpu")
+    assert torch.equal(_logits(loaded), _logits(direct))
+    assert not torch.equal(_logits(loaded), _logits(tiny_model(seed=1)))
+
+
+@pytest.mark.parametrize("removed", ["folder", "model file"])  # "model file": caught halfway through rmtree
+def test_a_named_checkpoint_removed_while_it_loads_says_so(
+    tmp_path: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, removed: str
+) -> None:
+    run = tmp_path / "run"
+    ckpt = write_run(run, tiny_model(), tokenizer, step=20)
+    read = _before_first_read(monkeypatch, lambda f: shutil.rmtree(ckpt) if removed == "folder" else f.unlink())
+    said = f"checkpoint {ckpt} was removed while being read; give the run folder {run} to use its newest"
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        muomni.load(ckpt, device="cpu")
+    assert len(read) == 1
+
+
+def test_a_run_that_prunes_every_checkpoint_as_it_loads_is_tried_a_few_times(
+    tmp_path: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    write_run(run, tiny_model(), tokenizer, step=1)
+    real = muomni.inference.loading.load_tensors
+    read: list[Path] = []
+
+    def prune_each(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        read.append(path)
+        write_run(run, tiny_model(), tokenizer, step=len(read) + 1)
+        shutil.rmtree(path.parent)
+        return real(path, device)
+
+    monkeypatch.setattr(muomni.inference.loading, "load_tensors", prune_each)
+    with pytest.raises(CheckpointError, match=f"was removed while being read, {READ_ATTEMPTS} times"):
+        muomni.load(run, device="cpu")
+    assert len(read) == READ_ATTEMPTS
+
+
+def test_a_genuine_error_of_a_run_folders_checkpoint_is_not_retried(
+    tmp_path: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_checkpoint(
+        tmp_path / "run",
+        10,
+        {
+            "model.safetensors": lambda p: save_tensors(model_state_for_saving(tiny_model(d_ff=96)), p),
+            "config.json": lambda p: tiny_config(d_ff=64).save(p),
+            "tokenizer.json": lambda p: tokenizer.save(p),
+        },
+    )
+    shapes = []
+    real = muomni.inference.loading._saved_shapes
+    monkeypatch.setattr(muomni.inference.loading, "_saved_shapes", lambda p: shapes.append(p) or real(p))
+    with pytest.raises(CheckpointError, match="but its config.json gives"):
+        muomni.load(tmp_path / "run")
+    assert len(shapes) == 1
+
+
+TRAINING_FILES = ("optimizer.safetensors", "rng.safetensors", "trainer_state.json")
+
+
+def _trained_checkpoint(run: Path, model: torch.nn.Module, tokenizer: Tokenizer) -> Path:
+    """A checkpoint with the files the trainer writes: the model's, and the state only resuming reads."""
+    cfg = model.config
+    return write_checkpoint(
+        run,
+        10,
+        {
+            "model.safetensors": lambda p: save_tensors(model_state_for_saving(model), p),
+            "optimizer.safetensors": lambda p: save_tensors({"state.0.exp_avg": torch.ones(64)}, p),
+            "rng.safetensors": lambda p: save_tensors({"cpu": torch.zeros(8, dtype=torch.uint8)}, p),
+            "trainer_state.json": lambda p: p.write_text('{"progress": {"step": 10}}\n'),
+            "config.json": lambda p: cfg.save(p),
+            "tokenizer.json": lambda p: tokenizer.save(p),
+        },
+    )
+
+
+def test_a_model_shared_without_its_training_state_loads_and_computes_the_same(
+    tmp_path: Path, tokenizer: Tokenizer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``muomni generate`` said "optimizer.safetensors is missing or does not match its checksum"."""
+    ckpt = _trained_checkpoint(tmp_path / "run", tiny_model(tie_embeddings=False), tokenizer)
+    full, _ = muomni.load(ckpt, device="cpu")
+    args = ["generate", "--prompt", "def ", "--temperature", "0", "--device", "cpu", "--max-new-tokens", "8"]
+    code, generated, _ = run_cli(capsys, *args, "--ckpt", str(ckpt))
+    assert code == 0
+    for name in TRAINING_FILES:
+        (ckpt / name).unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor is the run folder's one checkpoint skipped as broken
+        stripped, tok = muomni.load(ckpt, device="cpu")
+        from_run, _ = muomni.load(tmp_path / "run", device="cpu")
+    assert torch.equal(_logits(stripped), _logits(full)) and torch.equal(_logits(from_run), _logits(full))
+    assert tok.to_str() == tokenizer.to_str()
+    assert run_cli(capsys, *args, "--ckpt", str(ckpt)) == (0, generated, "")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_a_changed_file_that_loading_reads_is_refused_without_the_training_state(
+    tmp_path: Path, tokenizer: Tokenizer, name: str
+) -> None:
+    ckpt = _trained_checkpoint(tmp_path / "run", tiny_model(), tokenizer)
+    for gone in TRAINING_FILES:
+        (ckpt / gone).unlink()
+    data = bytearray((ckpt / name).read_bytes())
+    if name == "model.safetensors":
+        data[-1] ^= 0x40  # a weight's bits: still a readable file of the right shapes
+    else:
+        data += b"\n"  # still valid JSON
+    (ckpt / name).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{re.escape(name)} is missing or does not match its checksum"):
+        muomni.load(ckpt, device="cpu")
+    with pytest.warns(UserWarning, match="skipping checkpoint"), pytest.raises(CheckpointError, match="all 1 are"):
+        muomni.load(tmp_path / "run", device="cpu")

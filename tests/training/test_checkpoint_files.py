@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -214,15 +215,18 @@ def test_resume_of_a_hugging_face_model_points_to_init_from(tmp_path: Path, give
         find_resume(cfg)
 
 
-def test_resume_auto_over_only_broken_checkpoints_starts_over_and_says_so(tmp_path: Path) -> None:
+def test_resume_auto_over_only_broken_checkpoints_is_refused_and_resume_never_starts_over(tmp_path: Path) -> None:
+    # It started over, and deleted the broken checkpoints (a long run lost to one hand-edited file) when the
+    # new run wrote its first.
     run = _config_checkpoint(tmp_path)
     (list_checkpoints(run)[0] / MANIFEST).write_text("not json")
     cfg = load_config("debug", {"save_dir": str(run)})
-    with pytest.warns(UserWarning) as said:
-        assert find_resume(cfg) is None
-    messages = [str(w.message) for w in said]
-    assert any("skipping checkpoint" in m for m in messages)
-    assert any("no checkpoint of" in m and "is complete: starting over" in m for m in messages)
+    refused = pytest.raises(CheckpointError, match=f"no checkpoint of {run} is complete .*resume=never to start over")
+    with pytest.warns(UserWarning, match="skipping checkpoint"), refused:
+        find_resume(cfg)
+    assert len(list_checkpoints(run)) == 1
+    with pytest.warns(UserWarning, match=f"resume=never: this run replaces the one in {run}"):
+        assert find_resume(cfg.replace(resume="never")) is None
 
 
 def test_a_runs_checkpoints_folder_points_to_the_run_folder(tmp_path: Path) -> None:
@@ -245,3 +249,79 @@ def test_tensor_files_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == stat.S_IMODE(
         (tmp_path / "plain").stat().st_mode
     )
+
+
+def _trained_checkpoint(run: Path, step: int) -> Path:
+    """A checkpoint with a file of each name the trainer writes (their contents are not read here)."""
+    names = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json", "tokenizer.json")
+    writers = {name: lambda p, name=name: p.write_text(name) for name in names}
+    return write_checkpoint(run, step, {**writers, CONFIG_FILE: load_config("debug").save})
+
+
+def test_resume_still_refuses_a_checkpoint_shared_without_its_training_state(tmp_path: Path) -> None:
+    """Loading a model checks only the files it reads; resuming reads, and so checks, them all."""
+    import warnings
+
+    from muomni.training.checkpoint import INFERENCE_FILES
+
+    run = tmp_path / "run"
+    whole = _trained_checkpoint(run, 5)
+    stripped = _trained_checkpoint(run, 10)
+    (stripped / "optimizer.safetensors").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert latest_checkpoint(run, INFERENCE_FILES) == stripped == resolve_checkpoint(run, files=INFERENCE_FILES)
+    with pytest.warns(UserWarning, match="skipping checkpoint: .*optimizer.safetensors is missing"):
+        assert latest_checkpoint(run) == whole
+    cfg = load_config("debug", {"save_dir": str(run)})
+    with pytest.warns(UserWarning) as said:
+        assert find_resume(cfg) == whole
+    assert any("skipping checkpoint" in str(w.message) and "optimizer.safetensors" in str(w.message) for w in said)
+    missing = "config key 'resume': checkpoint .*: optimizer.safetensors is missing or does not match its checksum"
+    with pytest.raises(CheckpointError, match=missing):
+        find_resume(cfg.replace(resume=str(stripped)))
+
+
+def _prune_when_checked(monkeypatch: pytest.MonkeyPatch, ckpt: Path, prune: Callable[[], None]) -> list[Path]:
+    """Run ``prune()`` when a file of ``ckpt`` is first hashed; return the files hashed then."""
+    from muomni.training import checkpoint
+
+    real = checkpoint.sha256_file
+    pruned: list[Path] = []
+
+    def prune_then_hash(path: Path) -> str:
+        if not pruned and path.parent == ckpt:
+            pruned.append(path)
+            prune()
+        return real(path)
+
+    monkeypatch.setattr(checkpoint, "sha256_file", prune_then_hash)
+    return pruned
+
+
+def test_a_checkpoint_pruned_while_it_is_checked_gives_way_to_the_newer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with keep_checkpoints=1 writes step 30, then deletes step 20 while another process checks it."""
+    import shutil
+    import warnings
+
+    run = tmp_path / "run"
+    chosen = _notes_checkpoint(run, 20, 1)
+    pruned = _prune_when_checked(monkeypatch, chosen, lambda: (_notes_checkpoint(run, 30, 2), shutil.rmtree(chosen)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # it was warned of as broken, and then no complete one was left
+        newest = latest_checkpoint(run)
+    assert pruned and newest == run / "checkpoints" / "step_00000030" and _notes(newest) == {"a": 2}
+
+
+def test_a_named_checkpoint_removed_while_it_is_checked_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    chosen = _notes_checkpoint(tmp_path / "run", 20, 1)
+    pruned = _prune_when_checked(monkeypatch, chosen, lambda: shutil.rmtree(chosen))
+    with pytest.raises(CheckpointError, match=f"checkpoint {chosen} was removed while being read; give the run"):
+        resolve_checkpoint(chosen)
+    assert pruned

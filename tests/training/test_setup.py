@@ -140,10 +140,29 @@ def test_a_resumed_run_at_or_past_its_end_says_there_is_nothing_to_train(
     trained_with = (tmp_path / "run" / "config.json").read_text()
     assert Trainer(_short_run(corpus, tmp_path / "run", max_steps=max_steps)).fit() == ckpt
     out = capsys.readouterr().out
-    assert f"nothing to train: the run is already at step 4, its end (max_steps {max_steps}, max_epochs null)" in out
+    where = "at" if max_steps == 4 else "past"
+    assert (
+        f"nothing to train: the run is already at step 4, {where} its end (max_steps {max_steps}, max_epochs null)"
+        in out
+    )
     assert "no validation data" not in out and "done at step" not in out
     assert latest_checkpoint(tmp_path / "run") == ckpt  # nothing rewritten
     assert (tmp_path / "run" / "config.json").read_text() == trained_with  # not max_steps 2, never trained with
+
+
+def test_a_resume_into_a_new_folder_with_nothing_to_train_leaves_no_folder_behind(corpus: Path, tmp_path: Path) -> None:
+    # It left the new folder with its lock and an empty metrics.jsonl, which refused every later run there as
+    # "files that no muomni run wrote".
+    Trainer(_short_run(corpus, tmp_path / "run", max_steps=4)).fit()
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for folder in (new, empty):
+        Trainer(_short_run(corpus, folder, max_steps=4, resume=str(tmp_path / "run"))).fit()
+    assert not new.exists()
+    assert [p.name for p in empty.iterdir()] == [".lock"]  # a folder of the user's stays, with nothing of a run's
+    for folder in (new, empty):
+        Trainer(_short_run(corpus, folder, max_steps=2)).fit()
+        assert latest_checkpoint(folder) is not None
 
 
 def test_a_vocab_size_far_beyond_what_the_corpus_teaches_warns(corpus: Path, tmp_path: Path) -> None:
@@ -182,3 +201,14 @@ def test_a_second_fit_on_the_same_trainer_is_refused_and_a_new_trainer_resumes(c
         t.fit()
     assert latest_checkpoint(tmp_path / "run") == ckpt
     assert Trainer(_short_run(corpus, tmp_path / "run", max_steps=4)).progress.step == 2
+
+
+def test_init_from_a_checkpoint_shared_without_its_training_state(corpus: Path, tmp_path: Path) -> None:
+    # init_from checked every file of the manifest: "optimizer.safetensors is missing", for files it never reads.
+    Trainer(_short_run(corpus, tmp_path / "a", max_steps=2)).fit()
+    ckpt = latest_checkpoint(tmp_path / "a")
+    full = Trainer(_short_run(corpus, tmp_path / "full", init_from=str(ckpt))).model.state_dict()
+    for name in ("optimizer.safetensors", "rng.safetensors", STATE_FILE):
+        (ckpt / name).unlink()
+    stripped = Trainer(_short_run(corpus, tmp_path / "stripped", init_from=str(ckpt))).model.state_dict()
+    assert full.keys() == stripped.keys() and all(torch.equal(full[k], stripped[k]) for k in full)

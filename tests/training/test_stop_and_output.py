@@ -4,6 +4,8 @@ for a whole validation."""
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ from training_helpers import ROOT, overrides, run_cli, tiny_config, tiny_setting
 
 from muomni.console import DroppingStdout
 from muomni.training.checkpoint import list_checkpoints
+from muomni.training.runlog import METRICS_FILE, RunLog, perplexity, perplexity_text
 from muomni.training.trainer import Trainer
 
 
@@ -121,3 +124,30 @@ def test_a_signal_during_the_last_validation_stops_the_run(
     monkeypatch.setattr(Trainer, "evaluate", real)
     Trainer(cfg).fit()
     assert [step for step, _ in _val_records(Path(cfg.save_dir))] == [4, 6]
+
+
+def test_a_diverged_runs_perplexity_is_shown_in_scientific_notation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lr=10 printed "perplexity 1359948808389726412117569525776384.00"; past a float's range exp() overflows."""
+    assert perplexity_text(2.0) == f"{math.exp(2.0):.2f}" and perplexity_text(13.8) == f"{math.exp(13.8):.2f}"
+    for loss in [math.log(1e6), 13.9, 76.2928, *(7.0 * k + 0.123 for k in range(2, 102))]:
+        assert perplexity_text(loss) == format(math.exp(loss), ".2e"), loss  # Python's own notation, up to 1e308
+    assert perplexity_text(76.2928) == "1.36e+33"
+    assert perplexity_text(1000.0) == "1.97e+434"  # exp(1000) = 10**434.294...: no float holds it, no overflow
+    assert (perplexity_text(math.inf), perplexity_text(math.nan)) == ("inf", "nan")
+    assert perplexity(709.0) == math.exp(709.0) and perplexity(710.0) == math.inf and math.isnan(perplexity(math.nan))
+
+    log = RunLog(tmp_path, 0, 10, print_freq=1)
+    log.evaluation(5, 76.2928)
+    log.evaluation(10, 1000.0)
+    log.close()
+    assert capsys.readouterr().out.splitlines() == [
+        "muomni: step 5: val loss 76.2928, perplexity 1.36e+33",
+        "muomni: step 10: val loss 1000.0000, perplexity 1.97e+434",
+    ]
+    records = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert records == [
+        {"step": 5, "val_loss": 76.2928, "val_ppl": math.exp(76.2928)},
+        {"step": 10, "val_loss": 1000.0, "val_ppl": None},  # strict JSON: an overflow is null, as inf is
+    ]
