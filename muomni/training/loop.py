@@ -180,7 +180,7 @@ class TrainingRun:
         return steps >= t.total_steps or (max_epochs is not None and t.stream.epoch >= max_epochs)
 
     def _end_word(self, step: int) -> str:
-        """ "past" a run's end that a lowered max_steps put before ``step``, else "at"."""
+        """Where ``step`` stands against the run's end: "past" it where a lowered max_steps put it before, else "at"."""
         return "past" if step > self.trainer.total_steps else "at"
 
     def _after_step(self, result: StepResult, seconds: float) -> None:
