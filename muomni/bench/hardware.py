@@ -123,6 +123,17 @@ def reset_peak_memory(device: torch.device) -> None:
         _PROC_CLEAR_REFS.write_text("5")
 
 
+def resident_memory_bytes() -> int | None:
+    """This process's resident memory now (Linux's VmRSS), or None where /proc does not say."""
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: the allocator's peak since the last reset. CPU: the peak resident memory of this process since
     the last reset (on Linux; elsewhere since it started)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -285,12 +286,39 @@ def run_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_folder(out, PROFILE_FILES, wrote_profile)
     cfg = _profile_config(args, out)  # before the folder is made: a bad key leaves none behind
+    with _removed_unless_traced(out):
+        _write_marker(out, args, cfg)
+        trainer = Trainer(cfg)
+        _profile_training(trainer, args, out)
+    if args.infer:
+        _profile_decoding(trainer, out, activities_of(trainer.device))
+    print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")
+    return 0
+
+
+@contextmanager
+def _removed_unless_traced(out: Path) -> Iterator[None]:
+    """Make ``out``; if this command made it and stops (an error, Ctrl-C) before the training trace is
+    written, remove it again: a folder holding a marker and half a run folder is of no use, and was left."""
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    _write_marker(out, args, cfg)
-    trainer = Trainer(cfg)
+    try:
+        yield
+    except BaseException:
+        if made and not (out / "trace_train.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def activities_of(device: torch.device) -> list[ProfilerActivity]:
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def _profile_training(trainer, args: argparse.Namespace, out: Path) -> None:  # noqa: ANN001
+    """Warm up, then the two profiled passes of training steps: the trace, the tables and the breakdown."""
     cuda = trainer.device.type == "cuda"
     _train_steps(trainer, 2)  # warm-up: compilation and allocator growth stay out of the trace
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    activities = activities_of(trainer.device)
     # Two passes. Recording every operation's shapes, Python stack and allocations costs the host time per
     # operation, and where the host keeps the GPU fed (CUDA graphs, overlapped steps) that shows up as idle
     # device time that the run without the profiler does not have. So the trace, the time tables and the
@@ -314,10 +342,6 @@ def run_profile(args: argparse.Namespace) -> int:
         kernels = device_kernels(events)
         print("\n".join(top_kernels(kernels, args.steps)))
         print_breakdown(device_breakdown(kernels, args.steps))
-    if args.infer:
-        _profile_decoding(trainer, out, activities)
-    print(f"trace: {out / 'trace_train.json'} (open at ui.perfetto.dev)")
-    return 0
 
 
 def _memory_timeline(prof: profile, out: Path, device: torch.device) -> None:

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from muomni.bench.hardware import device_peak, peak_memory_bytes, reset_peak_memory, synchronize
+from muomni.bench.hardware import (
+    device_peak,
+    peak_memory_bytes,
+    reset_peak_memory,
+    resident_memory_bytes,
+    synchronize,
+)
 from muomni.config import Config, load_config
 
 
@@ -72,6 +78,7 @@ def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     from muomni.training.runlog import RunLog
     from muomni.training.trainer import Trainer
 
+    floor = resident_memory_bytes()  # torch and muomni loaded, no model yet: what a CPU row pays before its model
     trainer = Trainer(cfg)
     device = trainer.device
     Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
@@ -95,6 +102,8 @@ def run_muomni(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     peak = peak_memory_bytes(device)
     log.close()
     result = {"step_times": times, "warmup_s": warm_s, "peak_memory_bytes": peak, "val_loss": trainer.evaluate()}
+    if device.type == "cpu" and floor is not None:
+        result["process_floor_bytes"] = floor
     # The split the step ran with (auto_fit may have changed it; the effective batch stays the same).
     return {**result, "batch_size": trainer.cfg.batch_size, "accumulation": trainer.cfg.gradient_accumulation_steps}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 from muomni.data import Tokenizer
@@ -34,9 +35,20 @@ def load_from_args(args: argparse.Namespace) -> tuple[Thinker, Tokenizer]:
         check_options(args.max_new_tokens, args.seed, sampling_kwargs(args))
     except InputError as e:
         raise InputError(_named_as_flag(str(e))) from None
+    _warn_idle_options(args)
     model, tokenizer = load(args.ckpt, device=args.device, dtype=getattr(args, "dtype", None))
     model.enable_kv_cache(not args.no_kv_cache)
     return model, tokenizer
+
+
+def _warn_idle_options(args: argparse.Namespace) -> None:
+    """Say so when an option given would change nothing: ``--decode-chunk`` sets how many steps one CUDA graph
+    or compiled call holds, and eager decoding runs the same steps, launch by launch, whatever it is."""
+    chunk = getattr(args, "decode_chunk", None)
+    if chunk not in (None, 1) and not (args.compile or args.tune):
+        warnings.warn(f"--decode-chunk {chunk} speeds up compiled decoding only; add --compile", stacklevel=2)
+    elif chunk not in (None, 1) and args.no_kv_cache:
+        warnings.warn(f"--decode-chunk {chunk} applies to cached decoding; without the KV cache it is 1", stacklevel=2)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:

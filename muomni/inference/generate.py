@@ -306,12 +306,15 @@ def run_generation(
     # compiled step's guards expect the same kind of tensor every time.
     with torch.inference_mode(False):
         model.setup_caches(batch, slots)
+    reused = prefix.reusable(model, prompts[0]) if keeps else 0
+    # Until this generation is over, its cache holds what nobody tracks: cleared before anything writes to it,
+    # so that one stopped midway (Ctrl-C in chat, in a compile's warm-up even) leaves no prefix to reuse.
+    model.cache_owner = None
     chunk = usable_chunk(chunk, max_new)
     decoder = CachedDecoder(setup, chunk, compile, tune) if model.kv_cache_enabled else UncachedDecoder(setup)
     compile_s = decoder.warm_up(batch)
-    # A warm-up that compiled wrote to the first cache slots.
-    reused = prefix.reusable(model, prompts[0]) if keeps and compile_s is None else 0
-    model.cache_owner = None  # until this generation is over, its cache holds what nobody tracks
+    if compile_s is not None:  # a warm-up that compiled wrote to the first cache slots
+        reused = 0
     clock = (lambda: synced_time(device)) if stats is not None else (lambda: 0.0)
     start = clock()
     first = prefill(setup, tokens, valid, start=reused)

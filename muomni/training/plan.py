@@ -158,15 +158,29 @@ def plan(cfg: Config, budget_gib: float, out: Path) -> dict[str, Any]:
     print(plan_table(tried))
     fitting = [r for r in tried if r["fits"]]
     if not fitting:
-        needs = [r["peak_memory_bytes"] for r in tried if r.get("peak_memory_bytes")]
-        smallest = f"the smallest candidate needed {min(needs) / GIB:.2f} GiB" if needs else "every candidate failed"
-        raise NothingFits(f"nothing fits in {budget_gib:g} GiB: {smallest}; lower ctx_len or the model size")
+        raise NothingFits(nothing_fits(tried, budget_gib))
     best = max(fitting, key=lambda r: r["tokens_per_s"])
     planned = {**cfg.to_dict(), **best["keys"]}
     out.parent.mkdir(parents=True, exist_ok=True)  # as the other commands make their --out folders
     out.write_text(json.dumps(planned, indent=2) + "\n", encoding="utf-8")
     print(f"planned: {best['keys']} at {best['tokens_per_s']:,.0f} tokens/s -> {out}")
     return planned
+
+
+def nothing_fits(tried: list[dict[str, Any]], budget_gib: float) -> str:
+    """Why nothing fits, and what would help. On a CPU the budget is a process's whole resident memory, of
+    which torch itself takes about 0.4 GiB before any model: below that, a smaller model cannot help."""
+    needs = [r["peak_memory_bytes"] for r in tried if r.get("peak_memory_bytes")]
+    floors = [r["process_floor_bytes"] for r in tried if r.get("process_floor_bytes")]
+    head = f"nothing fits in {budget_gib:g} GiB"
+    if floors and min(floors) >= budget_gib * GIB:
+        return (
+            f"{head}: a process on this CPU takes {min(floors) / GIB:.2f} GiB with torch loaded, before any model; "
+            "give --memory above that"
+        )
+    if not needs:
+        return f"{head}: every candidate failed"
+    return f"{head}: the smallest candidate needed {min(needs) / GIB:.2f} GiB; lower ctx_len or the model size"
 
 
 def check_budget(memory: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,7 +285,24 @@ def test_plan_nothing_fits_is_a_user_error(tmp_path: Path, corpus: Path) -> None
         timeout=600,
     )
     assert proc.returncode == 2
-    assert "nothing fits in 0.001 GiB" in proc.stderr and "smallest candidate needed" in proc.stderr
+    assert "nothing fits in 0.001 GiB" in proc.stderr
+    if Path("/proc/self/status").exists():  # the process's own floor is known: a smaller model cannot help
+        assert re.search(r"takes \d+\.\d\d GiB with torch loaded, before any model; give --memory above", proc.stderr)
+    else:
+        assert "smallest candidate needed" in proc.stderr
+
+
+def test_plan_points_at_the_model_only_when_the_budget_is_above_the_process_floor() -> None:
+    from muomni.training.plan import nothing_fits
+
+    gib = 2**30
+    tried = [{"peak_memory_bytes": 0.9 * gib, "process_floor_bytes": 0.45 * gib}]
+    assert nothing_fits(tried, 0.4).endswith("0.45 GiB with torch loaded, before any model; give --memory above that")
+    assert nothing_fits(tried, 0.6) == (
+        "nothing fits in 0.6 GiB: the smallest candidate needed 0.90 GiB; lower ctx_len or the model size"
+    )
+    assert nothing_fits([{"peak_memory_bytes": 0.9 * gib}], 0.4).endswith("lower ctx_len or the model size")  # a GPU
+    assert nothing_fits([{"error": "worker exited 1"}], 0.4) == "nothing fits in 0.4 GiB: every candidate failed"
 
 
 def test_bench_infer_keeps_the_rows_measured_before_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -222,3 +222,18 @@ def test_bench_train_vs_hf_warns_of_keys_hugging_faces_rows_set(
         "muomni: warning: config key 'weight_dtype' is used by muomni's rows; Hugging Face's rows set it themselves "
         "(their precision and compile are the row's)"
     ]
+
+
+def test_a_profile_stopped_before_its_trace_leaves_no_folder_it_made(
+    tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped while the model was built (here a failure; Ctrl-C alike), profile left --out holding its
+    profile.json alone. A folder it made is removed again; one that was there before is kept."""
+    out = tmp_path / "made" / "prof"
+    argv = ["profile", "--config", "debug", "--steps", "1", "--out", str(out), "device=cpu"]
+    _warnings_before_work(capsys, argv)
+    assert not out.exists() and (tmp_path / "made").is_dir()  # the parent it made stays: it may hold others
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    _warnings_before_work(capsys, [*argv[:-2], str(kept), "device=cpu"])
+    assert kept.is_dir() and profile_module.wrote_profile(kept)

@@ -60,11 +60,8 @@ def test_a_chunk_within_the_tokens_left_is_kept(steps: dict[str, list[int]]) -> 
     assert sorted(steps["built"]) == [1, 4] and steps["called"] == [4, 4, 1]
 
 
-def test_cli_compile_builds_only_the_capped_chunk(
-    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The reported command: ``--compile --decode-chunk 1000`` for 10 tokens. The compiled function is
-    replaced by the eager one, so the test records the chunk asked for without compiling it."""
+def compiled_as_eager(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replace the compiled decode function by the eager one; return the list of chunks asked for."""
     asked: list[int] = []
 
     def eager(setup: decode.DecodeSetup, n: int, tune: bool = False) -> decode.DecodeFunction:
@@ -72,8 +69,44 @@ def test_cli_compile_builds_only_the_capped_chunk(
         return decode.DecodeFunction(decode.make_decode_steps(setup, n), n)
 
     monkeypatch.setattr(decode, "compiled_decode_steps", eager)
+    return asked
+
+
+def test_cli_compile_builds_only_the_capped_chunk(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reported command: ``--compile --decode-chunk 1000`` for 10 tokens. The compiled function is
+    replaced by the eager one, so the test records the chunk asked for without compiling it."""
+    asked = compiled_as_eager(monkeypatch)
     args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--temperature", "0", "--max-new-tokens", "10"]
     code, out, err = run_cli(capsys, *args, "--compile", "--decode-chunk", "1000")
     assert code == 0, err
     assert sorted(asked) == [1, 9]
     assert (code, out) == run_cli(capsys, *args)[:2]  # what eager decoding with the default chunk prints
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--decode-chunk", "4"], "--decode-chunk 4 speeds up compiled decoding only; add --compile"),
+        (["--decode-chunk", "4", "--compile", "--no-kv-cache"], "without the KV cache it is 1"),
+        (["--decode-chunk", "4", "--compile"], None),
+        (["--decode-chunk", "1"], None),
+    ],
+)
+def test_cli_says_when_decode_chunk_changes_nothing(
+    run_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    said: str | None,
+) -> None:
+    """``--decode-chunk`` without ``--compile`` ran as if it were not given, without a word. The tokens do not
+    change either way (greedy), so only the warning tells the user; the compiled run is eager here (as above)."""
+    compiled_as_eager(monkeypatch)
+    args = ["generate", "--ckpt", str(run_dir), "--prompt", "def ", "--temperature", "0", "--max-new-tokens", "6"]
+    code, out, err = run_cli(capsys, *args, *flags)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "--decode-chunk" in line]
+    assert warned == ([] if said is None else [warned[0]]) and (said is None or said in warned[0])
+    assert out == run_cli(capsys, *args)[1]

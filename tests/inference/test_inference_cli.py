@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 from inference_helpers import ROOT, run_cli, scripted_input, tiny_model
 
+from muomni.cli import EXIT_INTERRUPTED
 from muomni.data import Tokenizer
 from muomni.inference import chat as chat_module
 from muomni.inference.chat import PROMPT_MARKER, Conversation, chat
@@ -98,6 +103,36 @@ def test_chat_through_stdin_answers_and_exits(run_dir: Path) -> None:
     assert result.stdout.count(PROMPT_MARKER) == 4  # hello, /reset, hi, exit
     assert "(history cleared)" in result.stdout
     assert result.stderr == ""
+
+
+def _read_until(stream: IO[bytes], marker: bytes, count: int, timeout_s: float = 120.0) -> bytes:
+    """What ``stream`` gives until ``marker`` has come ``count`` times (or it ends, or ``timeout_s`` passes)."""
+    seen, deadline = b"", time.monotonic() + timeout_s
+    while seen.count(marker) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 1.0)
+        if ready and not (piece := os.read(stream.fileno(), 4096)):
+            break
+        seen += piece if ready else b""
+    return seen
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process and select() on a pipe")
+def test_a_real_ctrl_c_at_the_prompt_ends_the_chat_with_one_line(run_dir: Path) -> None:
+    """The other Ctrl-C tests raise KeyboardInterrupt in-process; this one sends the signal. At the prompt it
+    ends the chat (exit 130, one line on stderr, no traceback), after a reply that went as usual."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "muomni", "chat", "--ckpt", str(run_dir), "--max-new-tokens", "6", "--seed", "0"]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        marker = b"\n" + PROMPT_MARKER.encode()  # a prompt on a line of its own: a reply may hold "> "
+        assert _read_until(proc.stdout, marker, 1).count(marker) == 1, proc.stderr.read()
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        assert _read_until(proc.stdout, marker, 1).count(marker) == 1  # the reply, then the next prompt
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+    assert (code, err) == (EXIT_INTERRUPTED, "muomni: interrupted\n")
 
 
 def test_chat_ends_cleanly_at_end_of_input(run_dir: Path) -> None:

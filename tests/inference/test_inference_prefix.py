@@ -115,3 +115,26 @@ def test_reply_ids_are_the_sampled_ones_as_far_as_the_reply_goes(tokenizer: Toke
     else:
         kept = next(n for n in range(len(sampled), -1, -1) if reply.startswith(tokenizer.decode(sampled[:n])))
         assert ids[:kept] == sampled[:kept] and kept > 0
+
+
+def test_a_generation_stopped_in_its_warm_up_leaves_no_prefix_to_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in chat stops a reply wherever it is. Stopped in a compiled warm-up, which writes junk to the first
+    cache slots, the model still named the last prefix as its cache's owner, and the next turn reused the junk."""
+    from muomni.inference import decode
+
+    model, prefix = tiny_model(), KVPrefix()
+    first, _ = _generate(model, FIRST, prefix)
+
+    def junk_then_ctrl_c(self: decode.CachedDecoder, batch: int) -> float | None:
+        for attn in model.attentions:  # what a real warm-up does to slots 0.. before the prompt overwrites them
+            attn.kv_cache.k[:, :, :4].fill_(3.0)
+            attn.kv_cache.v[:, :, :4].fill_(-3.0)
+        raise KeyboardInterrupt
+
+    second = [*FIRST, *first, 40, 41]
+    with monkeypatch.context() as patched:
+        patched.setattr(decode.CachedDecoder, "warm_up", junk_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            _generate(model, second, prefix)
+    out, cached = _generate(model, second, prefix)
+    assert cached == 0 and out == reference_greedy(model, second, 8)
