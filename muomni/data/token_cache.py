@@ -107,6 +107,8 @@ def _cached_tokenizer(path: Path) -> Tokenizer | None:
         # Every tokenizer cached here was trained here: anything else in its place is damage, not a choice.
         if [hf.token_to_id(name) for name in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
             raise ValueError(f"its special tokens are not {', '.join(SPECIAL_TOKENS)} = 0, 1, 2")
+    except FileNotFoundError:  # removed since the check above: as if it had never been there
+        return None
     except ValueError as e:
         warnings.warn(f"the cached tokenizer {path} is corrupt ({e}): training a new one in its place", stacklevel=3)
         return None

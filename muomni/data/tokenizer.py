@@ -170,10 +170,15 @@ class Tokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
+        missing = f"tokenizer file {path} does not exist; train a tokenizer first or give the right path"
         if not path.is_file():
-            raise DataError(f"tokenizer file {path} does not exist; train a tokenizer first or give the right path")
+            raise DataError(missing)
         try:
             hf = read_tokenizer_json(path)
+        except FileNotFoundError:  # removed since the check above (a run pruning its checkpoints, say)
+            raise DataError(missing) from None
+        except OSError as e:
+            raise DataError(f"tokenizer file {path} cannot be read ({e.strerror}); check its permissions") from e
         except ValueError as e:
             raise DataError(
                 f"tokenizer file {path} is corrupt or not a tokenizer.json ({e}); delete or replace it"
@@ -190,10 +195,12 @@ def read_tokenizer_json(path: Path) -> HFTokenizer:
     """The Hugging Face tokenizer saved in ``path``.
 
     Raises:
-        ValueError: the file cannot be read as a ``tokenizer.json``; the message is the first line of why.
+        OSError: the file cannot be read at all (gone, say).
+        ValueError: the file reads but is no ``tokenizer.json``; the message is the first line of why.
     """
+    text = path.read_text(encoding="utf-8")  # not UTF-8: UnicodeDecodeError, a ValueError
     try:
-        return HFTokenizer.from_str(path.read_text(encoding="utf-8"))
+        return HFTokenizer.from_str(text)
     except Exception as e:  # tokenizers raises a bare Exception for a malformed file
         raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,23 @@ def test_save_and_load_file_and_folder(tokenizer: Tokenizer, tmp_path: Path) -> 
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="tokenizer file .*tokenizer.json does not exist"):
         Tokenizer.load(tmp_path)
+
+
+def test_a_file_removed_between_the_check_and_the_read_is_missing_not_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run pruning a checkpoint can remove its tokenizer.json between load's check and its read: that was
+    reported as a corrupt file ("delete or replace it"). The cache's reader takes it as no cached tokenizer."""
+    from muomni.data import token_cache
+
+    gone = tmp_path / "tokenizer.json"
+    monkeypatch.setattr(Path, "is_file", lambda self: True)  # the check saw it; the read finds nothing
+    with pytest.raises(DataError) as info:
+        Tokenizer.load(gone)
+    assert str(info.value) == f"tokenizer file {gone} does not exist; train a tokenizer first or give the right path"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not "corrupt: training a new one in its place"
+        assert token_cache._cached_tokenizer(gone) is None
 
 
 @pytest.mark.parametrize("content", [b'{"model": "truncat', b'{"version": "1.0"}', b"\xff\xfe\x00binary"])
