@@ -16,11 +16,12 @@ one. When the conversation no longer fits in ``ctx_len`` the oldest turns are dr
 so, and what is left runs again.
 
 Commands: ``exit`` or ``quit`` (or end of input, Ctrl-D) ends the chat, ``/reset`` clears the history (any
-case); Ctrl-C during a reply stops that reply and drops its turn. A one-word line that starts with ``/`` but
-is no command (a mistyped ``/rest``) is not sent, with one line naming the commands; such a one-word message
-is typed with one more ``/`` (``//etc`` sends ``/etc``; longer lines go as they are). A bad option ends the
-chat before it starts; a message that is not valid UTF-8 text is not sent, with one line saying so, and the
-chat goes on.
+case); Ctrl-C during a reply stops that reply and drops its turn, and at the prompt ends the chat (the
+command reads its lines with :class:`~muomni.inference.line_input.LineReader`, which a Ctrl-C interrupts at
+once). A one-word line that starts with ``/`` but is no command (a mistyped ``/rest``) is not sent, with one
+line naming the commands; such a one-word message is typed with one more ``/`` (``//etc`` sends ``/etc``;
+longer lines go as they are). A bad option ends the chat before it starts; a message that is not valid UTF-8
+text is not sent, with one line saying so, and the chat goes on.
 """
 
 from __future__ import annotations

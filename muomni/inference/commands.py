@@ -10,6 +10,7 @@ from typing import Any
 from muomni.data import Tokenizer
 from muomni.errors import InputError
 from muomni.inference.generate import check_options, generate
+from muomni.inference.line_input import line_reader
 from muomni.inference.loading import load
 from muomni.inference.stats import GenerationStats
 from muomni.models.thinker import Thinker
@@ -97,8 +98,9 @@ def run_chat(args: argparse.Namespace) -> int:
     from muomni.inference.chat import chat
 
     model, tokenizer = load_from_args(args)
-    _read_bad_bytes_as_text(sys.stdin)
-    return chat(model, tokenizer, args.max_new_tokens, show_stats=args.stats, **sampling_kwargs(args))
+    _read_bad_bytes_as_text(sys.stdin)  # for input(), where the line reader below cannot be used
+    read = line_reader(sys.stdin)  # a Ctrl-C at the prompt ends the chat at once, whichever thread takes it
+    return chat(model, tokenizer, args.max_new_tokens, show_stats=args.stats, read=read, **sampling_kwargs(args))
 
 
 def _read_bad_bytes_as_text(stdin: object) -> None:
