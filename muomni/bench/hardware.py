@@ -123,15 +123,20 @@ def reset_peak_memory(device: torch.device) -> None:
         _PROC_CLEAR_REFS.write_text("5")
 
 
-def resident_memory_bytes() -> int | None:
-    """This process's resident memory now (Linux's VmRSS), or None where /proc does not say."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status ("VmRSS", "VmHWM") in bytes, or None where Linux does not say."""
     try:
         for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024  # kB
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def resident_memory_bytes() -> int | None:
+    """This process's resident memory now (Linux's VmRSS), or None where /proc does not say."""
+    return _proc_status_bytes("VmRSS")
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -139,12 +144,9 @@ def peak_memory_bytes(device: torch.device) -> int:
     the last reset (on Linux; elsewhere since it started)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    try:
-        for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
 
