@@ -46,9 +46,11 @@ def _warn_idle_options(args: argparse.Namespace) -> None:
     """Say so when an option given would change nothing: ``--decode-chunk`` sets how many steps one CUDA graph
     or compiled call holds, and eager decoding runs the same steps, launch by launch, whatever it is."""
     chunk = getattr(args, "decode_chunk", None)
-    if chunk not in (None, 1) and not (args.compile or args.tune):
+    if chunk in (None, 1):
+        return
+    if not (args.compile or args.tune):
         warnings.warn(f"--decode-chunk {chunk} speeds up compiled decoding only; add --compile", stacklevel=2)
-    elif chunk not in (None, 1) and args.no_kv_cache:
+    elif args.no_kv_cache:
         warnings.warn(f"--decode-chunk {chunk} applies to cached decoding; without the KV cache it is 1", stacklevel=2)
 
 
