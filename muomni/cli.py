@@ -1,6 +1,7 @@
 """The ``muomni`` command: one subcommand per job.
 
-Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted by Ctrl-C.
+Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted by Ctrl-C, 143 ended
+by SIGTERM (outside training, which stops after its step with a checkpoint and exits 0).
 Each subcommand's work lives in its own package; this module only parses arguments and dispatches.
 """
 
@@ -14,7 +15,8 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from muomni import __version__
@@ -23,6 +25,7 @@ from muomni.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 # A full disk or quota while writing a checkpoint, an export or the output: the user's to fix, not a crash.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -193,8 +196,35 @@ def _resolve(command: str) -> Callable[[argparse.Namespace], int] | None:
         raise
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that what a command was writing is removed on the way out
+    (a half-written export or checkpoint folder, a token cache's temporary file), as after Ctrl-C. Not a
+    KeyboardInterrupt: chat's Ctrl-C ends only the reply, SIGTERM ends the process."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While active, SIGTERM raises :class:`Terminated` instead of ending the process where it stands.
+    Training replaces it with its own handler while it runs, and restores it after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
 def _resolve_holding_interrupts(command: str) -> Callable[[argparse.Namespace], int] | None:
-    """:func:`_resolve`, with Ctrl-C held until the import is done, then raised as KeyboardInterrupt.
+    """:func:`_resolve`, with Ctrl-C and SIGTERM held until the import is done, then raised.
 
     Importing a command's module imports torch and numpy (a second or more). An interrupt that lands inside
     such an import can leave the library half loaded, and some catch it on the way: the next import then
@@ -203,11 +233,14 @@ def _resolve_holding_interrupts(command: str) -> Callable[[argparse.Namespace], 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         return _resolve(command)
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in _HELD}
     try:
         return _resolve(command)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if signal.SIGTERM in held:
+            raise Terminated
         if held:
             raise KeyboardInterrupt
 
@@ -246,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     warnings.showwarning = _show_warning
+    with _sigterm_unwinds():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user error, a job too large for the machine, a full disk, Ctrl-C and
+    SIGTERM end it with one line on stderr and their exit code."""
     try:
         run = _resolve_holding_interrupts(args.command)
         if run is None:
@@ -282,3 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("muomni: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        if _speaks_for_all_ranks():  # torchrun sends it to every rank
+            print("muomni: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED

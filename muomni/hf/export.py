@@ -38,6 +38,7 @@ from muomni.training.checkpoint import (
     read_checkpoint,
     save_tensors,
 )
+from muomni.training.faults import fault_point
 
 if TYPE_CHECKING:
     from muomni.models.thinker import Thinker
@@ -133,6 +134,7 @@ def _write_folder(state: dict[str, torch.Tensor], cfg: Config, tokenizer: Tokeni
     tmp.mkdir(parents=True)
     try:
         save_tensors(state, tmp / MODEL_FILE, metadata={"format": "pt", EXPORT_MARKER: __version__})
+        fault_point("export_write", 0)
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", ids)
         (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")

@@ -7,8 +7,9 @@ current optimizer step (it then writes a checkpoint and returns). A second Ctrl-
 environment the process sends itself ``SIGNAL`` (default SIGKILL) when it reaches ``<point>`` at
 ``<step>``. The points are ``mid_step`` (after the first micro-batch's backward), ``step_end`` (after the
 optimizer step, before any checkpoint), ``ckpt_write`` (inside a checkpoint write, after the model file),
-``ckpt_replace`` (a checkpoint replacing one of the same step, after the first rename) and
-``after_ckpt``. Without the variable it does nothing.
+``ckpt_replace`` (a checkpoint replacing one of the same step, after the first rename), ``after_ckpt``,
+and ``export_write`` (``muomni export``, after the model file; its step is 0). Without the variable it
+does nothing.
 """
 
 from __future__ import annotations

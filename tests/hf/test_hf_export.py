@@ -28,6 +28,7 @@ from muomni.errors import CheckpointError
 from muomni.hf import export_hf, load_hf, save_hf
 from muomni.inference.generate import generate_tokens
 from muomni.training.checkpoint import latest_checkpoint, resolve_checkpoint
+from muomni.training.faults import KILL_ENV
 
 # Odd shapes on purpose: d_model not a power of two, head widths 8/12/16, one kv head, tied and untied.
 SHAPES = {
@@ -254,8 +255,8 @@ def test_an_output_under_a_file_is_refused_before_anything_is_written(
     assert (tmp_path / "afile").read_text() == "mine"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False
     )
@@ -272,6 +273,23 @@ def test_cli_export(make_checkpoint: Callable, tmp_path: Path) -> None:
         "muomni: error: MoE models have no Hugging Face Llama equivalent; export supports dense models only "
         "(train with use_moe=false to get an exportable model)"
     ]
+
+
+def test_sigterm_during_an_export_leaves_the_earlier_export_and_no_partial_folder(
+    make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    """SIGTERM ends an export with one line and exit 143, and what it was writing is removed: the signal
+    arrives after the new model file is written, before the folder takes the earlier export's place."""
+    out = tmp_path / "hf"
+    assert _cli("-m", "muomni", "export", "--ckpt", str(make_checkpoint()), "--out", str(out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    args = ["-m", "muomni", "export", "--ckpt", str(make_checkpoint(seed=1, name="other")), "--out", str(out)]
+    done = _cli(*args, env={KILL_ENV: "export_write:0:SIGTERM"})
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines() == ["muomni: terminated (SIGTERM)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "other", "run"]  # no temporary folder left
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_export_does_not_import_transformers(make_checkpoint: Callable, tmp_path: Path) -> None:
