@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from muomni.errors import DataError
+from muomni.interruptible import call_interruptibly
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 FILE_NAME = "tokenizer.json"
@@ -105,7 +106,7 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        hf.train_from_iterator(documents, trainer=trainer)
+        call_interruptibly(hf.train_from_iterator, documents, trainer=trainer)  # it drops a Ctrl-C itself
         return cls(hf)
 
     @classmethod
