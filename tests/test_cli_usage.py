@@ -43,24 +43,34 @@ def test_a_usage_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     assert "(see muomni" in lines[0] and "key=value" not in lines[0]
 
 
-def test_ctrl_c_during_the_commands_import_is_held_until_it_is_done_then_exit_130(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [
+        ("SIGINT", cli.EXIT_INTERRUPTED, "muomni: interrupted\n"),
+        ("SIGTERM", cli.EXIT_TERMINATED, "muomni: terminated (SIGTERM)\n"),
+    ],
+)
+def test_a_signal_during_the_commands_import_is_held_until_it_is_done_then_ends_the_command(
+    sig: str, code: int, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # An interrupt inside torch's or numpy's import once left them half loaded: exit 1 with an unrelated error.
-    (tmp_path / "slow_command.py").write_text(
+    module = f"slow_command_{sig.lower()}"
+    (tmp_path / f"{module}.py").write_text(
         "import os, signal\n"
-        "os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the import\n"
+        f"os.kill(os.getpid(), signal.{sig})  # the signal in the middle of the import\n"
         "finished = True\n"
         "def run(args):\n"
         "    raise AssertionError('the command must not run after an interrupt')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cli.COMMANDS, "train", ("slow_command", "run"))
-    monkeypatch.delitem(sys.modules, "slow_command", raising=False)
-    assert main(["train"]) == cli.EXIT_INTERRUPTED
-    assert sys.modules["slow_command"].finished  # the import ran to its end
-    assert capsys.readouterr().err == "muomni: interrupted\n"
+    monkeypatch.setitem(cli.COMMANDS, "train", (module, "run"))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    assert main(["train"]) == code
+    assert sys.modules[module].finished  # the import ran to its end
+    assert capsys.readouterr().err == said
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+    assert signal.getsignal(signal.SIGTERM) == sigterm_before
 
 
 @pytest.mark.parametrize(("rank", "shown"), [(None, True), ("0", True), ("1", False)])
