@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import pytest
 from inference_helpers import ROOT, run_cli, scripted_input, tiny_model
 
-from muomni.cli import EXIT_INTERRUPTED
+from muomni.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from muomni.data import Tokenizer
 from muomni.inference import chat as chat_module
 from muomni.inference.chat import PROMPT_MARKER, Conversation, chat
@@ -117,8 +118,13 @@ def _read_until(stream: IO[bytes], marker: bytes, count: int, timeout_s: float =
     return seen
 
 
-def _sigint_to_another_thread(pid: int) -> None:
-    """SIGINT to a thread of ``pid`` other than its main one (one of torch's), as the kernel may choose."""
+def _sigint_to_the_process(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+
+
+def _sigint_to_another_thread(proc: subprocess.Popen) -> None:
+    """SIGINT to a thread of ``proc`` other than its main one (one of torch's), as the kernel may choose."""
+    pid = proc.pid
     tgkill = getattr(ctypes.CDLL(None), "tgkill", None)  # glibc 2.30+
     others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
     if tgkill is None or not others:
@@ -136,6 +142,20 @@ def test_a_real_ctrl_c_at_the_prompt_ends_the_chat_with_one_line(run_dir: Path, 
     an H200 machine the chat, blocked in input(), ended only when its input was closed; sent to a torch
     thread (OpenMP's, here), it does the same on a CPU. Its prompt now waits in a select() that the
     signal ends."""
+    send = _sigint_to_the_process if taken_by == "main thread" else _sigint_to_another_thread
+    assert _signal_at_the_prompt(run_dir, send) == (EXIT_INTERRUPTED, "muomni: interrupted\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM to a child process and select() on a pipe")
+def test_sigterm_at_the_prompt_ends_the_chat_with_one_line(run_dir: Path) -> None:
+    """SIGTERM is not a Ctrl-C: it ends the chat, not only a reply, with exit 143."""
+    sent = _signal_at_the_prompt(run_dir, lambda proc: proc.send_signal(signal.SIGTERM))
+    assert sent == (EXIT_TERMINATED, "muomni: terminated (SIGTERM)\n")
+
+
+def _signal_at_the_prompt(run_dir: Path, send: Callable[[subprocess.Popen], None]) -> tuple[int | None, str]:
+    """Start a chat, let one reply go as usual, ``send`` a signal at the next prompt with the chat's input
+    still open, and give the chat's exit code (None: still running after 30 s) and its stderr."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}  # 2: a thread besides the main one
     cmd = [sys.executable, "-m", "muomni", "chat", "--ckpt", str(run_dir), "--max-new-tokens", "6", "--seed", "0"]
     with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
@@ -146,17 +166,14 @@ def test_a_real_ctrl_c_at_the_prompt_ends_the_chat_with_one_line(run_dir: Path, 
         proc.stdin.flush()
         assert _read_until(proc.stdout, marker, 1).count(marker) == 1  # the reply, then the next prompt
         try:
-            if taken_by == "main thread":
-                proc.send_signal(signal.SIGINT)
-            else:
-                _sigint_to_another_thread(proc.pid)
+            send(proc)
             deadline = time.monotonic() + 30  # with its input still open
             while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             code = proc.poll()
         finally:
             _, err = proc.communicate(timeout=60)  # closes its input: a chat still waiting ends there
-    assert (code, err.decode()) == (EXIT_INTERRUPTED, "muomni: interrupted\n")
+    return code, err.decode()
 
 
 def test_chat_ends_cleanly_at_end_of_input(run_dir: Path) -> None:
