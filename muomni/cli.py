@@ -1,7 +1,7 @@
 """The ``muomni`` command: one subcommand per job.
 
 Exit codes: 0 success, 2 a user error (one line on stderr, no traceback), 130 interrupted by Ctrl-C, 143 ended
-by SIGTERM (outside training, which stops after its step with a checkpoint and exits 0).
+by SIGTERM (training first finishes its step and writes a checkpoint, then exits with the same codes).
 Each subcommand's work lives in its own package; this module only parses arguments and dispatches.
 """
 

@@ -7,7 +7,7 @@ import gc
 import signal
 
 from muomni import distributed
-from muomni.cli import EXIT_INTERRUPTED
+from muomni.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from muomni.config import load_config, parse_override
 from muomni.training.sources import refuse_shape_overrides
 from muomni.training.trainer import Trainer
@@ -32,4 +32,6 @@ def run_train(args: argparse.Namespace) -> int:
         gc.collect()  # DDP's hooks hold the wrapper in reference cycles
         # Also after an error: leaving the group ends the peers' pending collectives instead of their timeout.
         distributed.teardown(trainer.env, ok)
-    return EXIT_INTERRUPTED if trainer.stop_signal == signal.SIGINT else 0
+    # A run stopped by a signal has its checkpoint but has not finished: not 0, so that `muomni train && muomni
+    # export` goes no further and a scheduler or torchrun's restarts see a run to resume, not a finished one.
+    return {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}.get(trainer.stop_signal, 0)

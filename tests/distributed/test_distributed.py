@@ -9,6 +9,7 @@ fails ends the whole job with an error in bounded time, after which the run resu
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -251,11 +252,16 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(work: Pa
     # loss, which carries whether a rank had a signal when the step was launched. Synchronous: step 2 is
     # launched after the signal and says so as it lands. Overlapped: step 2 was launched before step 1
     # landed, so step 3 says so; step 4, launched beside it, lands too. A rank that stopped alone would leave
-    # the other waiting in a collective, and the job would fail.
+    # the other waiting in a collective, and the job would fail. Both ranks exit 143, as a run stopped rather
+    # than finished, which torchrun reports as the workers' failure (so its restarts, if asked for, resume it).
     name = f"stopped_{'overlapped' if fused else 'synchronous'}"
     env = {"MUOMNI_TEST_FAIL_RANK": "1:1:SIGTERM"}
     result = _train(work, name, 2, env=env, fused=fused, distributed="ddp")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-8000:]
+    # torchrun's report of its workers. The first to exit makes torchrun send SIGTERM to the other, which may
+    # be past the last barrier and out of muomni's hands by then (-15): its work is done either way.
+    failures = dict(re.findall(r"rank\s*: (\d+) \(local_rank.*\n\s*exitcode\s*: (-?\d+)", result.stderr))
+    assert sorted(failures) == ["0", "1"], result.stdout[-2000:] + result.stderr[-8000:]
+    assert "143" in failures.values() and set(failures.values()) <= {"143", "-15"}, failures
     assert f"stopped by SIGTERM after step {step}" in result.stdout
     assert checkpoints_dir(work / name).joinpath(f"step_{step:08d}").is_dir()
 

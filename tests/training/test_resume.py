@@ -27,6 +27,7 @@ from training_helpers import (
     write_corpus,
 )
 
+from muomni.cli import EXIT_TERMINATED
 from muomni.training.checkpoint import MODEL_FILE, checkpoints_dir, latest_checkpoint
 
 
@@ -111,7 +112,7 @@ def test_sigterm_with_overlapped_steps_finishes_the_step_in_flight_too(
     # a checkpoint of step 4, the same file as the uninterrupted run's checkpoint of step 4.
     run = tmp_path / "run"
     stopped = _train_fused(shared, run, env={"MUOMNI_TEST_KILL_AT": "step_end:3:SIGTERM"})
-    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.returncode == EXIT_TERMINATED, stopped.stderr
     assert "stopped by SIGTERM after step 4" in stopped.stdout
     assert [p.name for p in checkpoints_dir(run).iterdir()] == ["step_00000004"]
     reference_file = checkpoints_dir(overlapped_reference) / "step_00000004" / MODEL_FILE
@@ -218,7 +219,7 @@ def test_sigterm_finishes_the_step_and_checkpoints(shared: dict[str, Any], tmp_p
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == EXIT_TERMINATED, err  # stopped with a checkpoint, not finished
     last_step = read_metrics(run)[-1]["step"]
     assert last_step >= 3
     assert [p.name for p in checkpoints_dir(run).iterdir()] == [f"step_{last_step:08d}"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from training_helpers import ROOT, overrides, run_cli, tiny_config, tiny_settings
 
+from muomni.cli import EXIT_TERMINATED
 from muomni.console import DroppingStdout
 from muomni.training.checkpoint import list_checkpoints
 from muomni.training.runlog import METRICS_FILE, RunLog, perplexity, perplexity_text
@@ -55,7 +56,7 @@ def test_training_goes_on_when_stdout_is_closed(corpus: Path, tmp_path: Path, pr
 def test_a_stop_is_acknowledged_at_once(corpus: Path, tmp_path: Path, private_cache: Path) -> None:
     settings = tiny_settings(corpus, tmp_path / "run", max_steps=12)
     result = run_cli(["train", *overrides(settings)], private_cache, env={"MUOMNI_TEST_KILL_AT": "step_end:2:SIGTERM"})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_TERMINATED, result.stderr
     said = [line for line in result.stderr.splitlines() if "stopping after this step" in line]
     assert said == ["muomni: SIGTERM: stopping after this step, with a checkpoint (Ctrl-C again: at once)"]
     assert "stopped by SIGTERM after step 2" in result.stdout
@@ -95,6 +96,7 @@ def test_a_stop_at_the_last_step_leaves_its_validation_to_the_resume(
     args = ["train", *overrides(tiny_settings(corpus, run, **keys))]
     stopped = run_cli(args, private_cache, env={"MUOMNI_TEST_KILL_AT": "step_end:4:SIGTERM"})
     assert "stopped by SIGTERM after step 4" in stopped.stdout and _val_records(run) == []
+    assert stopped.returncode == EXIT_TERMINATED, stopped.stderr
     resumed = run_cli(args, private_cache)
     assert resumed.returncode == 0, resumed.stderr
     assert "nothing to train" not in resumed.stdout and "done at step 4: val loss" in resumed.stdout
