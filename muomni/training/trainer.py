@@ -352,7 +352,9 @@ class Trainer:
         itself: :class:`~muomni.training.loop.TrainingRun`).
 
         Returns:
-            The last checkpoint written (None when nothing was trained and none was due).
+            The last checkpoint written (None when nothing was trained and none was due). After a stop
+            signal ``stop_signal`` names it (``signal.SIGTERM`` or ``signal.SIGINT``; None otherwise): the
+            run is not finished, and a new ``Trainer(cfg).fit()`` resumes it.
 
         Raises:
             TrainingDiverged: after ``max_nonfinite_steps`` skipped steps in a row (a checkpoint of the
