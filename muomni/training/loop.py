@@ -232,7 +232,12 @@ class TrainingRun:
         if t.stop_signal is not None:
             if self._last_ckpt_step != step:  # not again at a step just saved, or the one resumed from
                 self._checkpoint()
-            self.log.info(f"stopped by {signal.Signals(t.stop_signal).name} after step {step}; saved {self.last_ckpt}")
+            # resume=never would start over, and resume=PATH go back to PATH: only auto resumes from here.
+            again = "the same command" if t.cfg.resume == "auto" else "the same command with resume=auto"
+            self.log.info(
+                f"stopped by {signal.Signals(t.stop_signal).name} after step {step}; saved {self.last_ckpt} "
+                f"({again} resumes the run)"
+            )
             return self.last_ckpt
         if self._idle:
             self.log.info(

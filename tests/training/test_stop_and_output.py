@@ -53,13 +53,21 @@ def test_training_goes_on_when_stdout_is_closed(corpus: Path, tmp_path: Path, pr
     assert [p.name for p in list_checkpoints(save_dir)] == ["step_00000012", "step_00000024"]
 
 
-def test_a_stop_is_acknowledged_at_once(corpus: Path, tmp_path: Path, private_cache: Path) -> None:
-    settings = tiny_settings(corpus, tmp_path / "run", max_steps=12)
+@pytest.mark.parametrize(
+    ("resume", "again"), [("auto", "the same command"), ("never", "the same command with resume=auto")]
+)
+def test_a_stop_is_acknowledged_at_once(
+    corpus: Path, tmp_path: Path, private_cache: Path, resume: str, again: str
+) -> None:
+    # The last line says how to go on: with resume=never the same command would start over instead.
+    settings = tiny_settings(corpus, tmp_path / "run", max_steps=12, resume=resume)
     result = run_cli(["train", *overrides(settings)], private_cache, env={"MUOMNI_TEST_KILL_AT": "step_end:2:SIGTERM"})
     assert result.returncode == EXIT_TERMINATED, result.stderr
     said = [line for line in result.stderr.splitlines() if "stopping after this step" in line]
     assert said == ["muomni: SIGTERM: stopping after this step, with a checkpoint (Ctrl-C again: at once)"]
-    assert "stopped by SIGTERM after step 2" in result.stdout
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("muomni: stopped by SIGTERM after step 2; saved ")
+    assert last.endswith(f"step_00000002 ({again} resumes the run)")
 
 
 def test_a_stop_cuts_validation_short(corpus: Path, tmp_path: Path) -> None:
