@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = sub.choices  # each subcommand's own parser, for the errors found after parsing
 
-    p = sub.add_parser("train", help="train a model (no arguments: the built-in default job)")
+    p = sub.add_parser(
+        "train",
+        help="train a model (no arguments: the built-in default job)",
+        epilog="Ctrl-C or SIGTERM: the run finishes its step, writes a checkpoint and exits 130 or 143; the same "
+        "command resumes it (resume=auto, the default).",
+    )
     _config_args(p)
 
     p = sub.add_parser("generate", help="complete one or more prompts (several --prompt = one batch)")

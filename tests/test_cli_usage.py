@@ -192,6 +192,11 @@ def test_help_shows_every_option_default(command: str) -> None:
     assert "(default: 0.8)" in _help("chat") and "(default: 128)" in _help("generate")
 
 
+def test_train_help_says_what_a_stop_does_and_how_to_resume() -> None:
+    text = _help("train")
+    assert "writes a checkpoint and exits 130 or 143" in text and "the same command resumes it" in text
+
+
 def test_export_help_names_both_architectures() -> None:
     """A model with q/k/v biases exports as Qwen2ForCausalLM, not Llama: the help says so."""
     for text in (_help(), _help("export")):
