@@ -24,8 +24,15 @@ from muomni.console import closed_stdout_dropped
 from muomni.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def signal_exit_code(sig: int) -> int:
+    """The shell's exit code for a process ended by ``sig``: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + sig
+
+
+EXIT_INTERRUPTED = signal_exit_code(signal.SIGINT)
+EXIT_TERMINATED = signal_exit_code(signal.SIGTERM)
 # A full disk or quota while writing a checkpoint, an export or the output: the user's to fix, not a crash.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import signal
 
 from muomni import distributed
-from muomni.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
+from muomni.cli import signal_exit_code
 from muomni.config import load_config, parse_override
 from muomni.training.sources import refuse_shape_overrides
 from muomni.training.trainer import Trainer
@@ -34,4 +33,4 @@ def run_train(args: argparse.Namespace) -> int:
         distributed.teardown(trainer.env, ok)
     # A run stopped by a signal has its checkpoint but has not finished: not 0, so that `muomni train && muomni
     # export` goes no further and a scheduler or torchrun's restarts see a run to resume, not a finished one.
-    return {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}.get(trainer.stop_signal, 0)
+    return 0 if trainer.stop_signal is None else signal_exit_code(trainer.stop_signal)
