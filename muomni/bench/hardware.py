@@ -1,8 +1,4 @@
-"""What the machine is, what it can do at best, and how much memory a row used.
-
-Peak rates are the vendors' dense (no sparsity) datasheet figures: leads, not measurements. MFU is reported
-only for devices in this table and "n/a" elsewhere, never guessed.
-"""
+"""What the machine is and how much memory a row used (what a GPU can do at best: :mod:`muomni.bench.peaks`)."""
 
 from __future__ import annotations
 
@@ -14,44 +10,12 @@ import resource
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-
-@dataclass(frozen=True)
-class DevicePeak:
-    """Dense peak throughput (TFLOP/s) and memory bandwidth (GB/s) of one GPU model."""
-
-    bf16_tflops: float
-    fp32_tflops: float
-    bandwidth_gbs: float
-
-
-# Matched against torch.cuda.get_device_name() by substring, most specific first.
-GPU_PEAKS: list[tuple[str, DevicePeak]] = [
-    ("H200", DevicePeak(989.0, 67.0, 4800.0)),
-    ("H100 PCIe", DevicePeak(756.0, 51.0, 2000.0)),
-    ("H100", DevicePeak(989.0, 67.0, 3350.0)),
-    ("GH200", DevicePeak(989.0, 67.0, 4000.0)),
-    ("A100-SXM4-80GB", DevicePeak(312.0, 19.5, 2039.0)),
-    ("A100", DevicePeak(312.0, 19.5, 1555.0)),
-    ("L40S", DevicePeak(362.0, 91.6, 864.0)),
-    ("L4", DevicePeak(121.0, 30.3, 300.0)),
-    ("A10G", DevicePeak(70.0, 31.2, 600.0)),
-    ("RTX 4090", DevicePeak(165.0, 82.6, 1008.0)),
-    ("RTX 3090", DevicePeak(71.0, 35.6, 936.0)),
-    ("T4", DevicePeak(65.0, 8.1, 320.0)),
-    ("V100", DevicePeak(125.0, 15.7, 900.0)),
-]
-
-
-def device_peak(device: torch.device) -> DevicePeak | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in GPU_PEAKS if key in name), None)
+from muomni.bench.peaks import device_peak
 
 
 def muomni_version(source: Path | None = None) -> str:

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from muomni.bench.hardware import describe, device_peak, peak_memory_bytes, reset_peak_memory, synchronize
+from muomni.bench.hardware import describe, peak_memory_bytes, reset_peak_memory, synchronize
 from muomni.bench.options import bench_out_folder
+from muomni.bench.peaks import device_peak
 from muomni.bench.report import GIB, write_results
 from muomni.bench.selection import wanted_rows
 from muomni.config import Config, load_config

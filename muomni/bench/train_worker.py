@@ -23,13 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from muomni.bench.hardware import (
-    device_peak,
-    peak_memory_bytes,
-    reset_peak_memory,
-    resident_memory_bytes,
-    synchronize,
-)
+from muomni.bench.hardware import peak_memory_bytes, reset_peak_memory, resident_memory_bytes, synchronize
+from muomni.bench.peaks import device_peak
 from muomni.config import Config, load_config
 
 
